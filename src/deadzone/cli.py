@@ -1,0 +1,56 @@
+"""Thin command-line layer: parse arguments, call one library function, print.
+
+Each command has an ``add_<command>`` function that registers its parser and handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from deadzone import __version__
+from deadzone.errors import DeadzoneError
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+def _parser(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+
+
+# --- commands (one add_* function each) -------------------------------------------------------
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deadzone", description="Find the weights of a transformer language model that carry nothing."
+    )
+    parser.add_argument("--version", action="version", version=f"deadzone {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except DeadzoneError as e:
+        print(f"deadzone: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("deadzone: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

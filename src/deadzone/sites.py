@@ -1,0 +1,168 @@
+"""Find and name the weight matrices ("sites") of any causal LM; select them by glob.
+
+A site is named as the study names it: ``L{block}.{path inside the block}`` for matrices inside
+numbered transformer blocks (``L4.attn.c_proj`` for GPT-2, ``L4.self_attn.o_proj`` for Llama),
+``embed`` / ``pos_embed`` for embeddings and ``lm_head`` for an untied output head.
+
+Discovery works from parameter names, shapes and the model config alone, so the same names come
+out whether a model was built in memory or its tensors are streamed from safetensors shards.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from deadzone.errors import DeadzoneError
+
+# Model types whose block matrices are GPT-2 ``Conv1D`` modules, stored ``in x out``.
+CONV1D_MODEL_TYPES = frozenset({"gpt2", "openai-gpt", "imagegpt", "decision_transformer"})
+
+# Role of a matrix by its path inside the block (the last two name components).
+ROLES: dict[str, str] = {
+    # GPT-2
+    "attn.c_attn": "attn_qkv",
+    "attn.c_proj": "attn_out",
+    "crossattention.c_attn": "attn_qkv",
+    "crossattention.c_proj": "attn_out",
+    "mlp.c_fc": "mlp_in",
+    "mlp.c_proj": "mlp_out",
+    # Llama / Mistral / Qwen2 / Gemma / Phi-3 style
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_out",
+    "self_attn.qkv_proj": "attn_qkv",
+    "mlp.gate_proj": "mlp_gate",
+    "mlp.up_proj": "mlp_in",
+    "mlp.down_proj": "mlp_out",
+    "mlp.gate_up_proj": "mlp_gate_in",
+    # OPT
+    "self_attn.out_proj": "attn_out",
+    "fc1": "mlp_in",
+    "fc2": "mlp_out",
+    # GPT-NeoX / Pythia
+    "attention.query_key_value": "attn_qkv",
+    "attention.dense": "attn_out",
+    "mlp.dense_h_to_4h": "mlp_in",
+    "mlp.dense_4h_to_h": "mlp_out",
+}
+
+# Parameter names (without ``.weight``) of input embeddings, position embeddings and heads.
+EMBED_NAMES = ("wte", "embed_tokens", "embed_in", "word_embeddings", "tok_embeddings")
+POS_EMBED_NAMES = ("wpe", "embed_positions", "position_embeddings")
+HEAD_NAMES = ("lm_head", "embed_out")
+
+_BLOCK = re.compile(r"^(?P<prefix>(?:[A-Za-z_]\w*\.)+?)(?P<layer>\d+)\.(?P<path>.+)\.weight$")
+
+
+@dataclass(frozen=True)
+class Site:
+    """One weight matrix of a model.
+
+    ``shape`` is ``(out, in)``; ``transposed`` says the stored tensor is ``in x out``.
+    """
+
+    name: str
+    param_name: str
+    layer: int | None
+    role: str
+    shape: tuple[int, int]
+    transposed: bool
+
+    @property
+    def params(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def matrix(self, stored: torch.Tensor) -> torch.Tensor:
+        """The stored tensor seen in ``out x in`` orientation (a view, no copy)."""
+        return stored.T if self.transposed else stored
+
+
+def _classify(param_name: str) -> tuple[str, int | None, str] | None:
+    """(site name, layer, role) for a ``*.weight`` parameter name, or None if it is no site."""
+    m = _BLOCK.match(param_name)
+    if m:
+        path = m["path"]
+        role = ROLES.get(".".join(path.split(".")[-2:])) or ROLES.get(path.split(".")[-1], "other")
+        return f"L{int(m['layer'])}.{path}", int(m["layer"]), role
+    stem = param_name.removesuffix(".weight").split(".")[-1]
+    if stem in EMBED_NAMES:
+        return "embed", None, "embed"
+    if stem in POS_EMBED_NAMES:
+        return "pos_embed", None, "pos_embed"
+    if stem in HEAD_NAMES:
+        return "lm_head", None, "lm_head"
+    return None
+
+
+def discover(named_shapes: Iterable[tuple[str, tuple[int, ...]]], model_type: str) -> list[Site]:
+    """Sites from ``(parameter name, stored shape)`` pairs and the config's ``model_type``.
+
+    Only 2-D ``*.weight`` tensors become sites. A head whose weight is tied to the embedding
+    must already be absent from ``named_shapes`` (tied weights are listed once, as ``embed``).
+    """
+    sites: list[Site] = []
+    for param_name, shape in named_shapes:
+        if len(shape) != 2 or not param_name.endswith(".weight"):
+            continue
+        found = _classify(param_name)
+        if found is None:
+            continue
+        name, layer, role = found
+        transposed = layer is not None and model_type in CONV1D_MODEL_TYPES
+        out_in = (shape[1], shape[0]) if transposed else (shape[0], shape[1])
+        sites.append(Site(name, param_name, layer, role, (int(out_in[0]), int(out_in[1])), transposed))
+    names = [s.name for s in sites]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise DeadzoneError(f"ambiguous site names in this model: {', '.join(sorted(dupes))}")
+    return sites
+
+
+def find_sites(model: torch.nn.Module) -> list[Site]:
+    """Every weight matrix of a loaded Hugging Face model, tied weights once."""
+    seen: set[int] = set()
+    named: list[tuple[str, tuple[int, ...]]] = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        key = p.data_ptr()
+        if key in seen:
+            continue
+        seen.add(key)
+        named.append((name, tuple(p.shape)))
+    return discover(named, getattr(model.config, "model_type", ""))
+
+
+def get_parameter(model: torch.nn.Module, site: Site) -> torch.nn.Parameter:
+    """The stored parameter behind ``site``."""
+    return model.get_parameter(site.param_name)
+
+
+def site_matrix(model: torch.nn.Module, site: Site) -> torch.Tensor:
+    """The site's matrix in ``out x in`` orientation (a view of the stored parameter)."""
+    return site.matrix(get_parameter(model, site).detach())
+
+
+def select(sites: list[Site], pattern: str | None) -> list[Site]:
+    """Sites matching ``pattern``: comma-separated exact names or globs; None selects all.
+
+    A pattern that matches nothing is an error listing the closest names.
+    """
+    if pattern is None or pattern.strip() in ("", "*"):
+        return list(sites)
+    names = [s.name for s in sites]
+    chosen: set[str] = set()
+    for part in (p.strip() for p in pattern.split(",")):
+        if not part:
+            continue
+        hits = [n for n in names if fnmatch.fnmatchcase(n, part)]
+        if not hits:
+            close = difflib.get_close_matches(part, names, n=5, cutoff=0.3) or names[:5]
+            raise DeadzoneError(f"no site matches {part!r}; closest: {', '.join(close)}")
+        chosen.update(hits)
+    return [s for s in sites if s.name in chosen]
