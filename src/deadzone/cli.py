@@ -31,7 +31,8 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="deadzone", description="Find the weights of a transformer language model that carry nothing."
+        prog="deadzone",
+        description="Find the weights of a transformer language model that carry nothing.",
     )
     parser.add_argument("--version", action="version", version=f"deadzone {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

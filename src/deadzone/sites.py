@@ -58,6 +58,12 @@ EMBED_NAMES = ("wte", "embed_tokens", "embed_in", "word_embeddings", "tok_embedd
 POS_EMBED_NAMES = ("wpe", "embed_positions", "position_embeddings")
 HEAD_NAMES = ("lm_head", "embed_out")
 
+# Canonical order: embeddings, then blocks by layer and role (as a forward pass meets them), head.
+ROLE_ORDER = (
+    "embed", "pos_embed", "attn_qkv", "attn_q", "attn_k", "attn_v", "attn_out",
+    "mlp_gate_in", "mlp_gate", "mlp_in", "mlp_out", "other", "lm_head",
+)  # fmt: skip
+
 _BLOCK = re.compile(r"^(?P<prefix>(?:[A-Za-z_]\w*\.)+?)(?P<layer>\d+)\.(?P<path>.+)\.weight$")
 
 
@@ -117,12 +123,20 @@ def discover(named_shapes: Iterable[tuple[str, tuple[int, ...]]], model_type: st
         name, layer, role = found
         transposed = layer is not None and model_type in CONV1D_MODEL_TYPES
         out_in = (shape[1], shape[0]) if transposed else (shape[0], shape[1])
-        sites.append(Site(name, param_name, layer, role, (int(out_in[0]), int(out_in[1])), transposed))
+        sites.append(
+            Site(name, param_name, layer, role, (int(out_in[0]), int(out_in[1])), transposed)
+        )
+    sites.sort(key=_order)
     names = [s.name for s in sites]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise DeadzoneError(f"ambiguous site names in this model: {', '.join(sorted(dupes))}")
     return sites
+
+
+def _order(site: Site) -> tuple[int, int, int, str]:
+    group = {"embed": 0, "pos_embed": 0, "lm_head": 2}.get(site.role, 1)
+    return group, site.layer or 0, ROLE_ORDER.index(site.role), site.name
 
 
 def find_sites(model: torch.nn.Module) -> list[Site]:

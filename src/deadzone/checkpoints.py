@@ -1,0 +1,174 @@
+"""Load models (Hugging Face directory, hub id, builtin preset); stream tensors from safetensors.
+
+``MODEL`` specs:
+
+- a directory in Hugging Face format (``config.json`` plus safetensors weights);
+- a single ``.safetensors`` file (analysis only; ``config.json`` beside it is used if present);
+- a hub id such as ``gpt2`` (downloaded with ``huggingface_hub``; offline this is an error);
+- ``builtin:tiny`` / ``builtin:paper`` (pretrained on first use, then cached).
+
+Nothing here unpickles a file: weights are read from safetensors, and a checkpoint holding only
+``pytorch_model.bin`` is loaded by ``transformers`` with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from deadzone.errors import DeadzoneError
+from deadzone.sites import Site, discover, find_sites, site_matrix
+
+BUILTIN = "builtin:"
+WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+
+
+def resolve(spec: str) -> Path:
+    """A local path for ``spec``: the directory or file itself, the builtin cache, or a download."""
+    if spec.startswith(BUILTIN):
+        return _builtin(spec.removeprefix(BUILTIN))
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise DeadzoneError(f"{spec} is not a model directory (no config.json)")
+        return path
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise DeadzoneError(f"{spec} is not a model directory or a .safetensors file")
+        return path
+    if spec.startswith((".", "/", "~")) or path.suffix or spec.count("/") > 1:
+        raise DeadzoneError(f"{spec} does not exist")
+    return _download(spec)
+
+
+def _builtin(name: str) -> Path:
+    from deadzone.data import corpus
+    from deadzone.presets import builtin_dir, get_preset
+    from deadzone.pretraining import pretrain
+
+    preset = get_preset(name)
+    path = builtin_dir(preset.name, corpus.corpus_hash())
+    if not (path / "config.json").is_file():
+        print(
+            f"deadzone: pretraining builtin:{name} once; it will be cached in {path}",
+            file=sys.stderr,
+        )
+        pretrain(preset.name, path)
+    return path
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=WEIGHT_PATTERNS))
+    except Exception as e:  # network, auth, missing repo: all end the same way for the user
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DeadzoneError(
+            f"cannot fetch {repo_id!r} from the Hugging Face hub (offline, or no such model): "
+            f"{reason}"
+        ) from None
+
+
+def load_model(spec: str, *, dtype: torch.dtype | None = None):
+    """``(model, tokenizer)`` for ``spec``; the tokenizer is None when the directory has none."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve(spec)
+    if path.is_file():
+        raise DeadzoneError(f"{spec} is a bare .safetensors file; training needs a model directory")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    except (OSError, ValueError, KeyError) as e:
+        raise DeadzoneError(f"cannot load a causal LM from {spec}: {_first_line(e)}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError):
+        tokenizer = None
+    return model, tokenizer
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+@dataclass
+class Checkpoint:
+    """The sites of a checkpoint and a way to read their matrices one at a time.
+
+    Safetensors checkpoints are streamed: only one matrix is materialised at a time and the
+    model is never built. Other checkpoints are loaded as a model first.
+    """
+
+    spec: str
+    sites: list[Site]
+    files: dict[str, Path]  # param name -> shard holding it; empty when a model is loaded
+    model: torch.nn.Module | None = None
+
+    def matrices(self, sites: list[Site] | None = None) -> Iterator[tuple[Site, torch.Tensor]]:
+        """``(site, matrix out x in)`` for each site, shard by shard."""
+        sites = self.sites if sites is None else sites
+        if self.model is not None:
+            for site in sites:
+                yield site, site_matrix(self.model, site)
+            return
+        by_file: dict[Path, list[Site]] = defaultdict(list)
+        for site in sites:
+            by_file[self.files[site.param_name]].append(site)
+        for file, file_sites in by_file.items():
+            with safe_open(file, framework="pt") as f:
+                for site in file_sites:
+                    yield site, site.matrix(f.get_tensor(site.param_name))
+
+
+def open_checkpoint(spec: str) -> Checkpoint:
+    """Sites of ``spec``, read from safetensors headers when possible (no model is built)."""
+    path = resolve(spec)
+    config = _read_config(path.parent if path.is_file() else path)
+    shards = [path] if path.is_file() else _shards(path)
+    if not shards:
+        model, _ = load_model(spec)
+        return Checkpoint(spec, find_sites(model), {}, model)
+    files: dict[str, Path] = {}
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+    for shard in shards:
+        try:
+            with safe_open(shard, framework="pt") as f:
+                for key in f.keys():  # noqa: SIM118 (safe_open has keys(), not __iter__)
+                    files[key] = shard
+                    shapes.append((key, tuple(f.get_slice(key).get_shape())))
+        except (SafetensorError, OSError) as e:
+            raise DeadzoneError(
+                f"{shard} is not a valid safetensors file: {_first_line(e)}"
+            ) from None
+    sites = discover(shapes, config.get("model_type", ""))
+    if config.get("tie_word_embeddings", True) and any(s.name == "embed" for s in sites):
+        sites = [s for s in sites if s.name != "lm_head"]
+    return Checkpoint(spec, sites, files)
+
+
+def _read_config(directory: Path) -> dict:
+    file = directory / "config.json"
+    if not file.is_file():
+        return {}
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DeadzoneError(f"{file} is not valid JSON: {e}") from None
+    return {**config.get("text_config", {}), **config}
+
+
+def _shards(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        return sorted({directory / name for name in weight_map.values()})
+    return sorted(directory.glob("*.safetensors"))
