@@ -18,7 +18,7 @@ console = Console(stderr=True)
 def make_progress(*extra_columns: str, disable: bool = False) -> Progress:
     """A progress bar: description, bar, n/total, elapsed, remaining, then ``extra_columns``.
 
-    Each extra column is a format string over the task's fields, e.g. ``"loss {task.fields[loss]}"``.
+    Each extra column formats the task's fields, e.g. ``"loss {task.fields[loss]}"``.
     """
     return Progress(
         TextColumn("[bold]{task.description}"),

@@ -22,7 +22,7 @@ def versions() -> dict[str, str]:
 
 
 def git_state() -> dict[str, str | bool] | None:
-    """``{"revision", "dirty"}`` of the git checkout holding deadzone's source, when there is one."""
+    """``{"revision", "dirty"}`` of the git checkout holding deadzone's source, if any."""
     here = Path(__file__).resolve().parent
 
     def git(*args: str) -> str:
