@@ -24,9 +24,31 @@ def _parser(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.A
 # --- commands (one add_* function each) -------------------------------------------------------
 
 
+def add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = _parser(sub, "pretrain", "Pretrain a builtin preset on the builtin corpus and save it.")
+    p.add_argument("--preset", default="tiny", help="preset: tiny, paper or micro")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default: the user cache, where builtin:PRESET finds it)",
+    )
+    p.set_defaults(handler=_pretrain)
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from deadzone.pretraining import pretrain
+
+    r = pretrain(args.preset, args.out)
+    print(
+        f"pretrained {r['preset']}: {r['params']:,} parameters, {r['tokens']:,} tokens, "
+        f"eval loss {r['step0_eval_loss']:.3f} -> {r['eval_loss']:.3f} "
+        f"(train {r['train_loss']:.3f}) in {r['seconds']:.0f} s\nsaved to {r['out']}"
+    )
+
+
 # --- entry point ------------------------------------------------------------------------------
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_pretrain]
 
 
 def build_parser() -> argparse.ArgumentParser:
