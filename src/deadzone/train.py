@@ -1,0 +1,387 @@
+"""The SFT loop: AdamW over trainable parameters, warmup then cosine decay, evaluation, determinism.
+
+The same code runs on CPU, on one GPU, and on several GPUs under ``accelerate launch``. Training
+batches come from the caller (dicts of ``input_ids``, ``attention_mask`` and ``labels`` LongTensors,
+labels ``-100`` where no loss is taken); under several processes, micro-batch ``i`` of the stream
+goes to process ``i mod world_size``. Losses are token-weighted: the mean over every label that is
+not ``-100`` in the step (all micro-batches, all processes), never a mean of batch means.
+
+A run that meets a non-finite loss or gradient stops and comes back with ``status="failed"`` and
+a reason; it does not raise, so the runs beside it go on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from deadzone.device import autocast_dtype, get_device
+from deadzone.errors import DeadzoneError
+from deadzone.progress import make_progress
+
+Batch = dict[str, torch.Tensor]
+# Training data: a re-iterable of batches, or a function of the epoch number returning one.
+TrainData = Iterable[Batch] | Callable[[int], Iterable[Batch]]
+
+IGNORE_INDEX = -100
+MIXED_PRECISION = ("auto", "no", "bf16")
+
+
+@dataclass
+class SFTConfig:
+    """Hyperparameters of one SFT run. Validated where it is built.
+
+    ``batch_size`` is the number of examples per micro-batch (the data layer batches with it);
+    one optimizer step takes ``grad_accum`` micro-batches per process. Warmup lasts
+    ``warmup_steps`` if given, else ``round(warmup_fraction * steps)``; the learning rate then
+    decays along a cosine to ``min_lr_ratio * lr``. ``mixed_precision="auto"`` uses bf16 where
+    the device computes it natively. ``deterministic`` asks torch for deterministic kernels.
+    """
+
+    steps: int = 50
+    lr: float = 3e-4
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_steps: int | None = None
+    warmup_fraction: float = 0.1
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float | None = 1.0
+    eval_every: int = 10
+    seed: int = 0
+    mixed_precision: str = "auto"
+    deterministic: bool = True
+    cpu: bool = False
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # JSON round trips give lists
+        _check_int("steps", self.steps, 1)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("grad_accum", self.grad_accum, 1)
+        _check_int("eval_every", self.eval_every, 1)
+        _check_int("seed", self.seed, 0)
+        if self.warmup_steps is not None:
+            _check_int("warmup_steps", self.warmup_steps, 0)
+            if self.warmup_steps > self.steps:
+                raise DeadzoneError(f"warmup_steps {self.warmup_steps} exceeds steps {self.steps}")
+        _check_float("lr", self.lr, 0.0, math.inf, low_open=True)
+        _check_float("warmup_fraction", self.warmup_fraction, 0.0, 1.0)
+        _check_float("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        _check_float("weight_decay", self.weight_decay, 0.0, math.inf)
+        if len(self.betas) != 2:
+            raise DeadzoneError(f"betas must be two numbers, got {self.betas!r}")
+        for beta in self.betas:
+            _check_float("betas", beta, 0.0, 1.0, high_open=True)
+        if self.max_grad_norm is not None:
+            _check_float("max_grad_norm", self.max_grad_norm, 0.0, math.inf, low_open=True)
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise DeadzoneError(
+                f"mixed_precision {self.mixed_precision!r} is not one of "
+                f"{', '.join(MIXED_PRECISION)}"
+            )
+
+    @property
+    def warmup(self) -> int:
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return round(self.warmup_fraction * self.steps)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+def _check_int(name: str, value: object, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise DeadzoneError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_float(
+    name: str, value: object, low: float, high: float, *, low_open=False, high_open=False
+) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low)
+    ok = ok and (value < high if high_open else value <= high)
+    if not ok:
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        raise DeadzoneError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}")
+
+
+@dataclass
+class RunResult:
+    """What one SFT run produced. Losses are token-weighted means; None where not measured."""
+
+    status: str = "ok"
+    error: str | None = None
+    trainable_params: int = 0
+    seconds: float = 0.0
+    step0_eval_loss: float | None = None
+    final_train_loss: float | None = None
+    final_eval_loss: float | None = None
+    curve: list[dict] = field(default_factory=list)
+    steps_done: int = 0
+    train_tokens: int = 0
+    tokens_per_second: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class RunFailed(Exception):
+    """Internal: a run met a non-finite number and stops."""
+
+
+# --- building blocks --------------------------------------------------------------------------
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Parameters with ``requires_grad``, shared storage once, in model order."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def build_optimizer(model: torch.nn.Module, config: SFTConfig) -> torch.optim.AdamW:
+    """AdamW over trainable parameters only; no weight decay on biases and norms (1-D)."""
+    params = trainable_parameters(model)
+    if not params:
+        raise DeadzoneError("nothing to train: every parameter is frozen")
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, foreach=False)
+
+
+def lr_factor(step: int, config: SFTConfig) -> float:
+    """Multiplier of ``lr`` for optimizer step ``step`` (0-based): linear warmup, cosine decay."""
+    warmup = config.warmup
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    span = max(1, config.steps - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine
+
+
+def make_accelerator(config: SFTConfig) -> Accelerator:
+    """An ``Accelerator`` with bf16 where the device supports it (``mixed_precision="auto"``)."""
+    precision = config.mixed_precision
+    if precision == "auto":
+        device = torch.device("cpu") if config.cpu else get_device()
+        precision = "bf16" if autocast_dtype(device) == torch.bfloat16 else "no"
+    return Accelerator(mixed_precision=precision, cpu=config.cpu)
+
+
+def loss_sum(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of next-token cross-entropy over labels != -100, number of such labels)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, use_cache=False).logits[:, :-1]  # (B, T-1, V)
+    labels = batch["labels"][:, 1:]  # (B, T-1)
+    total = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return total, (labels != IGNORE_INDEX).sum()
+
+
+def count_tokens(batch: Batch) -> int:
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+
+
+def batch_stream(data: TrainData, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+    """Endless micro-batches for process ``rank``: epoch after epoch of ``data``."""
+    epoch = 0
+    while True:
+        source = data(epoch) if callable(data) else data
+        seen = 0
+        for i, batch in enumerate(source):
+            seen += 1
+            if i % world == rank:
+                yield batch
+        if seen == 0:
+            raise DeadzoneError("the training data yielded no batches")
+        epoch += 1
+
+
+@contextmanager
+def deterministic(enabled: bool) -> Iterator[None]:
+    """Deterministic torch kernels inside the block (warn where none exists); restored after."""
+    was, was_warn = (
+        torch.are_deterministic_algorithms_enabled(),
+        (torch.is_deterministic_algorithms_warn_only_enabled()),
+    )
+    if enabled:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=was_warn)
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+class SFTLoop:
+    """One SFT run of ``model`` (modified in place). ``run()`` returns a :class:`RunResult`.
+
+    The optimizer, scheduler and accelerator stay reachable as attributes, for callers that
+    inspect them (tests) or change the trainable set during training.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        train_data: TrainData,
+        eval_batches: list[Batch],
+        config: SFTConfig,
+        *,
+        accelerator: Accelerator | None = None,
+        description: str = "sft",
+        show_progress: bool = True,
+    ) -> None:
+        if not eval_batches:
+            raise DeadzoneError("no evaluation batches")
+        self.config = config
+        self.accelerator = accelerator or make_accelerator(config)
+        acc = self.accelerator
+        self.trainable_params = sum(p.numel() for p in trainable_parameters(model))
+        optimizer = build_optimizer(model, config)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, config)
+        )
+        self.train_data = train_data
+        self.eval_batches = eval_batches[acc.process_index :: acc.num_processes]
+        self.description = description
+        self.show_progress = show_progress and acc.is_main_process
+
+    def _to_device(self, batch: Batch) -> Batch:
+        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+    def _global_sum(self, value: torch.Tensor | float) -> torch.Tensor:
+        t = torch.as_tensor(value, dtype=torch.float64, device=self.accelerator.device)
+        return (
+            self.accelerator.reduce(t, reduction="sum") if self.accelerator.num_processes > 1 else t
+        )
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Token-weighted mean loss over the eval batches (all processes)."""
+        self.model.eval()
+        total = torch.zeros((), dtype=torch.float64, device=self.accelerator.device)
+        count = torch.zeros((), dtype=torch.float64, device=self.accelerator.device)
+        for batch in self.eval_batches:
+            s, n = loss_sum(self.model, self._to_device(batch))
+            total += s.double()
+            count += n
+        self.model.train()
+        total, count = self._global_sum(total), self._global_sum(count)
+        if count == 0:
+            raise DeadzoneError("the evaluation batches hold no labelled token")
+        loss = float(total / count)
+        if not math.isfinite(loss):
+            raise RunFailed(f"non-finite eval loss ({loss})")
+        return loss
+
+    def train_step(self, stream: Iterator[Batch], step: int) -> tuple[float, int]:
+        """One optimizer step over ``grad_accum`` micro-batches: (train loss, tokens seen)."""
+        acc = self.accelerator
+        micro = [self._to_device(next(stream)) for _ in range(self.config.grad_accum)]
+        labelled = self._global_sum(
+            sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
+        )
+        if labelled == 0:
+            raise RunFailed(f"step {step} holds no labelled token")
+        scale = acc.num_processes / float(labelled)  # DDP averages gradients over processes
+        total = torch.zeros((), dtype=torch.float64, device=acc.device)
+        for i, batch in enumerate(micro):
+            sync = nullcontext() if i == len(micro) - 1 else acc.no_sync(self.model)
+            with sync:
+                s, _ = loss_sum(self.model, batch)
+                acc.backward(s * scale)
+            total += s.detach().double()
+        loss = float(self._global_sum(total) / labelled)
+        if not math.isfinite(loss):
+            raise RunFailed(f"non-finite train loss ({loss}) at step {step}")
+        self._clip_and_step(step)
+        tokens = int(self._global_sum(sum(count_tokens(b) for b in micro)))
+        return loss, tokens
+
+    def _clip_and_step(self, step: int) -> None:
+        if self.config.max_grad_norm is not None:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            norm = self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
+            if not math.isfinite(float(norm)):
+                raise RunFailed(f"non-finite gradient norm ({float(norm)}) at step {step}")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def run(self) -> RunResult:
+        """Train for ``config.steps`` optimizer steps; evaluate at 0, every ``eval_every``, end."""
+        result = RunResult(trainable_params=self.trainable_params)
+        start = time.perf_counter()
+        with deterministic(self.config.deterministic):
+            set_seed(self.config.seed)
+            try:
+                self._loop(result)
+            except RunFailed as e:
+                result.status, result.error = "failed", str(e)
+                result.final_train_loss = result.final_eval_loss = None
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _loop(self, result: RunResult) -> None:
+        cfg = self.config
+        result.step0_eval_loss = self.evaluate()
+        result.curve.append({"step": 0, "train_loss": None, "eval_loss": result.step0_eval_loss})
+        stream = batch_stream(
+            self.train_data, self.accelerator.process_index, self.accelerator.num_processes
+        )
+        self.model.train()
+        train_seconds, losses = 0.0, []
+        with make_progress(
+            "loss {task.fields[loss]:.4f}",
+            "{task.fields[tps]:,.0f} tok/s",
+            disable=not self.show_progress,
+        ) as bar:
+            task = bar.add_task(self.description, total=cfg.steps, loss=float("nan"), tps=0.0)
+            for step in range(1, cfg.steps + 1):
+                t0 = time.perf_counter()
+                loss, tokens = self.train_step(stream, step)
+                train_seconds += time.perf_counter() - t0
+                losses.append(loss)
+                result.steps_done, result.train_tokens = step, result.train_tokens + tokens
+                result.tokens_per_second = result.train_tokens / max(train_seconds, 1e-9)
+                eval_loss = (
+                    self.evaluate() if step % cfg.eval_every == 0 or step == cfg.steps else None
+                )
+                result.curve.append({"step": step, "train_loss": loss, "eval_loss": eval_loss})
+                bar.update(task, advance=1, loss=loss, tps=result.tokens_per_second)
+        tail = max(1, math.ceil(0.1 * cfg.steps))
+        result.final_train_loss = sum(losses[-tail:]) / tail
+        result.final_eval_loss = result.curve[-1]["eval_loss"]
+
+
+def train(
+    model: torch.nn.Module,
+    train_data: TrainData,
+    eval_batches: list[Batch],
+    config: SFTConfig,
+    **kwargs,
+) -> RunResult:
+    """Fine-tune ``model`` in place; see :class:`SFTLoop` for the keyword arguments."""
+    return SFTLoop(model, train_data, eval_batches, config, **kwargs).run()

@@ -1,0 +1,182 @@
+"""The SFT loop on a tiny GPT-2 with random-token batches."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from deadzone import sites, strategies
+from deadzone.errors import DeadzoneError
+from deadzone.train import SFTConfig, SFTLoop, batch_stream, lr_factor, train
+
+VOCAB, SEQ = 96, 16
+
+
+def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=SEQ)
+    return GPT2LMHeadModel(config)
+
+
+def make_batch(gen: torch.Generator, batch_size: int = 4) -> dict[str, torch.Tensor]:
+    """Random tokens; a random prompt (no loss) and right padding per row."""
+    input_ids = torch.randint(0, VOCAB, (batch_size, SEQ), generator=gen)
+    lengths = torch.randint(SEQ // 2, SEQ + 1, (batch_size,), generator=gen)
+    prompts = torch.randint(1, SEQ // 4, (batch_size,), generator=gen)
+    pos = torch.arange(SEQ)
+    attention_mask = (pos < lengths[:, None]).long()
+    labels = input_ids.masked_fill((attention_mask == 0) | (pos < prompts[:, None]), -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def batches(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [make_batch(gen) for _ in range(n)]
+
+
+TRAIN, EVAL = batches(6, seed=1), batches(2, seed=2)
+CONFIG = SFTConfig(steps=8, lr=3e-3, eval_every=4, warmup_steps=2, seed=0)
+
+
+def run(strategy_plan: dict[str, str] | None = None, config: SFTConfig = CONFIG, rank: int = 1):
+    model = tiny_gpt2()
+    named = {s.name: s for s in sites.find_sites(model)}
+    plan = {named[k]: v for k, v in (strategy_plan or {}).items()}
+    strategies.apply_strategies(model, plan, rank=rank, seed=config.seed)
+    start = {name: sites.site_matrix(model, s).clone() for name, s in named.items()}
+    loop = SFTLoop(model, TRAIN, EVAL, config, show_progress=False)
+    result = loop.run()
+    return model, named, start, loop, result
+
+
+def test_strategy_sites_are_bit_identical_after_sft_while_the_rest_moved():
+    plan = {
+        "L0.attn.c_proj": "frozen",
+        "L0.mlp.c_fc": "crystal",
+        "L1.attn.c_attn": "random",
+        "L1.mlp.c_fc": "zero",  # (a zero c_proj would also stop the gradient of c_fc)
+    }
+    model, named, start, loop, result = run(plan)
+    assert result.status == "ok", result.error
+    for name, site in named.items():
+        after = sites.site_matrix(model, site)
+        if name in plan:
+            assert torch.equal(after, start[name]), name
+        else:
+            assert not torch.equal(after, start[name]), name
+    # Frozen parameters are not in the optimizer and hold no Adam state.
+    frozen = {id(sites.get_parameter(model, named[n])) for n in plan}
+    in_groups = {id(p) for g in loop.optimizer.param_groups for p in g["params"]}
+    with_state = {id(p) for p in loop.optimizer.state}
+    assert frozen.isdisjoint(in_groups)
+    assert frozen.isdisjoint(with_state)
+    assert with_state == in_groups
+    total = sum(p.numel() for p in model.parameters())
+    assert result.trainable_params == total - sum(named[n].params for n in plan)
+
+
+def test_record_shape_and_token_weighted_eval():
+    _, _, _, loop, result = run()
+    assert [p["step"] for p in result.curve] == list(range(CONFIG.steps + 1))
+    evals = [p["step"] for p in result.curve if p["eval_loss"] is not None]
+    assert evals == [0, 4, 8]
+    assert result.curve[0]["train_loss"] is None
+    assert result.final_eval_loss == result.curve[-1]["eval_loss"]
+    assert result.final_train_loss == result.curve[-1]["train_loss"]  # last 10% of 8 steps = 1
+    assert result.tokens_per_second > 0
+    assert result.train_tokens == sum(int(TRAIN[i % 6]["attention_mask"].sum()) for i in range(8))
+    # Token-weighted: one pass over all eval tokens at once gives the same mean.
+    with torch.no_grad():
+        loop.model.eval()
+        ids = torch.cat([b["input_ids"] for b in EVAL])
+        labels = torch.cat([b["labels"] for b in EVAL])
+        mask = torch.cat([b["attention_mask"] for b in EVAL])
+        ref = loop.model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
+    assert math.isclose(result.final_eval_loss, ref, rel_tol=1e-5)
+
+
+def test_full_and_frozen_share_step0_and_same_seed_repeats_exactly():
+    *_, full_a = run()
+    *_, full_b = run()
+    *_, frozen = run({"L0.attn.c_proj": "frozen"})
+    assert full_a.to_dict() | {"seconds": 0, "tokens_per_second": 0} == (
+        full_b.to_dict() | {"seconds": 0, "tokens_per_second": 0}
+    )
+    assert frozen.step0_eval_loss == full_a.step0_eval_loss
+    assert frozen.final_eval_loss != full_a.final_eval_loss
+    *_, other_seed = run(config=SFTConfig(**(CONFIG.to_dict() | {"seed": 1})))
+    assert other_seed.curve[1]["train_loss"] != full_a.curve[1]["train_loss"]  # dropout differs
+
+
+def test_gradient_accumulation_matches_one_big_batch_without_dropout():
+    def loss_after(train_data, grad_accum):
+        model = tiny_gpt2()
+        model.config.resid_pdrop = model.config.embd_pdrop = model.config.attn_pdrop = 0.0
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        cfg = SFTConfig(steps=3, lr=1e-3, grad_accum=grad_accum, eval_every=3, seed=0)
+        return train(model, train_data, EVAL, cfg, show_progress=False)
+
+    halves = [{k: v[:2] for k, v in TRAIN[0].items()}, {k: v[2:] for k, v in TRAIN[0].items()}]
+    split = loss_after(halves, grad_accum=2)
+    whole = loss_after([TRAIN[0]], grad_accum=1)
+    for a, b in zip(split.curve, whole.curve, strict=True):
+        for key in ("train_loss", "eval_loss"):
+            if a[key] is not None:
+                assert math.isclose(a[key], b[key], rel_tol=1e-5), (a, b)
+
+
+def test_nan_loss_fails_the_run_with_a_reason():
+    model = tiny_gpt2()
+    model.lm_head.register_forward_hook(lambda m, i, out: out * float("nan") if m.training else out)
+    result = train(model, TRAIN, EVAL, CONFIG, show_progress=False)
+    assert result.status == "failed"
+    assert "non-finite train loss" in result.error and "step 1" in result.error
+    assert result.final_train_loss is None and result.final_eval_loss is None
+    assert result.step0_eval_loss is not None
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    cfg = SFTConfig(steps=20, warmup_steps=4, min_lr_ratio=0.1)
+    factors = [lr_factor(s, cfg) for s in range(20)]
+    assert factors[:4] == sorted(factors[:4]) and factors[3] < 1.0
+    assert factors[4] == 1.0
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:], strict=False))
+    assert factors[-1] > 0.1
+    assert SFTConfig(steps=50).warmup == 5
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"steps": 0}, "steps must be an integer >= 1, got 0"),
+        ({"lr": 0.0}, "lr must be in"),
+        ({"lr": float("nan")}, "lr must be in"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"grad_accum": 1.5}, "grad_accum"),
+        ({"warmup_steps": 60}, "warmup_steps 60 exceeds steps 50"),
+        ({"warmup_fraction": 1.5}, "warmup_fraction"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm"),
+        ({"eval_every": 0}, "eval_every"),
+        ({"mixed_precision": "fp8"}, "mixed_precision 'fp8'"),
+    ],
+)
+def test_bad_config_names_the_value(kwargs, match):
+    with pytest.raises(DeadzoneError, match=match):
+        SFTConfig(**kwargs)
+
+
+def test_data_errors():
+    with pytest.raises(DeadzoneError, match="no batches"):
+        next(batch_stream([]))
+    stream = batch_stream(lambda epoch: [{"epoch": epoch}])
+    assert [next(stream)["epoch"] for _ in range(3)] == [0, 1, 2]
+    model = tiny_gpt2()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(DeadzoneError, match="every parameter is frozen"):
+        train(model, TRAIN, EVAL, CONFIG, show_progress=False)
