@@ -27,6 +27,7 @@ from deadzone.errors import DeadzoneError
 from deadzone.sites import Site, discover, find_sites, site_matrix
 
 BUILTIN = "builtin:"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
 
 
@@ -88,10 +89,12 @@ def load_model(spec: str, *, dtype: torch.dtype | None = None):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
     except (OSError, ValueError, KeyError) as e:
         raise DeadzoneError(f"cannot load a causal LM from {spec}: {_first_line(e)}") from None
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        return model, None
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, TypeError):
-        tokenizer = None
+    except (OSError, ValueError, TypeError) as e:
+        raise DeadzoneError(f"cannot load the tokenizer in {spec}: {_first_line(e)}") from None
     return model, tokenizer
 
 

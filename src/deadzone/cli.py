@@ -38,11 +38,12 @@ def add_pretrain(sub: argparse._SubParsersAction) -> None:
 def _pretrain(args: argparse.Namespace) -> None:
     from deadzone.pretraining import pretrain
 
-    r = pretrain(args.preset, args.out)
+    done = pretrain(args.preset, args.out)
+    r = done.record
     print(
         f"pretrained {r['preset']}: {r['params']:,} parameters, {r['tokens']:,} tokens, "
         f"eval loss {r['step0_eval_loss']:.3f} -> {r['eval_loss']:.3f} "
-        f"(train {r['train_loss']:.3f}) in {r['seconds']:.0f} s\nsaved to {r['out']}"
+        f"(train {r['train_loss']:.3f}) in {r['seconds']:.0f} s\nsaved to {done.out}"
     )
 
 

@@ -6,6 +6,7 @@ import math
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -152,11 +153,18 @@ def _save(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, record: di
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def pretrain(preset_name: str, out: str | Path | None = None) -> dict:
+@dataclass
+class Pretrained:
+    model: GPT2LMHeadModel
+    tokenizer: PreTrainedTokenizerFast
+    record: dict  # also saved as deadzone_pretrain.json beside the model
+    out: Path
+
+
+def pretrain(preset_name: str, out: str | Path | None = None) -> Pretrained:
     """Pretrain preset ``preset_name`` on the builtin corpus and save it in Hugging Face format.
 
     Without ``out`` the model goes to the user cache, where ``builtin:<preset>`` finds it.
-    Returns the record also saved as ``deadzone_pretrain.json`` beside the model.
     """
     preset = get_preset(preset_name)
     chash = corpus.corpus_hash()
@@ -190,5 +198,4 @@ def pretrain(preset_name: str, out: str | Path | None = None) -> dict:
         "versions": versions(),
     }
     _save(model, tokenizer, record, out)
-    record["out"] = str(out)
-    return record
+    return Pretrained(model, tokenizer, record, out)

@@ -1,0 +1,67 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from deadzone.cli import main
+from deadzone.pretraining import MARKER, pretrain
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    return pretrain("micro", tmp_path_factory.mktemp("pretrain") / "micro")
+
+
+def test_pretrained_directory_loads_with_auto_classes_and_matches_memory(micro):
+    model = AutoModelForCausalLM.from_pretrained(micro.out)
+    tokenizer = AutoTokenizer.from_pretrained(micro.out)
+    text = "def parse(self, text):\n    return text.split()"
+    ids = tokenizer(text, return_tensors="pt")
+    assert ids["input_ids"].shape[1] > 3
+    assert tokenizer.decode(ids["input_ids"][0]) == text
+    torch.testing.assert_close(model(**ids).logits, micro.model.eval()(**ids).logits)
+    assert tokenizer.eos_token_id == model.config.eos_token_id
+
+
+def test_pretraining_learns_and_records_what_it_did(micro):
+    record = json.loads((micro.out / MARKER).read_text())
+    assert record == micro.record
+    assert record["eval_loss"] < record["step0_eval_loss"] - 0.3
+    assert record["corpus_hash"] and record["tokens"] == 20 * 8 * 64
+    assert record["versions"]["torch"] == torch.__version__
+
+
+def test_chat_template_renders_messages(micro):
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    text = micro.tokenizer.apply_chat_template(messages, tokenize=False)
+    assert "<|assistant|>\nhello<|endoftext|>" in text
+
+
+def test_cli_refuses_a_non_empty_directory_that_holds_no_model(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["pretrain", "--preset", "micro", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("deadzone: error:") and "not empty" in err and "\n" not in err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["pretrain", "--preset", "huge"], "unknown preset 'huge'"),
+        (["pretrain", "--preset", "micro", "--out", "{file}/sub"], "cannot create output"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_non_zero(tmp_path, argv, message):
+    afile = tmp_path / "a-file"
+    afile.write_text("")
+    argv = [a.replace("{file}", str(afile)) for a in argv]
+    proc = subprocess.run(
+        [sys.executable, "-m", "deadzone.cli", *argv], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr
+    assert "Traceback" not in proc.stderr
