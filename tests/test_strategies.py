@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import FAMILIES
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from deadzone import sites, strategies
@@ -143,3 +144,26 @@ def test_unknown_strategy_is_an_error_before_anything_changes(model):
     with pytest.raises(DeadzoneError, match="unknown strategy 'melt'.*crystal"):
         strategies.apply_strategies(model, plan)
     assert torch.count_nonzero(sites.site_matrix(model, named["L0.mlp.c_fc"])) > 0
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_strategy_on_every_family(family):
+    """Each strategy leaves each site of each family with its stated value and trainability."""
+    model = FAMILIES[family]()
+    named = by_name(model)
+    std = getattr(model.config, "initializer_range", None) or model.config.init_std
+    for i, (name, site) in enumerate(named.items()):
+        strategy = list(strategies.STRATEGIES)[i % len(strategies.STRATEGIES)]
+        before = sites.site_matrix(model, site).clone()
+        strategies.apply_strategies(model, {site: strategy}, rank=1, seed=i)
+        after = sites.site_matrix(model, site)
+        assert sites.get_parameter(model, site).requires_grad == (strategy == "full"), name
+        if strategy in ("full", "frozen"):
+            assert torch.equal(after, before), name
+        elif strategy == "crystal":
+            assert np.linalg.matrix_rank(after.numpy()) == 1, name
+        elif strategy == "zero":
+            assert torch.count_nonzero(after) == 0, name
+        else:
+            assert not torch.equal(after, before), name
+            assert 0.4 * std < after.std().item() < 1.2 * std, name
