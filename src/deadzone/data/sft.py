@@ -1,0 +1,238 @@
+"""SFT data: a ``--data`` spec and a tokenizer in, tokenized train and eval examples out.
+
+Rows are read by :mod:`deadzone.data.sources` and rendered by :mod:`deadzone.data.formats`;
+this module turns them into :class:`Example` s with TRL ``SFTTrainer``'s defaults:
+
+- labels are the input ids where a token carries loss and ``-100`` elsewhere (a token carries
+  loss if its characters overlap a completion, an assistant turn, or, for ``text`` rows, the
+  text); the model shifts labels itself;
+- EOS is appended to ``text`` and ``prompt`` + ``completion`` rows when the tokenized row does
+  not already end with it, and is trained; conversations end as their chat template ends them;
+- examples longer than ``max_length`` are truncated, keeping the start;
+- an example left with no token to predict is dropped and counted (the first token is never
+  predicted: nothing comes before it).
+
+Evaluation data come from ``eval_spec`` when given, else from the builtin's own eval split,
+else from a held-out fraction of the examples drawn with ``seed``. That seed fixes only the
+split: keep it the same across training seeds for the eval set to stay the same.
+
+Batches are made by :func:`train_batches` and :func:`eval_batches`
+(:mod:`deadzone.data.batching`), re-exported here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from deadzone.data.batching import IGNORE_INDEX, collate, eval_batches, train_batches
+from deadzone.data.formats import Rendered, render_table
+from deadzone.data.sources import Table, is_builtin, read_spec, update_hash
+from deadzone.errors import DeadzoneError
+
+__all__ = [
+    "IGNORE_INDEX",
+    "Example",
+    "SFTData",
+    "collate",
+    "eval_batches",
+    "load_sft_data",
+    "pad_id_for",
+    "train_batches",
+]
+
+TOKENIZE_CHUNK = 512  # rows per tokenizer call
+
+
+@dataclass(frozen=True)
+class Example:
+    """One tokenized example; ``labels[i]`` is ``input_ids[i]`` or ``IGNORE_INDEX``."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def trained_tokens(self) -> int:
+        """Tokens the loss is computed on (the first one is never predicted)."""
+        return sum(label != IGNORE_INDEX for label in self.labels[1:])
+
+
+@dataclass
+class SFTData:
+    """Tokenized train and eval examples, and ``info`` for results files.
+
+    ``info`` holds ``spec``, ``eval_spec``, ``eval_source`` (``"eval_spec"``,
+    ``"builtin_eval_split"`` or ``"held_out"``, with ``eval_fraction`` and ``split_seed``),
+    ``format`` (row shapes, ``+``-joined), ``content_hash`` (sha256 of the raw rows, train
+    then eval), ``max_length`` and ``counts``: ``rows``, ``examples`` (kept, train + eval),
+    ``train_examples``, ``eval_examples``, ``dropped_no_target``, ``truncated``.
+    """
+
+    train: list[Example]
+    eval: list[Example]
+    info: dict = field(default_factory=dict)
+
+
+def load_sft_data(
+    spec: str,
+    tokenizer: Any,
+    *,
+    max_length: int = 256,
+    eval_spec: str | None = None,
+    eval_fraction: float = 0.1,
+    seed: int = 0,
+) -> SFTData:
+    """Read, check and tokenize ``spec`` (and the eval data) for ``tokenizer``."""
+    if max_length < 2:
+        raise DeadzoneError(f"max_length must be at least 2 tokens, got {max_length}")
+    if not 0 <= eval_fraction < 1:
+        raise DeadzoneError(f"eval fraction must be in [0, 1), got {eval_fraction}")
+    eos_id = getattr(tokenizer, "eos_token_id", None)
+    if eos_id is None:
+        raise DeadzoneError("the tokenizer has no EOS token")
+    hasher, counts, formats = hashlib.sha256(), Counter(), set()
+
+    def examples_of(source: str, split: str) -> list[Example]:
+        tables = read_spec(source, split)
+        for table in tables:
+            update_hash(hasher, table)
+        return _examples(tables, source, tokenizer, max_length, eos_id, counts, formats)
+
+    train = examples_of(spec, "train")
+    if eval_spec is not None:
+        hasher.update(b"\0eval\0")
+        evaluation, eval_source = examples_of(eval_spec, "eval"), "eval_spec"
+    elif is_builtin(spec):
+        hasher.update(b"\0eval\0")
+        evaluation, eval_source = examples_of(spec, "eval"), "builtin_eval_split"
+    else:
+        train, evaluation = hold_out(train, eval_fraction, seed)
+        eval_source = "held_out"
+    counts.update(train_examples=len(train), eval_examples=len(evaluation))
+    info = {
+        "spec": spec,
+        "eval_spec": eval_spec,
+        "eval_source": eval_source,
+        "eval_fraction": eval_fraction if eval_source == "held_out" else None,
+        "split_seed": seed if eval_source == "held_out" else None,
+        "format": "+".join(sorted(formats)),
+        "content_hash": hasher.hexdigest(),
+        "max_length": max_length,
+        "counts": {key: counts[key] for key in _COUNT_KEYS},
+    }
+    return SFTData(train, evaluation, info)
+
+
+_COUNT_KEYS = (
+    "rows",
+    "examples",
+    "train_examples",
+    "eval_examples",
+    "dropped_no_target",
+    "truncated",
+)
+
+
+def hold_out(
+    examples: list[Example], fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """``(train, eval)``: a ``fraction`` of ``examples`` (at least one if ``fraction`` > 0),
+    drawn with ``seed``; both keep the examples' original order."""
+    if fraction == 0:
+        return examples, []
+    n_eval = max(1, round(len(examples) * fraction))
+    if n_eval >= len(examples):
+        raise DeadzoneError(
+            f"too few examples ({len(examples)}) to hold out {fraction:.0%} for evaluation; "
+            "give evaluation data explicitly"
+        )
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n_eval])
+    train = [e for i, e in enumerate(examples) if i not in held]
+    return train, [e for i, e in enumerate(examples) if i in held]
+
+
+def pad_id_for(tokenizer: Any) -> int:
+    """The tokenizer's pad token id, or its EOS id when it has none (as for GPT-2)."""
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    pad_id = pad_id if pad_id is not None else getattr(tokenizer, "eos_token_id", None)
+    if pad_id is None:
+        raise DeadzoneError("the tokenizer has neither a pad nor an EOS token")
+    return pad_id
+
+
+def _examples(
+    tables: list[Table],
+    spec: str,
+    tokenizer: Any,
+    max_length: int,
+    eos_id: int,
+    counts: Counter,
+    formats: set[str],
+) -> list[Example]:
+    """The examples of ``tables`` (``spec``'s files); empty data is an error."""
+    rows = sum(len(t.rows) for t in tables)
+    if rows == 0:
+        raise DeadzoneError(f"no rows in {spec}")
+    examples: list[Example] = []
+    dropped_before = counts["dropped_no_target"]
+    for table in tables:
+        if not table.rows:
+            continue
+        fmt, rendered = render_table(table, tokenizer)
+        formats.add(fmt)
+        for start in range(0, len(rendered), TOKENIZE_CHUNK):
+            chunk = rendered[start : start + TOKENIZE_CHUNK]
+            examples += _tokenize(chunk, tokenizer, max_length, eos_id, counts)
+    counts.update(rows=rows, examples=len(examples))
+    if not examples:
+        dropped = counts["dropped_no_target"] - dropped_before
+        raise DeadzoneError(
+            f"no example in {spec} has a token to train on within {max_length} tokens "
+            f"({dropped} dropped)"
+        )
+    return examples
+
+
+def _tokenize(
+    rendered: list[Rendered], tokenizer: Any, max_length: int, eos_id: int, counts: Counter
+) -> list[Example]:
+    """Tokenize rows of one table (all chat-rendered or none), label, truncate and filter."""
+    chat = rendered[0].chat
+    try:
+        encoded = tokenizer(
+            [r.text for r in rendered], add_special_tokens=not chat, return_offsets_mapping=True
+        )
+    except NotImplementedError:
+        raise DeadzoneError(
+            "the tokenizer cannot map tokens to characters; use a fast tokenizer"
+        ) from None
+    examples = []
+    for row, ids, offsets in zip(
+        rendered, encoded["input_ids"], encoded["offset_mapping"], strict=True
+    ):
+        add_eos = not chat and (not ids or ids[-1] != eos_id)
+        if len(ids) + add_eos > max_length:
+            counts["truncated"] += 1
+            ids, offsets, add_eos = ids[:max_length], offsets[:max_length], False
+        labels = [
+            t if _carries_loss(o, row.spans) else IGNORE_INDEX
+            for t, o in zip(ids, offsets, strict=True)
+        ]
+        example = Example([*ids, eos_id], [*labels, eos_id]) if add_eos else Example(ids, labels)
+        if example.trained_tokens == 0:
+            counts["dropped_no_target"] += 1
+        else:
+            examples.append(example)
+    return examples
+
+
+def _carries_loss(offset: tuple[int, int], spans: tuple[tuple[int, int], ...]) -> bool:
+    """Whether a token's characters overlap a span; tokens the tokenizer adds (BOS) have
+    empty offsets and never do."""
+    start, end = offset
+    return start < end and any(start < hi and end > lo for lo, hi in spans)
