@@ -47,9 +47,68 @@ def _pretrain(args: argparse.Namespace) -> None:
     )
 
 
+def add_crystallize(sub: argparse._SubParsersAction) -> None:
+    p = _parser(
+        sub,
+        "crystallize",
+        "Fine-tune while target matrices are trained, frozen, crystallized to rank k, "
+        "re-initialised or zeroed; compare over seeds with paired confidence intervals.",
+    )
+    p.add_argument("model", metavar="MODEL", help="model directory, hub id or builtin:tiny")
+    p.add_argument(
+        "--target", required=True, help="site name(s) or glob(s), comma-separated (L4.attn.c_proj)"
+    )
+    p.add_argument(
+        "--strategies",
+        default="full,frozen,crystal,random",
+        help="comma-separated: full, frozen, crystal, random, zero (full is the baseline)",
+    )
+    p.add_argument("--rank", type=int, default=1, help="rank k of the crystal approximation")
+    p.add_argument("--steps", type=int, default=50, help="SFT optimizer steps per run")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..S-1) per strategy")
+    p.add_argument("--data", default="builtin:docstrings", help="SFT data spec")
+    p.add_argument("--eval-data", default=None, help="evaluation data spec")
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    p.add_argument("--batch-size", type=int, default=8, help="examples per micro-batch")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
+    p.add_argument("--eval-every", type=int, default=10, help="steps between evaluations")
+    p.add_argument("--max-length", type=int, default=256, help="tokens kept per example")
+    p.add_argument("--out", required=True, help="output directory (resumed if it exists)")
+    p.set_defaults(handler=_crystallize)
+
+
+def _crystallize(args: argparse.Namespace) -> None:
+    from deadzone.experiments.crystallize import CrystallizeConfig, crystallize
+    from deadzone.report.crystallize import conclusion, table, write_report
+    from deadzone.train import SFTConfig
+
+    sft = SFTConfig(
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        eval_every=args.eval_every,
+    )
+    config = CrystallizeConfig(
+        model=args.model,
+        targets=args.target,
+        strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
+        rank=args.rank,
+        seeds=args.seeds,
+        data=args.data,
+        eval_data=args.eval_data,
+        max_length=args.max_length,
+        sft=sft,
+    )
+    results = crystallize(config, args.out)
+    report, curves = write_report(args.out)
+    print(f"{table(results)}\n\n{conclusion(results)}")
+    print(f"wrote {report.with_name('results.json')}, {report}, {curves}")
+
+
 # --- entry point ------------------------------------------------------------------------------
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_pretrain]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_pretrain, add_crystallize]
 
 
 def build_parser() -> argparse.ArgumentParser:

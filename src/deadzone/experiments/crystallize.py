@@ -1,0 +1,225 @@
+"""The ``crystallize`` experiment: one or more target sites trained, frozen, crystallized to rank k,
+randomized or zeroed during SFT, over several seeds, with the noise measured.
+
+Every strategy is applied to all targets at once; every other site trains. Each strategy runs
+once per seed; for a seed, all strategies see the same batches (the paired design), so the
+per-seed differences against ``full`` give a paired 95% confidence interval, and a verdict:
+``better`` or ``worse`` when the interval excludes zero, ``within noise`` when it does not,
+``undetermined`` when fewer than two seeds finished for both, and ``baseline`` for ``full``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deadzone import sites as sites_mod
+from deadzone.data.sft import load_sft_data, pad_id_for
+from deadzone.errors import DeadzoneError
+from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, execute, provenance
+from deadzone.strategies import STRATEGIES, check_rank
+from deadzone.train import SFTConfig
+
+EXPERIMENT = "crystallize"
+BASELINE = "full"
+DEFAULT_STRATEGIES = ("full", "frozen", "crystal", "random")
+
+
+@dataclass
+class CrystallizeConfig:
+    """What to crystallize, how, and on which data. ``seeds`` is the number of seeds (0..S-1);
+    ``sft.seed`` is ignored (each run takes its own)."""
+
+    model: str
+    targets: str
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
+    rank: int = 1
+    seeds: int = 3
+    data: str = "builtin:docstrings"
+    eval_data: str | None = None
+    eval_fraction: float = 0.1
+    max_length: int = 256
+    sft: SFTConfig = field(default_factory=SFTConfig)
+
+    def __post_init__(self) -> None:
+        self.strategies = tuple(self.strategies)
+        for name in self.strategies:
+            if name not in STRATEGIES:
+                raise DeadzoneError(
+                    f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}"
+                )
+        if len(set(self.strategies)) != len(self.strategies):
+            raise DeadzoneError(f"a strategy is listed twice: {','.join(self.strategies)}")
+        if BASELINE not in self.strategies:
+            raise DeadzoneError("the strategies must include full, the baseline of the comparison")
+        if not isinstance(self.seeds, int) or self.seeds < 1:
+            raise DeadzoneError(f"seeds must be an integer >= 1, got {self.seeds!r}")
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise DeadzoneError(f"rank must be an integer >= 1, got {self.rank!r}")
+        if not self.targets or not self.targets.strip():
+            raise DeadzoneError("no target site given")
+
+
+def plan_runs(strategies: tuple[str, ...], targets: list[str], seeds: int) -> list[RunSpec]:
+    """Seed-major order, so that an interrupted experiment already holds complete pairs."""
+    return [
+        RunSpec(
+            key=f"{strategy}/seed{seed}",
+            plan={t: strategy for t in targets},
+            seed=seed,
+            labels={"strategy": strategy, "seed": seed},
+        )
+        for seed in range(seeds)
+        for strategy in strategies
+    ]
+
+
+def crystallize(
+    config: CrystallizeConfig,
+    out: str | Path,
+    *,
+    show_progress: bool = True,
+    on_record: Callable[[dict], None] | None = None,
+) -> dict:
+    """Run (or resume) the experiment into ``out`` and return the ``results.json`` document."""
+    from deadzone.checkpoints import load_model
+
+    model, tokenizer = load_model(config.model)
+    if tokenizer is None:
+        raise DeadzoneError(f"{config.model} has no tokenizer; SFT needs one")
+    all_sites = sites_mod.find_sites(model)
+    targets = sites_mod.select(all_sites, config.targets)
+    if "crystal" in config.strategies:
+        for site in targets:
+            check_rank(site, config.rank)
+    data = load_sft_data(
+        config.data,
+        tokenizer,
+        max_length=config.max_length,
+        eval_spec=config.eval_data,
+        eval_fraction=config.eval_fraction,
+    )
+    inputs = RunInputs(
+        model, {s.name: s for s in all_sites}, data, pad_id_for(tokenizer), config.sft, config.rank
+    )
+    results = ResultsDir(out, _identity(config, model, targets, data.info), provenance(), summarize)
+    execute(
+        inputs,
+        plan_runs(config.strategies, [s.name for s in targets], config.seeds),
+        results,
+        on_record=on_record,
+        show_progress=show_progress,
+    )
+    results.save()
+    return results.document()
+
+
+def _identity(config: CrystallizeConfig, model, targets: list, data_info: dict) -> dict:
+    sft = config.sft.to_dict()
+    sft.pop("seed")
+    return {
+        "experiment": EXPERIMENT,
+        "model": config.model,
+        "model_info": {
+            "model_type": getattr(model.config, "model_type", None),
+            "params": sum(p.numel() for p in model.parameters()),
+        },
+        "targets": [s.name for s in targets],
+        "target_params": sum(s.params for s in targets),
+        "strategies": list(config.strategies),
+        "rank": config.rank,
+        "steps": config.sft.steps,
+        "seeds": list(range(config.seeds)),
+        "data": data_info,
+        "config": sft,
+    }
+
+
+# --- summary: means, paired intervals, verdicts -----------------------------------------------
+
+# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom.
+_T975 = (
+    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
+)  # fmt: skip
+
+
+def t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom."""
+    if df < 1:
+        raise ValueError("df must be >= 1")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964  # Cornish-Fisher expansion around the normal quantile; error < 1e-4 past 30
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def paired_ci(diffs: list[float]) -> tuple[float, float] | None:
+    """95% interval of the mean of paired differences, or None for fewer than two."""
+    if len(diffs) < 2:
+        return None
+    mean = statistics.fmean(diffs)
+    half = t975(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return mean - half, mean + half
+
+
+def verdict(ci: tuple[float, float] | None) -> str:
+    """Lower loss is better: ``better`` if the whole interval is below zero, ``worse`` above."""
+    if ci is None:
+        return "undetermined"
+    if ci[1] < 0:
+        return "better"
+    if ci[0] > 0:
+        return "worse"
+    return "within noise"
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def _pct(value: float | None, base: float | None) -> float | None:
+    return None if value is None or not base else 100.0 * (value - base) / base
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """One record per strategy, in the order strategies first appear, ``full`` first."""
+    ok = [r for r in runs if r.get("status") == "ok"]
+    by_seed = {r["seed"]: r for r in ok if r["strategy"] == BASELINE}
+    order = sorted(dict.fromkeys(r["strategy"] for r in runs), key=lambda s: s != BASELINE)
+    base_train, _ = _mean_std([r["final_train_loss"] for r in by_seed.values()])
+    base_eval, _ = _mean_std([r["final_eval_loss"] for r in by_seed.values()])
+    summary = []
+    for strategy in order:
+        mine = [r for r in ok if r["strategy"] == strategy]
+        train_mean, train_std = _mean_std([r["final_train_loss"] for r in mine])
+        eval_mean, eval_std = _mean_std([r["final_eval_loss"] for r in mine])
+        diffs = [
+            _pct(r["final_eval_loss"], by_seed[r["seed"]]["final_eval_loss"])
+            for r in mine
+            if r["seed"] in by_seed
+        ]
+        ci = paired_ci(diffs)
+        summary.append(
+            {
+                "strategy": strategy,
+                "n": len(mine),
+                "failed": sum(r["strategy"] == strategy and r.get("status") != "ok" for r in runs),
+                "trainable_params": mine[0]["trainable_params"] if mine else None,
+                "train_loss_mean": train_mean,
+                "train_loss_std": train_std,
+                "eval_loss_mean": eval_mean,
+                "eval_loss_std": eval_std,
+                "delta_train_pct": _pct(train_mean, base_train),
+                "delta_eval_pct": _pct(eval_mean, base_eval),
+                "ci95_eval_pct": list(ci) if ci else None,
+                "verdict": "baseline" if strategy == BASELINE else verdict(ci),
+            }
+        )
+    return summary

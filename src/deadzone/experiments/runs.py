@@ -1,0 +1,191 @@
+"""Runs and results directories, shared by every experiment.
+
+A run is one SFT of a fresh copy of the model with one strategy per site and one seed. An
+experiment plans its runs as :class:`RunSpec` s, executes them with :func:`execute`, and keeps
+their records in a :class:`ResultsDir`, whose ``results.json`` is rewritten atomically after
+every run. Rerunning the same experiment into the same directory skips the runs already
+recorded; a different experiment or configuration is refused, never mixed in.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from deadzone import fileio, strategies
+from deadzone.data.sft import SFTData, eval_batches, train_batches
+from deadzone.errors import DeadzoneError
+from deadzone.provenance import git_state, versions
+from deadzone.sites import Site
+from deadzone.train import Batch, SFTConfig, SFTLoop, make_accelerator
+
+RESULTS = "results.json"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One planned run: ``plan`` maps site names to strategies; other sites train (``full``).
+
+    ``key`` names the run uniquely within its experiment; ``labels`` are copied into its record.
+    """
+
+    key: str
+    plan: dict[str, str]
+    seed: int
+    labels: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunInputs:
+    """What every run of an experiment shares: the pristine model, its sites, data and config.
+
+    Every run trains a deep copy of ``model``, which itself is never modified. For a given seed
+    every run sees the same training batches in the same order and the same eval batches.
+    """
+
+    model: torch.nn.Module
+    sites: dict[str, Site]
+    data: SFTData
+    pad_id: int
+    config: SFTConfig
+    rank: int = 1
+    eval: list[Batch] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.eval = eval_batches(self.data.eval, self.config.batch_size, pad_id=self.pad_id)
+        if not self.eval:
+            raise DeadzoneError("no evaluation examples")
+
+    def train_data(self, seed: int):
+        return train_batches(self.data.train, self.config.batch_size, seed=seed, pad_id=self.pad_id)
+
+
+def run_one(inputs: RunInputs, spec: RunSpec, *, accelerator=None, show_progress=True) -> dict:
+    """Train one run and return its record: ``labels``, the run result and the site records."""
+    model = copy.deepcopy(inputs.model)
+    plan = {inputs.sites[name]: strategy for name, strategy in spec.plan.items()}
+    site_records = strategies.apply_strategies(model, plan, rank=inputs.rank, seed=spec.seed)
+    config = replace(inputs.config, seed=spec.seed)
+    loop = SFTLoop(
+        model,
+        inputs.train_data(spec.seed),
+        inputs.eval,
+        config,
+        accelerator=accelerator,
+        description=spec.key,
+        show_progress=show_progress,
+    )
+    result = loop.run()
+    return {**spec.labels, "key": spec.key, **result.to_dict(), "sites": site_records}
+
+
+def execute(
+    inputs: RunInputs,
+    specs: Iterable[RunSpec],
+    results: ResultsDir,
+    *,
+    on_record: Callable[[dict], None] | None = None,
+    show_progress: bool = True,
+) -> None:
+    """Run every spec not already in ``results``, saving after each one."""
+    pending = [s for s in specs if not results.finished(s.key)]
+    if not pending:
+        return
+    accelerator = make_accelerator(inputs.config)
+    for spec in pending:
+        record = run_one(inputs, spec, accelerator=accelerator, show_progress=show_progress)
+        if accelerator.is_main_process:
+            results.add(record)
+        if on_record is not None:
+            on_record(record)
+
+
+class ResultsDir:
+    """``results.json`` in ``out``: a header identifying the experiment, then run records.
+
+    ``identity`` is what must match for a rerun to resume (experiment name, model, data hash,
+    configuration, ...); ``header`` adds what is merely recorded (versions, git state).
+    ``summarize`` turns the records into the ``summary`` saved beside them.
+    """
+
+    def __init__(
+        self,
+        out: str | Path,
+        identity: dict,
+        header: dict | None = None,
+        summarize: Callable[[list[dict]], object] | None = None,
+    ) -> None:
+        self.out = Path(out)
+        self.path = self.out / RESULTS
+        self.identity = _normalise(identity)
+        self.header = _normalise(header or {})
+        self.summarize = summarize
+        self.runs: dict[str, dict] = self._load()
+
+    def _load(self) -> dict[str, dict]:
+        if not self.path.exists():
+            if self.out.is_file():
+                raise DeadzoneError(f"output directory {self.out} is a file")
+            return {}
+        try:
+            old = fileio.read_json(self.path)
+        except (OSError, ValueError) as e:
+            raise DeadzoneError(f"cannot read {self.path}: {e}") from None
+        if not isinstance(old, dict):
+            raise DeadzoneError(f"{self.path} is not a deadzone results file")
+        _check_same(self.path, old, self.identity)
+        return {r["key"]: r for r in old.get("runs", []) if isinstance(r, dict) and "key" in r}
+
+    def finished(self, key: str) -> bool:
+        return key in self.runs
+
+    def add(self, record: dict) -> None:
+        self.runs[record["key"]] = _normalise(record)
+        self.save()
+
+    def document(self) -> dict:
+        runs = list(self.runs.values())
+        doc = {**self.identity, **self.header, "runs": runs}
+        if self.summarize is not None:
+            doc["summary"] = self.summarize(runs)
+        return doc
+
+    def save(self) -> None:
+        fileio.ensure_dir(self.out)
+        fileio.write_json(self.path, self.document())
+
+
+def _check_same(path: Path, old: dict, identity: dict) -> None:
+    """Refuse a results file from another experiment or configuration, naming a difference."""
+    if old.get("experiment") != identity.get("experiment"):
+        raise DeadzoneError(
+            f"{path.parent} holds another experiment ({old.get('experiment')!r}); "
+            "choose another output directory"
+        )
+    for key, value in identity.items():
+        if old.get(key) != value:
+            raise DeadzoneError(
+                f"{path.parent} holds a {identity['experiment']} run with a different {key} "
+                f"({_short(old.get(key))} there, {_short(value)} now); "
+                "choose another output directory"
+            )
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _normalise(obj: object) -> object:
+    """``obj`` as it reads back from JSON (tuples become lists), with NaN refused."""
+    return json.loads(json.dumps(obj, allow_nan=False))
+
+
+def provenance() -> dict:
+    """``versions`` and ``git`` for a results header."""
+    return {"versions": versions(), "git": git_state()}
