@@ -74,7 +74,7 @@ def test_cli_writes_results_report_and_curves(setup, tmp_path, capsys):
     argv = [
         "crystallize", model, "--target", "L1.attn.c_proj",
         "--steps", "2", "--seeds", "2", "--data", data,
-        "--eval-every", "2", "--batch-size", "4", "--max-length", "48", "--lr", "3e-3",
+        "--eval-every", "2", "--batch-size", "4", "--lr", "3e-3",
         "--out", str(out),
     ]  # fmt: skip
     assert main(argv) == 0
@@ -88,6 +88,7 @@ def test_cli_writes_results_report_and_curves(setup, tmp_path, capsys):
     assert results["targets"] == ["L1.attn.c_proj"] and results["rank"] == 1
     assert results["steps"] == 2 and results["seeds"] == [0, 1]
     assert {"spec", "content_hash", "counts"} <= set(results["data"])
+    assert results["data"]["max_length"] == 64  # capped at the model's context
     assert set(results["versions"]) == {"python", "torch", "transformers", "deadzone"}
     assert len(results["runs"]) == 8
     for run in results["runs"]:

@@ -31,7 +31,8 @@ DEFAULT_STRATEGIES = ("full", "frozen", "crystal", "random")
 @dataclass
 class CrystallizeConfig:
     """What to crystallize, how, and on which data. ``seeds`` is the number of seeds (0..S-1);
-    ``sft.seed`` is ignored (each run takes its own)."""
+    ``sft.seed`` is ignored (each run takes its own). ``max_length`` is capped at the model's
+    context length."""
 
     model: str
     targets: str
@@ -98,7 +99,7 @@ def crystallize(
     data = load_sft_data(
         config.data,
         tokenizer,
-        max_length=config.max_length,
+        max_length=min(config.max_length, context_length(model) or config.max_length),
         eval_spec=config.eval_data,
         eval_fraction=config.eval_fraction,
     )
@@ -115,6 +116,15 @@ def crystallize(
     )
     results.save()
     return results.document()
+
+
+def context_length(model) -> int | None:
+    """The longest sequence the model's position embeddings allow, if the config says."""
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(model.config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _identity(config: CrystallizeConfig, model, targets: list, data_info: dict) -> dict:

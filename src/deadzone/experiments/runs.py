@@ -99,6 +99,7 @@ def execute(
     accelerator = make_accelerator(inputs.config)
     for spec in pending:
         record = run_one(inputs, spec, accelerator=accelerator, show_progress=show_progress)
+        accelerator.free_memory()  # drop its references to this run's model and optimizer
         if accelerator.is_main_process:
             results.add(record)
         if on_record is not None:
