@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +17,8 @@ from deadzone.data import corpus
 from deadzone.errors import DeadzoneError
 from deadzone.fileio import ensure_dir, write_json
 from deadzone.presets import Preset, builtin_dir, get_preset
-from deadzone.progress import make_progress
 from deadzone.provenance import versions
+from deadzone.train import SFTConfig, train
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -81,53 +81,36 @@ def build_model(preset: Preset, tokenizer: PreTrainedTokenizerFast) -> GPT2LMHea
     return GPT2LMHeadModel(config)
 
 
-@torch.no_grad()
-def eval_loss(model: GPT2LMHeadModel, blocks: torch.Tensor, batch_size: int) -> float:
-    """Mean next-token loss over ``blocks`` (every block has the same number of targets)."""
-    model.eval()
-    losses = [model(input_ids=b, labels=b).loss.item() for b in blocks.split(batch_size)]
-    model.train()
-    return sum(losses) / len(losses)
+def _as_batch(blocks: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"input_ids": blocks, "attention_mask": torch.ones_like(blocks), "labels": blocks}
 
 
-def _optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+def _epoch_batches(blocks: torch.Tensor, preset: Preset) -> Callable[[int], Iterator[dict]]:
+    """Each epoch: every block once, in an order drawn from the preset's seed and the epoch."""
+
+    def epoch(n: int) -> Iterator[dict]:
+        order = torch.randperm(
+            len(blocks), generator=torch.Generator().manual_seed(preset.seed + n)
+        )
+        for idx in order.split(preset.batch_size):
+            if len(idx) == preset.batch_size:
+                yield _as_batch(blocks[idx])  # (batch, context)
+
+    return epoch
 
 
-def _lr_at(step: int, preset: Preset) -> float:
-    if step < preset.warmup_steps:
-        return preset.lr * (step + 1) / preset.warmup_steps
-    progress = (step - preset.warmup_steps) / max(1, preset.steps - preset.warmup_steps)
-    return preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def train(model: GPT2LMHeadModel, blocks: torch.Tensor, preset: Preset) -> dict:
-    """Train on random batches of ``blocks``; return the mean loss of the last 10% of steps."""
-    opt = _optimizer(model, preset.lr)
-    gen = torch.Generator().manual_seed(preset.seed)
-    tokens_per_step = preset.batch_size * preset.context
-    losses: list[float] = []
-    start = time.perf_counter()
-    with make_progress("loss {task.fields[loss]:.3f}", "{task.fields[tps]:,.0f} tok/s") as bar:
-        task = bar.add_task(f"pretraining {preset.name}", total=preset.steps, loss=math.nan, tps=0)
-        for step in range(preset.steps):
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, preset)
-            idx = torch.randint(len(blocks), (preset.batch_size,), generator=gen)
-            batch = blocks[idx]  # (batch, context)
-            loss = model(input_ids=batch, labels=batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            tps = (step + 1) * tokens_per_step / (time.perf_counter() - start)
-            bar.update(task, advance=1, loss=loss.item(), tps=tps)
-    tail = losses[-max(1, len(losses) // 10) :]
-    return {"train_loss": sum(tail) / len(tail), "tokens": preset.steps * tokens_per_step}
+def sft_config(preset: Preset) -> SFTConfig:
+    """The preset's recipe as a training config: AdamW, warmup, cosine to 10%, clipping."""
+    return SFTConfig(
+        steps=preset.steps,
+        lr=preset.lr,
+        batch_size=preset.batch_size,
+        warmup_steps=preset.warmup_steps,
+        weight_decay=0.1,
+        betas=(0.9, 0.95),
+        eval_every=preset.steps,
+        seed=preset.seed,
+    )
 
 
 def _prepare_out(out: Path) -> None:
@@ -178,10 +161,14 @@ def pretrain(preset_name: str, out: str | Path | None = None) -> Pretrained:
     tokenizer = train_tokenizer(train_docs, preset.vocab_size)
     train_blocks = token_blocks(tokenizer, train_docs, preset.context)
     eval_blocks = token_blocks(tokenizer, eval_docs, preset.context)[: preset.eval_blocks]
-    torch.manual_seed(preset.seed)
     model = build_model(preset, tokenizer)
-    step0 = eval_loss(model, eval_blocks, preset.batch_size)
-    trained = train(model, train_blocks, preset)
+    evals = [_as_batch(b) for b in eval_blocks.split(preset.batch_size)]
+    run = train(
+        model, _epoch_batches(train_blocks, preset), evals, sft_config(preset),
+        description=f"pretraining {preset.name}",
+    )  # fmt: skip
+    if run.status != "ok":
+        raise DeadzoneError(f"pretraining {preset.name} failed: {run.error}")
     record = {
         "preset": preset.name,
         "corpus_hash": chash,
@@ -190,10 +177,11 @@ def pretrain(preset_name: str, out: str | Path | None = None) -> Pretrained:
         "eval_blocks": len(eval_blocks),
         "context": preset.context,
         "steps": preset.steps,
-        "tokens": trained["tokens"],
-        "step0_eval_loss": step0,
-        "train_loss": trained["train_loss"],
-        "eval_loss": eval_loss(model, eval_blocks, preset.batch_size),
+        "tokens": run.train_tokens,
+        "tokens_per_second": round(run.tokens_per_second),
+        "step0_eval_loss": run.step0_eval_loss,
+        "train_loss": run.final_train_loss,
+        "eval_loss": run.final_eval_loss,
         "seconds": round(time.perf_counter() - start, 1),
         "versions": versions(),
     }
