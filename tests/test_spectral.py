@@ -1,0 +1,250 @@
+"""Geometry of a matrix against a float64 ``numpy.linalg.svd`` reference, on planted matrices."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from deadzone import spectral
+from deadzone.errors import DeadzoneError
+
+# Accuracy promised to users: relative error against the float64 SVD reference.
+TIGHT = ("pr", "pc1", "pr_uncentered", "pc1_uncentered", "stable_rank", "spectral_norm",
+         "frobenius_norm")  # fmt: skip
+RTOL_TIGHT = 1e-6
+RTOL_LOOSE = 1e-5  # effective_rank, amplitude_pr
+
+
+def reference(W: np.ndarray, K: int = 8) -> dict[str, float]:
+    """Every metric straight from the definitions, with full float64 SVDs."""
+    W = np.asarray(W, dtype=np.float64)
+    sigma = np.linalg.svd(W, compute_uv=False)
+    sigma_c = np.linalg.svd(W - W.mean(axis=0), compute_uv=False)
+    lam, lam_c = sigma**2, sigma_c**2
+    # Rank tolerance: singular values whose square is below max(out, in) * eps * sigma_max^2.
+    kept = sigma[lam > max(W.shape) * np.finfo(np.float64).eps * lam.max()]
+    p = kept / kept.sum()
+    # Gaussian-basis amplitudes, literally: K Gaussians over [-3s, 3s], one E-step, row means.
+    s = W.std()
+    centres = np.linspace(-3 * s, 3 * s, K)
+    width = 6 * s / (K - 1)
+    log_pdf = -((W[:, :, None] - centres) ** 2) / (2 * width**2)  # (out, in, K)
+    log_pdf -= log_pdf.max(axis=2, keepdims=True)
+    resp = np.exp(log_pdf)
+    resp /= resp.sum(axis=2, keepdims=True)
+    amp = resp.mean(axis=1)  # (out, K)
+    amp_lam = np.linalg.svd(amp - amp.mean(axis=0), compute_uv=False) ** 2
+    return {
+        "pr": lam_c.sum() ** 2 / (lam_c**2).sum(),
+        "pc1": lam_c.max() / lam_c.sum(),
+        "pr_uncentered": lam.sum() ** 2 / (lam**2).sum(),
+        "pc1_uncentered": lam.max() / lam.sum(),
+        "stable_rank": lam.sum() / lam.max(),
+        "effective_rank": float(np.exp(-(p * np.log(p)).sum())),
+        "spectral_norm": sigma.max(),
+        "frobenius_norm": np.sqrt(lam.sum()),
+        "amplitude_pr": amp_lam.sum() ** 2 / (amp_lam**2).sum(),
+    }
+
+
+def assert_matches(W: torch.Tensor, got: dict[str, float]) -> None:
+    ref = reference(W.double().numpy())
+    for name in spectral.METRICS:
+        rtol = RTOL_TIGHT if name in TIGHT else RTOL_LOOSE
+        assert got[name] == pytest.approx(ref[name], rel=rtol), name
+
+
+def gaussian(out: int, inn: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(out, inn, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def rank1_plus_noise(out: int, inn: int, noise: float, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(out, 1, generator=g, dtype=torch.float64)
+    v = torch.randn(1, inn, generator=g, dtype=torch.float64)
+    return u @ v + noise * torch.randn(out, inn, generator=g, dtype=torch.float64)
+
+
+def row_scaled(out: int, inn: int, seed: int = 0) -> torch.Tensor:
+    """Gaussian rows with scales from 0.5 to 2: every row has the same *shape* of values."""
+    g = torch.Generator().manual_seed(seed)
+    scale = 0.5 + 1.5 * torch.rand(out, 1, generator=g, dtype=torch.float64)
+    return scale * torch.randn(out, inn, generator=g, dtype=torch.float64)
+
+
+def ill_conditioned(out: int, inn: int, decades: float, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    n = min(out, inn)
+    U, _ = torch.linalg.qr(torch.randn(out, n, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(inn, n, generator=g, dtype=torch.float64))
+    sigma = torch.logspace(0, -decades, n, dtype=torch.float64)
+    return (U * sigma) @ V.T + 0.3  # an offset, so centring matters
+
+
+PLANTED = {
+    "gaussian tall": lambda: gaussian(300, 120),
+    "gaussian wide": lambda: gaussian(96, 257, seed=1),
+    "gaussian square": lambda: gaussian(128, 128, seed=2),
+    "gaussian offset": lambda: gaussian(200, 64, seed=3) + 5.0,
+    "rank-1 plus noise": lambda: rank1_plus_noise(256, 100, noise=0.05),
+    "rank-1 plus noise wide": lambda: rank1_plus_noise(80, 300, noise=0.01, seed=4),
+    "row-scaled gaussian": lambda: row_scaled(200, 160),
+    "ill-conditioned 1e6": lambda: ill_conditioned(150, 90, decades=6),
+    "ill-conditioned 1e12 wide": lambda: ill_conditioned(70, 160, decades=12, seed=5),
+    "heavy tails": lambda: torch.distributions.StudentT(2.0).sample((120, 140)).double(),
+    "one column": lambda: gaussian(50, 1, seed=6),
+    "one row plus": lambda: gaussian(2, 40, seed=7),
+}
+
+
+@pytest.mark.parametrize("name", list(PLANTED))
+def test_geometry_matches_float64_svd(name: str) -> None:
+    torch.manual_seed(0)
+    W = PLANTED[name]()
+    assert_matches(W, spectral.geometry(W).as_dict())
+
+
+@pytest.mark.parametrize("name", ["gaussian tall", "gaussian wide", "rank-1 plus noise"])
+def test_single_metric_functions_agree(name: str) -> None:
+    W = PLANTED[name]()
+    ref = reference(W.numpy())
+    for metric in spectral.METRICS:
+        got = getattr(spectral, metric)(W)
+        rtol = RTOL_TIGHT if metric in TIGHT else RTOL_LOOSE
+        assert got == pytest.approx(ref[metric], rel=rtol), metric
+
+
+def test_float32_and_bfloat16_inputs_are_measured_as_stored() -> None:
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        W = gaussian(192, 64, seed=8).to(dtype)
+        assert_matches(W, spectral.geometry(W).as_dict())
+
+
+def test_transposed_view_is_the_matrix_it_shows() -> None:
+    stored = gaussian(64, 160, seed=9).float()  # Conv1D-style storage: in x out
+    W = stored.T  # (out, in), non-contiguous
+    assert not W.is_contiguous()
+    for metric, value in spectral.geometry(W.contiguous()).as_dict().items():
+        assert getattr(spectral.geometry(W), metric) == pytest.approx(value, rel=1e-12)
+    assert_matches(W, spectral.geometry(W).as_dict())
+
+
+def test_batch_equals_one_at_a_time() -> None:
+    Ws = torch.stack([gaussian(90, 40, seed=s) for s in range(4)])
+    Ws[2] = rank1_plus_noise(90, 40, noise=0.1)
+    batch = spectral.geometry_batch(Ws)
+    for W, g in zip(Ws, batch, strict=True):
+        single = spectral.geometry(W)
+        for metric in spectral.METRICS:
+            assert getattr(g, metric) == pytest.approx(getattr(single, metric), rel=1e-12)
+
+
+def test_small_chunks_give_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    for W in (gaussian(300, 50, seed=10), gaussian(40, 300, seed=11) - 1.0):
+        whole = spectral.geometry(W)
+        monkeypatch.setattr(spectral, "CHUNK_ELEMENTS", 100)
+        chunked = spectral.geometry(W)
+        monkeypatch.undo()
+        for metric in spectral.METRICS:
+            assert getattr(chunked, metric) == pytest.approx(getattr(whole, metric), rel=1e-12)
+
+
+def test_exact_rank1_has_effective_rank_one() -> None:
+    g = torch.Generator().manual_seed(12)
+    u, v = torch.randn(384, 1, generator=g), torch.randn(1, 128, generator=g)
+    for W in (u.double() @ v.double(), u @ v):  # float64, and stored in float32 as a crystal is
+        geo = spectral.geometry(W)
+        assert geo.effective_rank == pytest.approx(1.0, abs=1e-9)
+        assert geo.stable_rank == pytest.approx(1.0, rel=1e-6)
+        assert geo.pr_uncentered == pytest.approx(1.0, rel=1e-6)
+        assert geo.pr == pytest.approx(1.0, rel=1e-6)  # centring keeps a rank-1 matrix rank-1
+        assert_matches(W, geo.as_dict())
+
+
+def test_rank_deficient_effective_rank_counts_the_rank() -> None:
+    g = torch.Generator().manual_seed(13)
+    W = torch.randn(200, 5, generator=g, dtype=torch.float64) @ torch.randn(
+        5, 90, generator=g, dtype=torch.float64
+    )
+    geo = spectral.geometry(W)
+    assert 1.0 < geo.effective_rank <= 5.0
+    assert_matches(W, geo.as_dict())
+
+
+def test_stable_rank_is_inverse_pc1_uncentered() -> None:
+    for W in (torch.eye(64), gaussian(100, 30, seed=14), rank1_plus_noise(60, 80, noise=0.3)):
+        geo = spectral.geometry(W)
+        assert geo.stable_rank == pytest.approx(1.0 / geo.pc1_uncentered, rel=1e-12)
+    identity = spectral.geometry(torch.eye(64, dtype=torch.float64))
+    assert identity.stable_rank == pytest.approx(64.0, rel=1e-12)
+    assert identity.pr_uncentered == pytest.approx(64.0, rel=1e-12)
+    assert identity.effective_rank == pytest.approx(64.0, rel=1e-12)
+    assert identity.spectral_norm == pytest.approx(1.0, rel=1e-12)
+
+
+def test_row_scaled_gaussian_is_high_pr_but_one_amplitude_shape() -> None:
+    """The study's signature: values spread over many directions, row shapes stereotyped."""
+    geo = spectral.geometry(row_scaled(256, 512, seed=15))
+    assert geo.pr > 100  # values spread over many directions (at most 256)
+    assert geo.amplitude_pr < 1.2  # one amplitude shape, varying only with the row's scale
+    noise = spectral.geometry(gaussian(256, 512, seed=16))
+    assert noise.amplitude_pr > 2.0  # i.i.d. rows differ only by sampling noise, in every direction
+
+
+def test_rank1_plus_noise_is_dominated_by_its_first_component() -> None:
+    geo = spectral.geometry(rank1_plus_noise(256, 128, noise=0.05))
+    assert geo.pc1_uncentered > 0.9
+    assert geo.pr_uncentered < 1.5
+
+
+def test_non_finite_matrix_is_not_computable() -> None:
+    W = gaussian(50, 30, seed=17)
+    for bad in (math.nan, math.inf, -math.inf):
+        X = W.clone()
+        X[3, 7] = bad
+        geo = spectral.geometry(X)
+        assert not geo.finite
+        assert all(math.isnan(v) for v in geo.as_dict().values())
+        assert math.isnan(spectral.pr(X))
+        assert math.isnan(spectral.frobenius_norm(X))
+        assert math.isnan(spectral.amplitude_pr(X))
+
+
+def test_non_finite_member_of_a_batch_leaves_the_others_alone() -> None:
+    Ws = torch.stack([gaussian(40, 20, seed=s) for s in range(3)])
+    clean = spectral.geometry_batch(Ws)
+    Ws[1, 0, 0] = math.nan
+    mixed = spectral.geometry_batch(Ws)
+    assert not mixed[1].finite
+    assert mixed[0] == clean[0] and mixed[2] == clean[2]
+
+
+def test_undefined_ratios_are_nan_not_errors() -> None:
+    zero = spectral.geometry(torch.zeros(20, 10))
+    assert zero.finite and zero.frobenius_norm == 0.0 and zero.spectral_norm == 0.0
+    assert math.isnan(zero.pr) and math.isnan(zero.effective_rank) and math.isnan(zero.amplitude_pr)
+    same_rows = torch.ones(20, 1) @ torch.randn(1, 10)
+    geo = spectral.geometry(same_rows)
+    assert math.isnan(geo.pr) and math.isnan(geo.pc1)
+    assert geo.pr_uncentered == pytest.approx(1.0)
+
+
+def test_not_a_matrix_is_a_one_line_error() -> None:
+    with pytest.raises(DeadzoneError, match="not a matrix"):
+        spectral.geometry(torch.ones(10))
+    with pytest.raises(DeadzoneError, match="not a matrix"):
+        spectral.pr(torch.ones(2, 3, 4))
+
+
+def test_amplitudes_are_distributions_and_robust_to_outliers() -> None:
+    W = gaussian(30, 50, seed=18)
+    W[0, 0] = 1e6  # far outside every Gaussian: must not overflow or divide by zero
+    A = spectral.amplitudes(W)
+    assert A.shape == (1, 30, 8)
+    assert torch.isfinite(A).all()
+    assert torch.allclose(A.sum(-1), torch.ones(1, 30, dtype=torch.float64))
+    with pytest.raises(DeadzoneError, match="K=1"):
+        spectral.amplitudes(W, K=1)
