@@ -106,9 +106,60 @@ def _crystallize(args: argparse.Namespace) -> None:
     print(f"wrote {report.with_name('results.json')}, {report}, {curves}")
 
 
+def add_analyze(sub: argparse._SubParsersAction) -> None:
+    p = _parser(
+        sub,
+        "analyze",
+        "Measure the geometry of every weight matrix (PR, PC1, ranks, amplitude PR); "
+        "safetensors checkpoints are streamed one matrix at a time.",
+    )
+    p.add_argument(
+        "model", metavar="MODEL", help="model directory, .safetensors file, hub id or builtin:tiny"
+    )
+    p.add_argument(
+        "--sites",
+        metavar="GLOB",
+        default="*",
+        help="site name(s) or glob(s), comma-separated (L4.attn.*, *.c_proj)",
+    )
+    p.add_argument("--json", metavar="FILE", default=None, help="write the records as JSON")
+    p.add_argument("--csv", metavar="FILE", default=None, help="write the records as CSV")
+    p.add_argument(
+        "--plot", metavar="FILE", default=None, help="write PR and PC1%% per layer as a PNG"
+    )
+    p.set_defaults(handler=_analyze)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from deadzone.analysis import analyze_checkpoint, summarize
+    from deadzone.report import geometry as report
+
+    records = analyze_checkpoint(args.model, args.sites)
+    if not records:
+        raise DeadzoneError(f"{args.model} has no weight matrices to analyse")
+    summary = summarize(records)
+    Console(width=None if sys.stdout.isatty() else 160).print(report.table(records))
+    print(report.summary_text(summary))
+    written = []
+    for path, write in ((args.json, report.write_json), (args.csv, report.write_csv),
+                        (args.plot, report.write_plot)):  # fmt: skip
+        if path:
+            write(path, records)
+            written.append(str(path))
+    if written:
+        print(f"wrote {', '.join(written)}")
+    return 0
+
+
 # --- entry point ------------------------------------------------------------------------------
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_pretrain, add_crystallize]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_pretrain,
+    add_crystallize,
+    add_analyze,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

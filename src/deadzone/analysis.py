@@ -1,0 +1,177 @@
+"""Sites -> geometry records: the numbers behind ``deadzone analyze``.
+
+A record is a plain dict, ready for JSON::
+
+    {"site": "L4.attn.c_proj", "layer": 4, "role": "attn_out", "shape": [768, 768],
+     "params": 589824, "finite": true, "pr": 84.5, "pc1": 0.224, ..., "amplitude_pr": 1.03}
+
+with one key per name in :data:`deadzone.spectral.METRICS`. A metric that is not defined for a
+matrix is ``None``; ``finite`` is false when the matrix held NaN or Inf, and then every metric is
+``None`` ("not computable").
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from deadzone import spectral
+from deadzone.device import get_device
+from deadzone.errors import DeadzoneError
+from deadzone.progress import make_progress
+from deadzone.sites import Site, select
+
+# Roles of the attention input projections (GPT-2 ``c_attn``, Llama ``q/k/v_proj``).
+ATTN_IN_ROLES = ("attn_qkv", "attn_q", "attn_k", "attn_v")
+ATTN_OUT_ROLE = "attn_out"
+
+# Same-shaped matrices are stacked and measured together on an accelerator, up to this many
+# bytes and matrices per batch. On the CPU each matrix is measured where it lies (no copy).
+BATCH_BYTES = 256 << 20
+BATCH_MATRICES = 32
+
+
+def record(site: Site, geometry: spectral.Geometry) -> dict:
+    """The JSON-ready record of one site."""
+    metrics = {k: (None if math.isnan(v) else v) for k, v in geometry.as_dict().items()}
+    return {
+        "site": site.name,
+        "layer": site.layer,
+        "role": site.role,
+        "shape": [site.shape[0], site.shape[1]],
+        "params": site.params,
+        "finite": geometry.finite,
+        **metrics,
+    }
+
+
+def _checked(pairs: Iterable[tuple[Site, torch.Tensor]]) -> Iterator[tuple[Site, torch.Tensor]]:
+    for site, matrix in pairs:
+        if matrix.ndim != 2:
+            raise DeadzoneError(
+                f"{site.name} is not a matrix: its tensor has shape {tuple(matrix.shape)}"
+            )
+        if tuple(matrix.shape) != site.shape:
+            raise DeadzoneError(
+                f"{site.name}: expected a {site.shape[0]}x{site.shape[1]} matrix (out x in), "
+                f"got {matrix.shape[0]}x{matrix.shape[1]}"
+            )
+        yield site, matrix
+
+
+def _batches(
+    pairs: Iterator[tuple[Site, torch.Tensor]], device: torch.device, stack: bool
+) -> Iterator[tuple[list[Site], torch.Tensor]]:
+    """Runs of same-shaped matrices as ``(sites, (B, out, in) tensor on device)``.
+
+    Without ``stack`` each matrix is its own batch of one, a view of the tensor given.
+    """
+    if not stack:
+        for site, matrix in pairs:
+            yield [site], matrix.to(device).unsqueeze(0)  # a view when already on device
+        return
+    sites: list[Site] = []
+    buf: torch.Tensor | None = None
+    for site, matrix in pairs:
+        if buf is not None and (
+            buf.shape[1:] != matrix.shape or buf.dtype != matrix.dtype or len(sites) == len(buf)
+        ):
+            yield sites, buf[: len(sites)]
+            sites, buf = [], None
+        if buf is None:
+            size = matrix.numel() * matrix.element_size()
+            room = max(1, min(BATCH_MATRICES, BATCH_BYTES // size))
+            buf = torch.empty((room, *matrix.shape), dtype=matrix.dtype, device=device)
+        buf[len(sites)].copy_(matrix)  # host -> device and out x in layout in one copy
+        sites.append(site)
+    if sites and buf is not None:
+        yield sites, buf[: len(sites)]
+
+
+def analyze(
+    matrices: Iterable[tuple[Site, torch.Tensor]],
+    *,
+    total: int | None = None,
+    device: torch.device | str | None = None,
+    K: int = 8,
+    progress: bool = True,
+) -> list[dict]:
+    """Geometry records of ``(site, matrix out x in)`` pairs, in the order given.
+
+    ``matrices`` may be a stream (one tensor at a time, as a checkpoint yields them); ``total``
+    sizes the progress bar. Runs on ``device`` (default: the accelerator if there is one).
+    """
+    device = get_device(str(device) if device is not None else None)
+    records: list[dict] = []
+    with make_progress(disable=not progress) as bar:
+        task = bar.add_task("analyse", total=total)
+        for sites, batch in _batches(_checked(matrices), device, stack=device.type != "cpu"):
+            for site, geo in zip(sites, spectral.geometry_batch(batch, K), strict=True):
+                records.append(record(site, geo))
+            bar.update(task, advance=len(sites), description=sites[-1].name)
+        bar.update(task, description="analyse")
+    return records
+
+
+def analyze_checkpoint(spec: str, pattern: str | None = None, **options) -> list[dict]:
+    """Records of the sites of checkpoint ``spec`` matching ``pattern`` (default: all).
+
+    Safetensors checkpoints are streamed one matrix at a time, without building the model.
+    ``options`` go to :func:`analyze`.
+    """
+    from deadzone.checkpoints import open_checkpoint
+
+    checkpoint = open_checkpoint(spec)
+    chosen = select(checkpoint.sites, pattern)
+    return analyze(checkpoint.matrices(chosen), total=len(chosen), **options)
+
+
+def _per_layer_pr(records: list[dict], roles: tuple[str, ...]) -> dict[int, float]:
+    by_layer: dict[int, list[float]] = {}
+    for r in records:
+        if r["role"] in roles and r["layer"] is not None and r["pr"] is not None:
+            by_layer.setdefault(r["layer"], []).append(r["pr"])
+    return {layer: statistics.fmean(v) for layer, v in by_layer.items()}
+
+
+def summarize(records: list[dict]) -> dict:
+    """What a reader wants from the records, as data.
+
+    - ``sites``: how many were analysed;
+    - ``mean_pr_by_role``: mean ``pr`` of each role (sites with a defined ``pr``);
+    - ``attn_out_vs_in``: attention output projections (``c_proj``-type) against input
+      projections (``c_attn``-type): mean PR of each, their ratio, and in how many of the layers
+      holding both the output projection has the lower PR (``None`` without both kinds);
+    - ``highest_pc1``: the site with the largest ``pc1`` and its value (``None`` if none);
+    - ``not_computable``: sites whose matrix held NaN or Inf.
+    """
+    roles: dict[str, list[float]] = {}
+    for r in records:
+        if r["pr"] is not None:
+            roles.setdefault(r["role"], []).append(r["pr"])
+    out_pr = _per_layer_pr(records, (ATTN_OUT_ROLE,))
+    in_pr = _per_layer_pr(records, ATTN_IN_ROLES)
+    both = sorted(set(out_pr) & set(in_pr))
+    comparison = None
+    if both:
+        mean_out = statistics.fmean(out_pr[layer] for layer in both)
+        mean_in = statistics.fmean(in_pr[layer] for layer in both)
+        comparison = {
+            "attn_out_mean_pr": mean_out,
+            "attn_in_mean_pr": mean_in,
+            "ratio": mean_out / mean_in if mean_in else None,
+            "layers_out_lower": sum(out_pr[layer] < in_pr[layer] for layer in both),
+            "layers": len(both),
+        }
+    with_pc1 = [r for r in records if r["pc1"] is not None]
+    top = max(with_pc1, key=lambda r: r["pc1"], default=None)
+    return {
+        "sites": len(records),
+        "mean_pr_by_role": {role: statistics.fmean(v) for role, v in roles.items()},
+        "attn_out_vs_in": comparison,
+        "highest_pc1": None if top is None else {"site": top["site"], "pc1": top["pc1"]},
+        "not_computable": [r["site"] for r in records if not r["finite"]],
+    }
