@@ -159,7 +159,7 @@ def build_optimizer(model: torch.nn.Module, config: SFTConfig) -> torch.optim.Ad
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, foreach=False)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
 
 def lr_factor(step: int, config: SFTConfig) -> float:
@@ -183,12 +183,15 @@ def make_accelerator(config: SFTConfig) -> Accelerator:
 
 
 def loss_sum(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of next-token cross-entropy over labels != -100, number of such labels)."""
+    """(sum of next-token cross-entropy over labels != -100, number of such labels).
+
+    The labels are shifted rather than the logits, so the (B, T, V) logits are never copied.
+    """
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs, use_cache=False).logits[:, :-1]  # (B, T-1, V)
-    labels = batch["labels"][:, 1:]  # (B, T-1)
+    logits = model(**inputs, use_cache=False).logits  # (B, T, V)
+    labels = F.pad(batch["labels"], (0, 1), value=IGNORE_INDEX)[:, 1:]  # (B, T): next tokens
     total = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
+        logits.reshape(-1, logits.shape[-1]).float(),
         labels.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
@@ -218,17 +221,23 @@ def batch_stream(data: TrainData, rank: int = 0, world: int = 1) -> Iterator[Bat
 
 @contextmanager
 def deterministic(enabled: bool) -> Iterator[None]:
-    """Deterministic torch kernels inside the block (warn where none exists); restored after."""
-    was, was_warn = (
-        torch.are_deterministic_algorithms_enabled(),
-        (torch.is_deterministic_algorithms_warn_only_enabled()),
-    )
+    """Deterministic torch kernels inside the block (warn where none exists); restored after.
+
+    Uninitialised memory is not filled (a debugging aid that costs bandwidth on every
+    allocation and does not change the results of correct kernels).
+    """
+    fill = torch.utils.deterministic
+    was = torch.are_deterministic_algorithms_enabled()
+    was_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    was_fill = fill.fill_uninitialized_memory
     if enabled:
         torch.use_deterministic_algorithms(True, warn_only=True)
+        fill.fill_uninitialized_memory = False
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(was, warn_only=was_warn)
+        fill.fill_uninitialized_memory = was_fill
 
 
 # --- the loop ---------------------------------------------------------------------------------
