@@ -113,11 +113,7 @@ def test_full_and_frozen_share_step0_and_same_seed_repeats_exactly():
 
 def test_gradient_accumulation_matches_one_big_batch_without_dropout():
     def loss_after(train_data, grad_accum):
-        model = tiny_gpt2()
-        model.config.resid_pdrop = model.config.embd_pdrop = model.config.attn_pdrop = 0.0
-        for m in model.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
+        model = no_dropout_gpt2()
         cfg = SFTConfig(steps=3, lr=1e-3, grad_accum=grad_accum, eval_every=3, seed=0)
         return train(model, train_data, EVAL, cfg, show_progress=False)
 
@@ -180,3 +176,48 @@ def test_data_errors():
         p.requires_grad_(False)
     with pytest.raises(DeadzoneError, match="every parameter is frozen"):
         train(model, TRAIN, EVAL, CONFIG, show_progress=False)
+
+
+DDP_SCRIPT = """
+import json, sys, torch
+sys.path.insert(0, {tests!r})
+from test_train import EVAL, TRAIN, no_dropout_gpt2
+from deadzone.train import SFTConfig, train
+
+torch.set_num_threads(1)
+cfg = SFTConfig(steps=3, lr=3e-3, eval_every=3, warmup_steps=1, seed=0, cpu=True)
+result = train(no_dropout_gpt2(), TRAIN, EVAL, cfg, show_progress=False)
+if torch.distributed.get_rank() == 0:
+    json.dump(result.to_dict(), open(sys.argv[1], "w"))
+"""
+
+
+def no_dropout_gpt2() -> GPT2LMHeadModel:
+    model = tiny_gpt2()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_accumulating_two_micro_batches(tmp_path):
+    """Under DDP, micro-batch i goes to process i mod 2 and losses are token-weighted over
+    both, so two processes match one process with ``grad_accum=2``."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    subprocess.run([*launch, str(script), str(tmp_path / "r.json")], check=True, timeout=300)
+    ddp = json.loads((tmp_path / "r.json").read_text())
+    cfg = SFTConfig(steps=3, lr=3e-3, eval_every=3, warmup_steps=1, seed=0, grad_accum=2)
+    one = train(no_dropout_gpt2(), TRAIN, EVAL, cfg, show_progress=False)
+    assert ddp["status"] == "ok" and ddp["train_tokens"] == one.train_tokens
+    for a, b in zip(ddp["curve"], one.curve, strict=True):
+        for key in ("train_loss", "eval_loss"):
+            if a[key] is not None:
+                assert math.isclose(a[key], b[key], rel_tol=1e-5), (a, b)
