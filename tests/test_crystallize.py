@@ -154,6 +154,10 @@ def test_a_different_config_or_experiment_is_refused(setup, tmp_path):
     with pytest.raises(DeadzoneError, match="holds another experiment \\('scan'\\)"):
         crystallize(config(setup), other)
 
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(DeadzoneError, match="is a file"):
+        crystallize(config(setup), tmp_path / "a_file")
+
 
 @pytest.mark.parametrize(
     "args, message",

@@ -127,6 +127,7 @@ class ResultsDir:
         self.header = _normalise(header or {})
         self.summarize = summarize
         self.runs: dict[str, dict] = self._load()
+        fileio.ensure_dir(self.out)  # fail now, not after the first run
 
     def _load(self) -> dict[str, dict]:
         if not self.path.exists():
