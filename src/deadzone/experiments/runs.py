@@ -57,7 +57,9 @@ class RunInputs:
     eval: list[Batch] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.eval = eval_batches(self.data.eval, self.config.batch_size, pad_id=self.pad_id)
+        # Eval loss is a token-weighted sum, so order is free: batch by length, pad little.
+        by_length = sorted(self.data.eval, key=lambda e: len(e.input_ids))
+        self.eval = eval_batches(by_length, self.config.batch_size, pad_id=self.pad_id)
         if not self.eval:
             raise DeadzoneError("no evaluation examples")
 
