@@ -262,6 +262,7 @@ def test_report_is_built_from_results_alone(tmp_path):
     assert "| Random (re-initialised values, frozen) (n=1, 1 failed) |" in text
     assert "Zero is worse than full SFT" in text and "Frozen changed the eval loss" in text
     assert "L4.attn.c_proj is not redundant" in text and "1 run(s) failed" in text
+    assert "zero cost measurable quality (at most +1.25% eval loss" in text
     fileio.write_json(tmp_path / "results.json", results)
     report, curves = write_report(tmp_path)
     assert report.read_text() == text and curves.stat().st_size > 1000

@@ -17,6 +17,9 @@ LABELS = {
 }
 
 
+SMALL_PCT = 1.0  # a cost below 1% eval loss is called small in the conclusion
+
+
 def label(strategy: str, rank: int) -> str:
     return LABELS.get(strategy, strategy).format(rank=rank)
 
@@ -28,7 +31,7 @@ def _loss(mean: float | None, std: float | None) -> str:
 
 
 def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{value:+.1f}%"
+    return "—" if value is None else f"{value:+.2f}%"
 
 
 def _ci(ci: list[float] | None) -> str:
@@ -95,9 +98,12 @@ def conclusion(results: dict) -> str:
             "replaced and frozen at no measurable cost."
         )
     elif "worse" in groups:
+        worst = max(s["ci95_eval_pct"][1] for s in groups["worse"])
+        names = _names([s["strategy"] for s in groups["worse"]])
+        size = "small but measurable" if worst < SMALL_PCT else "measurable"
         said.append(
-            f"So {target} is not redundant for this fine-tuning: "
-            f"{_names([s['strategy'] for s in groups['worse']])} cost measurable quality."
+            f"So {target} is not redundant for this fine-tuning: {names} cost {size} quality "
+            f"(at most {worst:+.2f}% eval loss at the upper 95% bound)."
         )
     return f"Over {seeds} seed(s): " + " ".join(said)
 
