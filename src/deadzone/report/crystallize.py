@@ -139,26 +139,56 @@ def _series(runs: list[dict], key: str) -> tuple[list[int], list[float], list[fl
     return steps, mean, std
 
 
+def _paired_series(runs: list[dict], full: dict[int, dict]) -> tuple[list, list, list]:
+    """Per eval step, mean and std over seeds of the eval loss vs full SFT's, in percent."""
+    pct = []
+    for r in runs:
+        if r["seed"] not in full:
+            continue
+        base = {p["step"]: p["eval_loss"] for p in full[r["seed"]]["curve"]}
+        pct.append(
+            {
+                "curve": [
+                    {"step": p["step"], "eval_loss": 100 * (p["eval_loss"] / base[p["step"]] - 1)}
+                    for p in r["curve"]
+                    if p["eval_loss"] is not None and base.get(p["step"])
+                ]
+            }
+        )
+    return _series(pct, "eval_loss") if pct and pct[0]["curve"] else ([], [], [])
+
+
+def _band(ax, steps, mean, std, **kwargs) -> None:
+    (line,) = ax.plot(steps, mean, lw=1.5, **kwargs)
+    lo = [m - s for m, s in zip(mean, std, strict=True)]
+    hi = [m + s for m, s in zip(mean, std, strict=True)]
+    ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+
+
 def plot_curves(results: dict, path: str | Path) -> None:
-    """Train and eval loss per strategy: the mean over seeds with a ±1 std band."""
+    """Train loss, eval loss, and eval loss vs full SFT (paired by seed), per strategy: the mean
+    over seeds with a ±1 std band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    for strategy in [s["strategy"] for s in results["summary"]]:
-        runs = [r for r in results["runs"] if r["strategy"] == strategy and r["status"] == "ok"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
+    ok = [r for r in results["runs"] if r["status"] == "ok"]
+    full = {r["seed"]: r for r in ok if r["strategy"] == "full"}
+    for i, strategy in enumerate(s["strategy"] for s in results["summary"]):
+        runs = [r for r in ok if r["strategy"] == strategy]
         if not runs:
             continue
-        for ax, key in zip(axes, ("train_loss", "eval_loss"), strict=True):
-            steps, mean, std = _series(runs, key)
-            (line,) = ax.plot(steps, mean, label=label(strategy, results["rank"]), lw=1.5)
-            lo = [m - s for m, s in zip(mean, std, strict=True)]
-            hi = [m + s for m, s in zip(mean, std, strict=True)]
-            ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
-    for ax, title in zip(axes, ("train loss", "eval loss"), strict=True):
-        ax.set(xlabel="step", ylabel="loss", title=title)
+        style = {"label": label(strategy, results["rank"]), "color": f"C{i}"}
+        _band(axes[0], *_series(runs, "train_loss"), **style)
+        _band(axes[1], *_series(runs, "eval_loss"), **style)
+        if strategy != "full":
+            _band(axes[2], *_paired_series(runs, full), **style)
+    axes[2].axhline(0.0, color="C0", lw=1, ls="--", label="full SFT")
+    titles = ("train loss", "eval loss", "eval loss vs full SFT, same seed (%)")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set(xlabel="step", title=title)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
     fig.suptitle(f"{_names(results['targets'])} — mean ± std over {len(results['seeds'])} seeds")
