@@ -139,13 +139,16 @@ def test_resume_skips_finished_runs_and_reproduces_a_missing_one(setup, tmp_path
 def test_a_different_config_or_experiment_is_refused(setup, tmp_path):
     crystallize(config(setup, strategies=("full",), seeds=1), tmp_path, show_progress=False)
     before = (tmp_path / "results.json").read_text()
-    with pytest.raises(DeadzoneError, match="different config .*choose another output directory"):
+    with pytest.raises(
+        DeadzoneError,
+        match="experiment with config.weight_decay 0.0 \\(0.1 now\\); choose another output",
+    ):
         crystallize(
             config(setup, strategies=("full",), seeds=1, sft={"weight_decay": 0.1}),
             tmp_path,
             show_progress=False,
         )
-    with pytest.raises(DeadzoneError, match="different seeds"):
+    with pytest.raises(DeadzoneError, match="with seeds \\[0\\] \\(\\[0, 1\\] now\\)"):
         crystallize(config(setup, strategies=("full",), seeds=2), tmp_path)
     assert (tmp_path / "results.json").read_text() == before
 

@@ -171,13 +171,25 @@ def _check_same(path: Path, old: dict, identity: dict) -> None:
             f"{path.parent} holds another experiment ({old.get('experiment')!r}); "
             "choose another output directory"
         )
-    for key, value in identity.items():
-        if old.get(key) != value:
-            raise DeadzoneError(
-                f"{path.parent} holds a {identity['experiment']} run with a different {key} "
-                f"({_short(old.get(key))} there, {_short(value)} now); "
-                "choose another output directory"
-            )
+    difference = _first_difference(old, identity)
+    if difference is not None:
+        key, there, here = difference
+        raise DeadzoneError(
+            f"{path.parent} holds a {identity['experiment']} experiment with {key} "
+            f"{_short(there)} ({_short(here)} now); choose another output directory"
+        )
+
+
+def _first_difference(old: dict, new: dict, prefix: str = "") -> tuple | None:
+    """``(dotted key, old value, new value)`` of the first key of ``new`` that differs."""
+    for key, value in new.items():
+        there = old.get(key)
+        if there == value:
+            continue
+        if isinstance(there, dict) and isinstance(value, dict):
+            return _first_difference(there, value, f"{prefix}{key}.")
+        return f"{prefix}{key}", there, value
+    return None
 
 
 def _short(value: object, limit: int = 60) -> str:
