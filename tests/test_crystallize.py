@@ -276,6 +276,11 @@ def test_report_is_built_from_results_alone(tmp_path):
     assert "Zero is worse than full SFT" in text and "Frozen changed the eval loss" in text
     assert "L4.attn.c_proj is not redundant" in text and "1 run(s) failed" in text
     assert "zero cost measurable quality (at most +1.25% eval loss" in text
+    assert "shares its storage" not in text
+    tied = [
+        r | {"sites": [{"site": "embed", "shared_with": ["lm_head.weight"]}]} for r in SYNTHETIC
+    ]
+    assert "`embed` shares its storage with `lm_head.weight`" in markdown(results | {"runs": tied})
     fileio.write_json(tmp_path / "results.json", results)
     report, curves = write_report(tmp_path)
     assert report.read_text() == text and curves.stat().st_size > 1000

@@ -108,6 +108,21 @@ def conclusion(results: dict) -> str:
     return f"Over {seeds} seed(s): " + " ".join(said)
 
 
+def shared_note(results: dict) -> str:
+    """A sentence for targets whose storage other parameters share (a tied embedding)."""
+    shared = {}
+    for run in results["runs"]:
+        for site in run.get("sites", []):
+            if site.get("shared_with"):
+                shared[site["site"]] = site["shared_with"]
+    notes = [
+        f"`{site}` shares its storage with {', '.join(f'`{n}`' for n in names)}: every "
+        "strategy applied to it applies to them too."
+        for site, names in shared.items()
+    ]
+    return " ".join(notes) + "\n\n" if notes else ""
+
+
 def markdown(results: dict) -> str:
     data, cfg = results["data"], results["config"]
     counts = data.get("counts", {})
@@ -123,6 +138,7 @@ def markdown(results: dict) -> str:
         "held-out set after the last step; both token-weighted, mean ± standard deviation over "
         "seeds. *vs full* compares means; the 95% interval is that of the per-seed (paired) "
         "eval-loss difference against full SFT, which saw the same batches.\n\n"
+        f"{shared_note(results)}"
         f"**Conclusion.** {conclusion(results)}\n\n"
         "![loss curves](curves.png)\n"
     )
