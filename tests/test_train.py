@@ -96,6 +96,7 @@ def test_record_shape_and_token_weighted_eval():
     assert result.final_eval_loss == result.curve[-1]["eval_loss"]
     assert result.final_train_loss == result.curve[-1]["train_loss"]  # last 10% of 8 steps = 1
     assert result.tokens_per_second > 0
+    assert (result.device, result.precision, result.processes) == ("cpu", "no", 1)
     assert result.train_tokens == sum(int(TRAIN[i % 6]["attention_mask"].sum()) for i in range(8))
     # Token-weighted: one pass over all eval tokens at once gives the same mean.
     with torch.no_grad():

@@ -132,6 +132,9 @@ class RunResult:
     steps_done: int = 0
     train_tokens: int = 0
     tokens_per_second: float = 0.0
+    device: str = ""
+    precision: str = ""
+    processes: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -341,7 +344,13 @@ class SFTLoop:
 
     def run(self) -> RunResult:
         """Train for ``config.steps`` optimizer steps; evaluate at 0, every ``eval_every``, end."""
-        result = RunResult(trainable_params=self.trainable_params)
+        acc = self.accelerator
+        result = RunResult(
+            trainable_params=self.trainable_params,
+            device=str(acc.device),
+            precision=str(acc.mixed_precision),
+            processes=acc.num_processes,
+        )
         start = time.perf_counter()
         with deterministic(self.config.deterministic):
             set_seed(self.config.seed)
