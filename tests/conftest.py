@@ -20,6 +20,15 @@ from transformers import (
 VOCAB = 96
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models train fastest on one thread, and other work on the machine cannot stall it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_gpt2(n_layer: int = 2) -> GPT2LMHeadModel:
     torch.manual_seed(0)
     config = GPT2Config(

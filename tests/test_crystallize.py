@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from deadzone import fileio
 from deadzone.cli import main
@@ -25,15 +24,6 @@ from deadzone.train import SFTConfig
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
 WORDS += ["iota", "kappa", "lambda", "mu", "nu", "xi", "omicron"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train fastest on one thread, and other work on the machine cannot stall it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def rows(n: int) -> list[dict]:
