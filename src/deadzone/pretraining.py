@@ -150,9 +150,11 @@ def pretrain(preset_name: str, out: str | Path | None = None) -> Pretrained:
     Without ``out`` the model goes to the user cache, where ``builtin:<preset>`` finds it.
     """
     preset = get_preset(preset_name)
+    if out is not None:  # check a given directory before the corpus is built
+        _prepare_out(out := Path(out))
     chash = corpus.corpus_hash()
-    out = Path(out) if out is not None else builtin_dir(preset.name, chash)
-    _prepare_out(out)
+    if out is None:
+        _prepare_out(out := builtin_dir(preset.name, chash))
     start = time.perf_counter()
     train_docs, eval_docs = (
         corpus.pretraining_documents("train"),
