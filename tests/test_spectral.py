@@ -127,8 +127,6 @@ def test_transposed_view_is_the_matrix_it_shows() -> None:
     stored = gaussian(64, 160, seed=9).float()  # Conv1D-style storage: in x out
     W = stored.T  # (out, in), non-contiguous
     assert not W.is_contiguous()
-    for metric, value in spectral.geometry(W.contiguous()).as_dict().items():
-        assert getattr(spectral.geometry(W), metric) == pytest.approx(value, rel=1e-12)
     assert_matches(W, spectral.geometry(W).as_dict())
 
 
@@ -142,14 +140,36 @@ def test_batch_equals_one_at_a_time() -> None:
             assert getattr(g, metric) == pytest.approx(getattr(single, metric), rel=1e-12)
 
 
+def test_torch_path_equals_numpy_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Accelerators compute with torch, the CPU with numpy's BLAS: the numbers must agree."""
+    Ws = [PLANTED[name]() for name in ("gaussian tall", "gaussian wide", "ill-conditioned 1e6")]
+    numpy_path = [spectral.geometry(W) for W in Ws]
+    monkeypatch.setattr(spectral, "NUMPY_ON_CPU", False)
+    for W, expected in zip(Ws, numpy_path, strict=True):
+        got = spectral.geometry(W)
+        for metric in spectral.METRICS:
+            assert getattr(got, metric) == pytest.approx(getattr(expected, metric), rel=1e-9)
+
+
 def test_small_chunks_give_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
-    for W in (gaussian(300, 50, seed=10), gaussian(40, 300, seed=11) - 1.0):
+    transposed = gaussian(64, 300, seed=12).T  # a Conv1D-style view, walked column by column
+    for W in (gaussian(300, 50, seed=10), gaussian(40, 300, seed=11) - 1.0, transposed):
         whole = spectral.geometry(W)
         monkeypatch.setattr(spectral, "CHUNK_ELEMENTS", 100)
+        monkeypatch.setattr(spectral, "AMPLITUDE_CHUNK_ELEMENTS", 1000)
         chunked = spectral.geometry(W)
         monkeypatch.undo()
         for metric in spectral.METRICS:
             assert getattr(chunked, metric) == pytest.approx(getattr(whole, metric), rel=1e-12)
+    assert_matches(transposed, spectral.geometry(transposed).as_dict())
+
+
+def test_lanczos_top_eigenvalue_matches_the_eigensolver() -> None:
+    for W in (gaussian(400, 150, seed=19), row_scaled(120, 200, seed=20), torch.eye(80)):
+        X = W.double() - W.double().mean(0)
+        G = (X.T @ X)[None]
+        exact = torch.linalg.eigvalsh(G)[:, -1]
+        assert spectral.lam_max(G) == pytest.approx(float(exact), rel=1e-9)
 
 
 def test_exact_rank1_has_effective_rank_one() -> None:

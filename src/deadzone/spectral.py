@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from deadzone.errors import DeadzoneError
@@ -51,7 +53,13 @@ EPS64 = torch.finfo(F64).eps
 
 # Elements (of float64) handled at once when streaming a matrix through a Gram product or the
 # amplitude computation: bounds the working memory to tens of MB whatever the matrix size.
-CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 21
+# The same for the amplitude's ``K x chunk`` responsibilities, small enough to stay in cache.
+AMPLITUDE_CHUNK_ELEMENTS = 1 << 20
+
+# On the CPU, numpy's BLAS/LAPACK compute ``A.T @ A`` (as ``syrk``) and ``eigvalsh`` about twice
+# as fast as torch's; accelerators use torch.
+NUMPY_ON_CPU = True
 
 
 @dataclass(frozen=True)
@@ -93,12 +101,17 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / den.where(den > 0, 1.0), torch.nan)
 
 
-def grams(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+class Grams(NamedTuple):
+    G: torch.Tensor  # (B, n, n) Gram matrix of W on its smaller side, n = min(out, in)
+    Gc: torch.Tensor  # (B, n, n) the same of the row-centred X
+    finite: torch.Tensor  # (B,) the matrix held only finite values (else G, Gc are zero)
+    entry_sum: torch.Tensor  # (B,) sum of all entries of W
+
+
+def grams(W: torch.Tensor) -> Grams:
     """Gram matrices of ``W`` and of its row-centred ``X`` on the smaller side, in float64.
 
-    ``W``: ``(B, out, in)`` of any float dtype, any strides. Returns ``(G, Gc, finite)``:
-    ``G`` and ``Gc`` of shape ``(B, n, n)``, ``n = min(out, in)``; ``finite`` ``(B,)`` says
-    which matrices held only finite values (``G`` and ``Gc`` of the others are zero).
+    ``W``: ``(B, out, in)`` of any float dtype, any strides.
 
     ``W`` is read in float64 chunks along its longer side, never copied whole.
     With ``1`` the all-ones vector and ``mu = W^T 1 / out`` the mean row:
@@ -111,12 +124,14 @@ def grams(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     n, long = (inn, out) if tall else (out, inn)
     step = max(1, CHUNK_ELEMENTS // (B * n))
     G = torch.zeros(B, n, n, dtype=F64, device=W.device)
+    sums = torch.zeros(B, n, dtype=F64, device=W.device)  # column sums (tall) or row sums
     for i in range(0, long, step):
         part = W[:, i : i + step, :] if tall else W[:, :, i : i + step].mT  # (B, chunk, n)
-        part = part.to(F64)
-        G.baddbmm_(part.mT, part)  # (B, n, n) += (B, n, chunk) @ (B, chunk, n)
+        part = part.to(F64, memory_format=torch.contiguous_format)
+        _add_gram(G, part)
+        sums += part.sum(1)
     if tall:
-        mu = W.sum(1, dtype=F64) / out  # (B, in)
+        mu = sums / out  # (B, in)
         Gc = G - out * mu[:, :, None] * mu[:, None, :]
     else:
         r = G.mean(2)  # (B, out): row means of G
@@ -127,7 +142,27 @@ def grams(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if not bool(finite.all()):
         keep = finite[:, None, None]
         G, Gc = G.where(keep, 0.0), Gc.where(keep, 0.0)
-    return G, Gc, finite
+    return Grams(G, Gc, finite, sums.sum(-1))
+
+
+def _add_gram(G: torch.Tensor, part: torch.Tensor) -> None:
+    """``G += part^T part`` for ``part`` ``(B, chunk, n)`` float64.
+
+    On the CPU through numpy, whose ``A.T @ A`` is a symmetric rank-k update (BLAS ``syrk``,
+    half the work of a general product); elsewhere a batched product on the device.
+    """
+    if G.device.type != "cpu" or not NUMPY_ON_CPU:
+        G.baddbmm_(part.mT, part)  # (B, n, n) += (B, n, chunk) @ (B, chunk, n)
+        return
+    for g, p in zip(G, part.numpy(), strict=True):
+        g += torch.from_numpy(p.T @ p)
+
+
+def eigvalsh(G: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues of symmetric ``G`` ``(B, n, n)``, ascending (numpy's LAPACK on the CPU)."""
+    if G.device.type == "cpu" and NUMPY_ON_CPU:
+        return torch.from_numpy(np.linalg.eigvalsh(G.numpy()))
+    return torch.linalg.eigvalsh(G)
 
 
 def _pr_pc1(G: torch.Tensor, lam_max: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,51 +181,106 @@ def _effective_rank(lam: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:
     return torch.where(total[:, 0] > 0, entropy.exp(), torch.nan)
 
 
-def _lam_max(G: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.eigvalsh(G)[:, -1].clamp_min(0.0)
+# Lanczos for the top eigenvalue: Krylov dimension cap, and how often convergence is checked.
+LANCZOS_STEPS = 200
+LANCZOS_CHECK = 8
+LANCZOS_RTOL = 1e-10
 
 
-def amplitudes(W: torch.Tensor, K: int = 8) -> torch.Tensor:
+def lam_max(G: torch.Tensor) -> torch.Tensor:
+    """Largest eigenvalue of each symmetric PSD ``G`` ``(B, n, n)``, to ``LANCZOS_RTOL`` relative.
+
+    Lanczos with full reorthogonalisation from a fixed random start. It stops when the residual
+    ``beta_j |y_j|`` of the top Ritz pair, a bound on the distance from the Ritz value to an
+    eigenvalue, is below ``LANCZOS_RTOL`` times that value; without convergence in
+    ``LANCZOS_STEPS`` steps (or for small ``n``) the symmetric eigensolver answers instead.
+    """
+    B, n, _ = G.shape
+    if n <= 4 * LANCZOS_CHECK:
+        return eigvalsh(G)[:, -1].clamp_min(0.0)
+    m = min(n, LANCZOS_STEPS)
+    Q = G.new_zeros(B, m + 1, n)  # Lanczos vectors
+    start = torch.randn(B, n, generator=torch.Generator().manual_seed(0), dtype=F64)
+    Q[:, 0] = (start / start.norm(dim=-1, keepdim=True)).to(G.device)
+    alpha, beta = G.new_zeros(B, m), G.new_zeros(B, m)
+    for j in range(m):
+        w = torch.bmm(G, Q[:, j, :, None])[..., 0]  # (B, n)
+        alpha[:, j] = (w * Q[:, j]).sum(-1)
+        basis = Q[:, : j + 1]  # (B, j+1, n)
+        for _ in range(2):  # twice is enough
+            w -= torch.bmm(basis.mT, torch.bmm(basis, w[..., None]))[..., 0]
+        beta[:, j] = w.norm(dim=-1)
+        if (j + 1) % LANCZOS_CHECK == 0 or j + 1 == m:
+            k = j + 1
+            T = alpha[:, :k].diag_embed() + beta[:, : k - 1].diag_embed(1)
+            theta, Y = torch.linalg.eigh(T + beta[:, : k - 1].diag_embed(-1))  # (B, k)
+            top = theta[:, -1].clamp_min(0.0)
+            if bool((beta[:, j] * Y[:, -1, -1].abs() <= LANCZOS_RTOL * top).all()):
+                return top
+        Q[:, j + 1] = w / beta[:, j, None].clamp_min(torch.finfo(F64).tiny)
+    return eigvalsh(G)[:, -1].clamp_min(0.0)
+
+
+def amplitudes(W: torch.Tensor, K: int = 8, std: torch.Tensor | None = None) -> torch.Tensor:
     """Gaussian-basis amplitude of every row: ``(B, out, in) -> (B, out, K)``, float64.
 
     ``K`` Gaussians shared by the whole matrix: centres ``c_k`` evenly spaced over ``[-3s, 3s]``
-    (``s`` the population standard deviation of all entries), standard deviation
-    ``h = 6s / (K - 1)`` each. A value's responsibilities are one E-step from equal priors;
-    a row's amplitude vector is their mean over the row's values. A constant matrix
-    (``s = 0``) gets NaN amplitudes.
+    (``s`` the population standard deviation of all entries; ``std`` if given, ``(B,)``),
+    standard deviation ``h = 6s / (K - 1)`` each. A value's responsibilities are one E-step
+    from equal priors; a row's amplitude vector is their mean over the row's values. A constant
+    matrix (``s = 0``) gets NaN amplitudes.
 
     The responsibilities of value ``x`` are ``softmax_k(-(x - c_k)^2 / (2 h^2))``, which is
     ``softmax_k(x c_k / h^2 - c_k^2 / (2 h^2))`` (the ``x^2`` term is the same for every ``k``):
     one fused multiply-add and a softmax per value, exact for outliers too. Values stored in
-    32 bits or fewer are evaluated in float32 (error ~1e-9 on an amplitude), means in float64.
+    32 bits or fewer are evaluated in float32 and summed in float32 within a chunk (torch's
+    cascade summation), chunks in float64: ~1e-9 on an amplitude, ~1e-7 on ``amplitude_pr``.
+    The matrix is walked in the order it is stored (a transposed view column by column).
     """
     if K < 2:
         raise DeadzoneError(f"amplitude PR needs at least 2 Gaussians, got K={K}")
     W = _as_batch(W)
     B, out, inn = W.shape
     dt = F64 if W.dtype == F64 else torch.float32
-    N = out * inn
-    mean = W.sum((1, 2), dtype=F64) / N  # (B,)
-    var = torch.zeros(B, dtype=F64, device=W.device)
-    step = max(1, CHUNK_ELEMENTS // (B * inn * K))
-    for i in range(0, out, step):
-        var += (W[:, i : i + step].to(F64) - mean[:, None, None]).square().sum((1, 2))
-    h = 6.0 * (var / N).sqrt() / (K - 1)  # (B,) width of each Gaussian
+    # Walk rows of the stored layout: X is (B, a, b) with contiguous rows.
+    by_column = W.stride(-1) > W.stride(-2)
+    X = W.mT if by_column else W
+    step = max(1, AMPLITUDE_CHUNK_ELEMENTS // (B * X.shape[2] * K))
+    if std is None:
+        std = _population_std(X, step)
+    h = 6.0 * std / (K - 1)  # (B,) width of each Gaussian
     h_safe = h.where(h > 0, 1.0)
     m = torch.linspace(-3.0, 3.0, K, dtype=F64, device=W.device) * (K - 1) / 6.0  # c_k / h
     slope = (m[:, None] / h_safe).to(dt)[:, :, None, None]  # (K, B, 1, 1): c_k / h^2
     bias = (-0.5 * m * m).to(dt)[:, None, None, None]  # (K, 1, 1, 1): -c_k^2 / (2 h^2)
-    A = torch.empty(B, out, K, dtype=F64, device=W.device)
-    for i in range(0, out, step):
-        x = W[:, i : i + step].to(dt)  # (B, r, in)
-        logits = torch.addcmul(bias, x, slope)  # (K, B, r, in)
+    sums = torch.zeros(K, B, out, dtype=F64, device=W.device)  # sum over each row of W
+    for i in range(0, X.shape[1], step):
+        x = X[:, i : i + step].to(dt)  # (B, r, b)
+        logits = torch.addcmul(bias, x, slope)  # (K, B, r, b)
         resp = torch.softmax(logits, dim=0)  # responsibilities, summing to 1 over K
-        A[:, i : i + step] = resp.mean(-1, dtype=F64).permute(1, 2, 0)  # (B, r, K)
+        if by_column:  # r columns of W: add their values to every row's sum
+            sums += resp.sum(2)
+        else:  # r rows of W, complete
+            sums[:, :, i : i + step] = resp.sum(3)
+    A = (sums / inn).permute(1, 2, 0)  # (B, out, K)
     return A.where((h > 0)[:, None, None], torch.nan)
 
 
-def _amplitude_pr(W: torch.Tensor, K: int) -> torch.Tensor:
-    A = amplitudes(W, K)  # (B, out, K)
+def _population_std(X: torch.Tensor, step: int) -> torch.Tensor:
+    """Population standard deviation of all entries of each ``(a, b)`` matrix, two-pass float64."""
+    N = X.shape[1] * X.shape[2]
+    total = torch.zeros(X.shape[0], dtype=F64, device=X.device)
+    for i in range(0, X.shape[1], step):  # chunks: sum(dtype=) would copy X whole to float64
+        total += X[:, i : i + step].sum((1, 2), dtype=F64)
+    mean = total / N  # (B,)
+    var = torch.zeros_like(mean)
+    for i in range(0, X.shape[1], step):
+        var += (X[:, i : i + step].to(F64) - mean[:, None, None]).square().sum((1, 2))
+    return (var / N).sqrt()
+
+
+def _amplitude_pr(W: torch.Tensor, K: int, std: torch.Tensor | None = None) -> torch.Tensor:
+    A = amplitudes(W, K, std)  # (B, out, K)
     Ac = A - A.mean(1, keepdim=True)  # row-centred
     Gk = Ac.mT @ Ac  # (B, K, K)
     total = torch.diagonal(Gk, dim1=-2, dim2=-1).sum(-1)
@@ -207,24 +297,23 @@ def geometry_batch(W: torch.Tensor, K: int = 8) -> list[Geometry]:
     """
     W = _as_batch(W)
     B, out, inn = W.shape
-    G, Gc, finite = grams(W)
-    lam = torch.linalg.eigvalsh(G).clamp_min(0.0)  # (B, n) ascending
-    lam_max = lam[:, -1]
-    lam_max_c = _lam_max(Gc)
-    pr_u, pc1_u = _pr_pc1(G, lam_max)
-    pr_c, pc1_c = _pr_pc1(Gc, lam_max_c)
-    total = torch.diagonal(G, dim1=-2, dim2=-1).sum(-1)  # ||W||_F^2
-    tol = max(out, inn) * EPS64 * lam_max
-    amp = _amplitude_pr(W, K)
+    G, Gc, finite, entry_sum = grams(W)
+    lam = eigvalsh(G).clamp_min(0.0)  # (B, n) ascending: the spectrum of W
+    top = lam[:, -1]
+    pr_u, pc1_u = _pr_pc1(G, top)
+    pr_c, pc1_c = _pr_pc1(Gc, lam_max(Gc))
+    total = torch.diagonal(G, dim1=-2, dim2=-1).sum(-1)  # ||W||_F^2 = sum of squared entries
+    tol = max(out, inn) * EPS64 * top
+    amp = _amplitude_pr(W, K, _std_from_gram(out * inn, entry_sum, total))
     cols = torch.stack(
         [
             pr_c,
             pc1_c,
             pr_u,
             pc1_u,
-            _ratio(total, lam_max),  # stable rank
+            _ratio(total, top),  # stable rank
             _effective_rank(lam, tol),
-            lam_max.sqrt(),
+            top.sqrt(),
             total.sqrt(),
             amp,
         ],
@@ -232,6 +321,19 @@ def geometry_batch(W: torch.Tensor, K: int = 8) -> list[Geometry]:
     )  # (B, len(METRICS))
     cols = cols.where(finite[:, None], torch.nan).cpu().tolist()
     return [Geometry(*row) for row in cols]
+
+
+def _std_from_gram(N: int, entry_sum: torch.Tensor, sum_sq: torch.Tensor) -> torch.Tensor | None:
+    """Population std of ``N`` entries from their sum and sum of squares (the Gram trace).
+
+    None where the mean dominates so much (``mean^2 > 1e6 var``) that the one-pass formula
+    would lose digits; the caller then takes two passes. (Non-finite matrices give NaN.)
+    """
+    mean = entry_sum / N
+    var = sum_sq / N - mean * mean
+    if not bool(((mean * mean <= 1e6 * var) | ~torch.isfinite(var)).all()):
+        return None
+    return var.sqrt()
 
 
 def geometry(W: torch.Tensor, K: int = 8) -> Geometry:
@@ -256,55 +358,57 @@ def _scalar(x: torch.Tensor, finite: torch.Tensor) -> float:
 
 def pr(W: torch.Tensor) -> float:
     """Participation ratio of the row-centred matrix, between 1 and ``min(out, in)``."""
-    _, Gc, finite = grams(_matrix(W))
-    return _scalar(_pr_pc1(Gc, _lam_max(Gc))[0], finite)
+    _, Gc, finite, _ = grams(_matrix(W))
+    return _scalar(_pr_pc1(Gc, lam_max(Gc))[0], finite)
 
 
 def pc1(W: torch.Tensor) -> float:
     """Share of variance on the first principal component of the row-centred matrix."""
-    _, Gc, finite = grams(_matrix(W))
-    return _scalar(_pr_pc1(Gc, _lam_max(Gc))[1], finite)
+    _, Gc, finite, _ = grams(_matrix(W))
+    return _scalar(_pr_pc1(Gc, lam_max(Gc))[1], finite)
 
 
 def pr_uncentered(W: torch.Tensor) -> float:
     """Participation ratio of ``W`` itself."""
-    G, _, finite = grams(_matrix(W))
-    return _scalar(_pr_pc1(G, _lam_max(G))[0], finite)
+    G, _, finite, _ = grams(_matrix(W))
+    return _scalar(_pr_pc1(G, lam_max(G))[0], finite)
 
 
 def pc1_uncentered(W: torch.Tensor) -> float:
     """``lambda_max / sum lambda`` of ``W`` itself."""
-    G, _, finite = grams(_matrix(W))
-    return _scalar(_pr_pc1(G, _lam_max(G))[1], finite)
+    G, _, finite, _ = grams(_matrix(W))
+    return _scalar(_pr_pc1(G, lam_max(G))[1], finite)
 
 
 def stable_rank(W: torch.Tensor) -> float:
     """``||W||_F^2 / ||W||_2^2``."""
-    G, _, finite = grams(_matrix(W))
+    G, _, finite, _ = grams(_matrix(W))
     total = torch.diagonal(G, dim1=-2, dim2=-1).sum(-1)
-    return _scalar(_ratio(total, _lam_max(G)), finite)
+    return _scalar(_ratio(total, lam_max(G)), finite)
 
 
 def effective_rank(W: torch.Tensor) -> float:
     """Roy & Vetterli effective rank of ``W`` (rank-tolerance noise counted as zero)."""
     M = _matrix(W)
-    G, _, finite = grams(M)
-    lam = torch.linalg.eigvalsh(G).clamp_min(0.0)
+    G, _, finite, _ = grams(M)
+    lam = eigvalsh(G).clamp_min(0.0)
     tol = max(M.shape[1:]) * EPS64 * lam[:, -1]
     return _scalar(_effective_rank(lam, tol), finite)
 
 
 def spectral_norm(W: torch.Tensor) -> float:
     """Largest singular value of ``W``."""
-    G, _, finite = grams(_matrix(W))
-    return _scalar(_lam_max(G).sqrt(), finite)
+    G, _, finite, _ = grams(_matrix(W))
+    return _scalar(lam_max(G).sqrt(), finite)
 
 
 def frobenius_norm(W: torch.Tensor) -> float:
     """``sqrt(sum W_ij^2)``, accumulated in float64."""
     M = _matrix(W)
-    value = float(torch.linalg.vector_norm(M, dtype=F64))
-    return value if math.isfinite(value) and bool(torch.isfinite(M).all()) else math.nan
+    step = max(1, CHUNK_ELEMENTS // M.shape[2])
+    chunks = (M[:, i : i + step] for i in range(0, M.shape[1], step))
+    sum_sq = sum(float(c.to(F64).square().sum()) for c in chunks)
+    return math.sqrt(sum_sq) if math.isfinite(sum_sq) else math.nan
 
 
 def amplitude_pr(W: torch.Tensor, K: int = 8) -> float:
