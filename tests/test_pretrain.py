@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,12 +49,16 @@ def test_cli_refuses_a_non_empty_directory_that_holds_no_model(tmp_path, capsys)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
-def test_cli_unwritable_output_is_one_line_and_non_zero(tmp_path, capsys):
+@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+def test_cli_unwritable_output_is_one_line_and_non_zero(tmp_path, capsys, where):
+    if where == "proc" and not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux /proc, which no one can write to")
     afile = tmp_path / "a-file"
     afile.write_text("")
-    assert main(["pretrain", "--preset", "micro", "--out", str(afile / "sub")]) == 2
+    out = afile / "sub" if where == "under-a-file" else Path("/proc/deadzone-out")
+    assert main(["pretrain", "--preset", "micro", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cannot create output directory" in err
+    assert err.count("\n") == 1 and "cannot write to output directory" in err
 
 
 def test_console_script_unknown_preset_is_one_line_without_traceback():

@@ -13,15 +13,22 @@ from deadzone.errors import DeadzoneError
 
 
 def ensure_dir(path: str | Path) -> Path:
-    """Create ``path`` (and parents) or fail with a one-line error if it cannot be written."""
+    """Create ``path`` (and parents) and check a file can be written there, or fail in one line."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".deadzone-probe.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
-        raise DeadzoneError(f"cannot create output directory {path}: {e.strerror}") from None
-    if not os.access(path, os.W_OK):
-        raise DeadzoneError(f"output directory {path} is not writable")
+        raise DeadzoneError(f"cannot write to output directory {path}: {e.strerror}") from None
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -34,6 +41,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # as an ordinary new file, not mkstemp's 0600
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)

@@ -124,7 +124,10 @@ def _prepare_out(out: Path) -> None:
 
 def _save(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, record: dict, out: Path):
     """Write the model, tokenizer and record to a temporary directory, then move it into place."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise DeadzoneError(f"cannot write to {out.parent}: {e.strerror}") from None
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -132,6 +135,8 @@ def _save(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, record: di
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
+    except OSError as e:
+        raise DeadzoneError(f"cannot save the model to {out}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

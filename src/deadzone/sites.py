@@ -141,14 +141,7 @@ def _order(site: Site) -> tuple[int, int, int, str]:
 
 def find_sites(model: torch.nn.Module) -> list[Site]:
     """Every weight matrix of a loaded Hugging Face model, tied weights once."""
-    seen: set[int] = set()
-    named: list[tuple[str, tuple[int, ...]]] = []
-    for name, p in model.named_parameters(remove_duplicate=False):
-        key = p.data_ptr()
-        if key in seen:
-            continue
-        seen.add(key)
-        named.append((name, tuple(p.shape)))
+    named = [(name, tuple(p.shape)) for name, p in model.named_parameters()]  # ties removed
     return discover(named, getattr(model.config, "model_type", ""))
 
 
