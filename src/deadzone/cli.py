@@ -8,11 +8,19 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from deadzone import __version__
 from deadzone.errors import DeadzoneError
 
 Handler = Callable[[argparse.Namespace], int | None]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line, like every other deadzone error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"deadzone: error: {self.prog}: {message} (see --help)\n")
 
 
 def _parser(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
@@ -29,7 +37,7 @@ def add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="tiny", help="preset: tiny, paper or micro")
     p.add_argument(
         "--out",
-        default=None,
+        default=argparse.SUPPRESS,
         help="output directory (default: the user cache, where builtin:PRESET finds it)",
     )
     p.set_defaults(handler=_pretrain)
@@ -38,7 +46,7 @@ def add_pretrain(sub: argparse._SubParsersAction) -> None:
 def _pretrain(args: argparse.Namespace) -> None:
     from deadzone.pretraining import pretrain
 
-    done = pretrain(args.preset, args.out)
+    done = pretrain(args.preset, getattr(args, "out", None))
     r = done.record
     print(
         f"pretrained {r['preset']}: {r['params']:,} parameters, {r['tokens']:,} tokens, "
@@ -163,7 +171,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="deadzone",
         description="Find the weights of a transformer language model that carry nothing.",
     )
