@@ -10,7 +10,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from deadzone.data.sft import (
@@ -129,6 +129,46 @@ def test_completion_only_loss_masks_the_prompt_exactly(tmp_path, tokenizer, suff
         prompt, completion = ids(tokenizer, row["prompt"]), ids(tokenizer, row["completion"])
         assert example.input_ids == prompt + completion + [tokenizer.eos_token_id]
         assert example.labels == [IGNORE_INDEX] * len(prompt) + completion + [0]
+
+
+CODE = ["def f(x):\n    if x:\n        return x;    y = 2\n", "x = 1;    y = 2  # two"]
+
+
+def trimming_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level BPE whose post-processor trims offsets (as GPT-2 and RoBERTa's do) and adds
+    a BOS: whitespace-only tokens get empty offsets."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<eos>", "<bos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )  # fmt: skip
+    bpe.train_from_iterator(CODE, trainer)
+    bos = bpe.token_to_id("<bos>")
+    bpe.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=True),
+            processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)]),
+        ]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", bos_token="<bos>")
+
+
+def test_whitespace_tokens_with_trimmed_offsets_carry_loss(tmp_path):
+    tok = trimming_tokenizer()
+    prompt, completion = "Write f:\n", CODE[0]
+    offsets = tok(prompt + completion, return_offsets_mapping=True)["offset_mapping"]
+    assert any(a == b for a, b in offsets[1:])  # a whitespace token has empty offsets
+    path = write(tmp_path / "pc.jsonl", [{"prompt": prompt, "completion": completion}])
+    (example,) = load_sft_data(str(path), tok, eval_fraction=0).train
+    n_prompt = 1 + len(ids(tok, prompt))  # BOS, then the prompt
+    assert example.input_ids[:n_prompt] == tok(prompt)["input_ids"]
+    assert example.labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert example.labels[n_prompt:] == example.input_ids[n_prompt:]  # every completion token
+    text = write(tmp_path / "t.jsonl", [{"text": CODE[1]}])
+    (row,) = load_sft_data(str(text), tok, eval_fraction=0).train
+    assert row.labels == [IGNORE_INDEX, *row.input_ids[1:]]  # all but the added BOS
 
 
 def test_messages_train_on_assistant_turns_only(tmp_path, tokenizer):

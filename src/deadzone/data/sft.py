@@ -5,7 +5,8 @@ this module turns them into :class:`Example` s with TRL ``SFTTrainer``'s default
 
 - labels are the input ids where a token carries loss and ``-100`` elsewhere (a token carries
   loss if its characters overlap a completion, an assistant turn, or, for ``text`` rows, the
-  text); the model shifts labels itself;
+  text; a whitespace token whose offsets the tokenizer trimmed to nothing still does, and
+  special tokens the tokenizer adds never do); the model shifts labels itself;
 - EOS is appended to ``text`` and ``prompt`` + ``completion`` rows when the tokenized row does
   not already end with it, and is trained; conversations end as their chat template ends them;
 - examples longer than ``max_length`` are truncated, keeping the start;
@@ -205,24 +206,30 @@ def _tokenize(
     chat = rendered[0].chat
     try:
         encoded = tokenizer(
-            [r.text for r in rendered], add_special_tokens=not chat, return_offsets_mapping=True
+            [r.text for r in rendered],
+            add_special_tokens=not chat,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
         )
     except NotImplementedError:
         raise DeadzoneError(
             "the tokenizer cannot map tokens to characters; use a fast tokenizer"
         ) from None
     examples = []
-    for row, ids, offsets in zip(
-        rendered, encoded["input_ids"], encoded["offset_mapping"], strict=True
+    for row, ids, offsets, special in zip(
+        rendered,
+        encoded["input_ids"],
+        encoded["offset_mapping"],
+        encoded["special_tokens_mask"],
+        strict=True,
     ):
         add_eos = not chat and (not ids or ids[-1] != eos_id)
         if len(ids) + add_eos > max_length:
             counts["truncated"] += 1
-            ids, offsets, add_eos = ids[:max_length], offsets[:max_length], False
-        labels = [
-            t if _carries_loss(o, row.spans) else IGNORE_INDEX
-            for t, o in zip(ids, offsets, strict=True)
-        ]
+            ids, offsets, special = ids[:max_length], offsets[:max_length], special[:max_length]
+            add_eos = False
+        carries = _carries_loss(offsets, special, row.spans)
+        labels = [t if c else IGNORE_INDEX for t, c in zip(ids, carries, strict=True)]
         example = Example([*ids, eos_id], [*labels, eos_id]) if add_eos else Example(ids, labels)
         if example.trained_tokens == 0:
             counts["dropped_no_target"] += 1
@@ -231,8 +238,27 @@ def _tokenize(
     return examples
 
 
-def _carries_loss(offset: tuple[int, int], spans: tuple[tuple[int, int], ...]) -> bool:
-    """Whether a token's characters overlap a span; tokens the tokenizer adds (BOS) have
-    empty offsets and never do."""
-    start, end = offset
-    return start < end and any(start < hi and end > lo for lo, hi in spans)
+def _carries_loss(
+    offsets: list[tuple[int, int]], special: list[int], spans: tuple[tuple[int, int], ...]
+) -> list[bool]:
+    """Per token, whether its characters overlap a span.
+
+    Tokens the tokenizer adds (BOS; ``special`` is 1) have empty offsets and never carry loss.
+    A byte-level post-processor that trims offsets gives a whitespace-only token (indentation,
+    a run of spaces) an empty offset at the end of its characters, which began where the
+    previous token ended: the token is taken to cover that stretch, or, where the stretch is
+    empty too, to sit at its offset, inside a span ``(lo, hi)`` when ``lo <= start < hi``.
+    """
+    carries, prev_end = [], 0
+    for (start, end), is_special in zip(offsets, special, strict=True):
+        if start < end:
+            carries.append(any(start < hi and end > lo for lo, hi in spans))
+            prev_end = max(prev_end, end)
+        elif is_special:
+            carries.append(False)
+        elif prev_end < start:
+            carries.append(any(prev_end < hi and start > lo for lo, hi in spans))
+            prev_end = start
+        else:
+            carries.append(any(lo <= start < hi for lo, hi in spans))
+    return carries
