@@ -60,19 +60,29 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def rss_parts() -> dict[str, int]:
+    """Anonymous and file-backed (e.g. memory-mapped shards) resident bytes."""
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return {k: int(fields[k].split()[0]) * 1024 for k in ("RssAnon", "RssFile")}
+
+
 class PeakRSS:
-    """Peak resident set size above the one at entry, sampled in a thread."""
+    """Peak resident set size above the one at entry, sampled in a thread; also per part."""
 
     def __init__(self, every: float = 0.005) -> None:
         self.every, self.peak, self._stop = every, 0, threading.Event()
+        self.parts = {"RssAnon": 0, "RssFile": 0}
 
     def _sample(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, rss_bytes() - self.start)
+            for k, v in rss_parts().items():
+                self.parts[k] = max(self.parts[k], v - self.start_parts[k])
             time.sleep(self.every)
 
     def __enter__(self) -> PeakRSS:
-        self.start = rss_bytes()
+        self.start, self.start_parts = rss_bytes(), rss_parts()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -198,7 +208,7 @@ def streaming_child(path: str) -> None:
     """Run in a fresh process: peak RSS of analysing every site of the checkpoint at ``path``."""
     with PeakRSS() as mem:
         records = analysis.analyze_checkpoint(path, progress=False)
-    print(json.dumps({"peak": mem.peak, "sites": len(records)}))
+    print(json.dumps({"peak": mem.peak, **mem.parts, "sites": len(records)}))
 
 
 def streaming(model: torch.nn.Module, shard_size: str) -> dict:
@@ -217,6 +227,8 @@ def streaming(model: torch.nn.Module, shard_size: str) -> dict:
         "largest_shard_mb": largest / 2**20,
         "total_mb": total / 2**20,
         "peak_mb": child["peak"] / 2**20,
+        "peak_anon_mb": child["RssAnon"] / 2**20,
+        "peak_file_mb": child["RssFile"] / 2**20,
         "ratio": child["peak"] / largest,
         "sites": child["sites"],
     }
@@ -337,7 +349,9 @@ def main() -> None:
     print(
         f"\nstreaming {stream['sites']} sites from {stream['shards']} shards "
         f"({stream['total_mb']:.0f} MB, largest {stream['largest_shard_mb']:.0f} MB): "
-        f"peak +{stream['peak_mb']:.0f} MB = {stream['ratio']:.2f}x the largest shard"
+        f"peak +{stream['peak_mb']:.0f} MB = {stream['ratio']:.2f}x the largest shard "
+        f"(peaks: anonymous +{stream['peak_anon_mb']:.0f} MB, "
+        f"file-backed +{stream['peak_file_mb']:.0f} MB)"
     )
     figures["streaming"] = stream
     if args.json:

@@ -57,6 +57,13 @@ EPS64 = torch.finfo(F64).eps
 CHUNK_ELEMENTS = 1 << 21
 # The same for the amplitude's ``K x chunk`` responsibilities, small enough to stay in cache.
 AMPLITUDE_CHUNK_ELEMENTS = 1 << 20
+# Accelerators take chunks this many times larger: fewer, bigger kernels.
+ACCELERATOR_CHUNK_FACTOR = 16
+
+
+def _chunk(elements: int, device: torch.device) -> int:
+    return elements if device.type == "cpu" else elements * ACCELERATOR_CHUNK_FACTOR
+
 
 # On the CPU, numpy's BLAS/LAPACK compute ``A.T @ A`` (as ``syrk``) and ``eigvalsh`` about twice
 # as fast as torch's (measured on an AMD EPYC). They are used only while torch runs one thread:
@@ -129,7 +136,7 @@ def grams(W: torch.Tensor) -> Grams:
     B, out, inn = W.shape
     tall = inn <= out
     n, long = (inn, out) if tall else (out, inn)
-    step = max(1, CHUNK_ELEMENTS // (B * n))
+    step = max(1, _chunk(CHUNK_ELEMENTS, W.device) // (B * n))
     G = torch.zeros(B, n, n, dtype=F64, device=W.device)
     sums = torch.zeros(B, n, dtype=F64, device=W.device)  # column sums (tall) or row sums
     for i in range(0, long, step):
@@ -252,7 +259,7 @@ def amplitudes(W: torch.Tensor, K: int = 8, std: torch.Tensor | None = None) -> 
     # Walk rows of the stored layout: X is (B, a, b) with contiguous rows.
     by_column = W.stride(-1) > W.stride(-2)
     X = W.mT if by_column else W
-    step = max(1, AMPLITUDE_CHUNK_ELEMENTS // (B * X.shape[2] * K))
+    step = max(1, _chunk(AMPLITUDE_CHUNK_ELEMENTS, W.device) // (B * X.shape[2] * K))
     if std is None:
         std = _population_std(X, step)
     h = 6.0 * std / (K - 1)  # (B,) width of each Gaussian
@@ -412,7 +419,7 @@ def spectral_norm(W: torch.Tensor) -> float:
 def frobenius_norm(W: torch.Tensor) -> float:
     """``sqrt(sum W_ij^2)``, accumulated in float64."""
     M = _matrix(W)
-    step = max(1, CHUNK_ELEMENTS // M.shape[2])
+    step = max(1, _chunk(CHUNK_ELEMENTS, M.device) // M.shape[2])
     chunks = (M[:, i : i + step] for i in range(0, M.shape[1], step))
     sum_sq = sum(float(c.to(F64).square().sum()) for c in chunks)
     return math.sqrt(sum_sq) if math.isfinite(sum_sq) else math.nan
