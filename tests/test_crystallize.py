@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
+import subprocess
+import sys
 
 import pytest
+import torch
 
-from deadzone import fileio
-from deadzone.cli import main
+from deadzone import fileio, strategies
+from deadzone.cli import build_parser, main
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.crystallize import (
     CrystallizeConfig,
@@ -17,6 +21,7 @@ from deadzone.experiments.crystallize import (
     t975,
     verdict,
 )
+from deadzone.experiments.runs import model_fingerprint
 from deadzone.presets import get_preset
 from deadzone.pretraining import build_model, train_tokenizer
 from deadzone.report.crystallize import markdown, write_report
@@ -247,7 +252,8 @@ def test_summary_deltas_intervals_and_verdicts():
     assert full["verdict"] == "baseline" and full["n"] == 3
     assert abs(full["eval_loss_mean"] - 2.1) < 1e-12 and abs(full["eval_loss_std"] - 0.1) < 1e-12
     assert zero["verdict"] == "worse" and zero["ci95_eval_pct"][0] > 0
-    assert abs(zero["delta_train_pct"] - 100 * 0.1 / 2.1) < 1e-9
+    paired = [100 * 0.1 / 2.0, 100 * 0.1 / 2.2, 100 * 0.1 / 2.1]  # per seed, vs full
+    assert math.isclose(zero["delta_train_pct"], sum(paired) / 3, rel_tol=1e-12)
     assert frozen["verdict"] == "within noise"
     assert rnd["verdict"] == "undetermined" and rnd["n"] == 1 and rnd["failed"] == 1
     assert rnd["eval_loss_std"] is None and rnd["ci95_eval_pct"] is None
@@ -263,9 +269,15 @@ def test_report_is_built_from_results_alone(tmp_path):
     text = markdown(results)
     assert "| Zero (zeros, frozen) (n=3) |" in text
     assert "| Random (re-initialised values, frozen) (n=1, 1 failed) |" in text
-    assert "Zero is worse than full SFT" in text and "Frozen changed the eval loss" in text
-    assert "L4.attn.c_proj is not redundant" in text and "1 run(s) failed" in text
-    assert "zero cost measurable quality (at most +1.25% eval loss" in text
+    frozen = summarize(SYNTHETIC)[2]
+    assert (
+        "L4.attn.c_proj can be frozen at no measurable cost (eval loss within "
+        f"{frozen['ci95_eval_pct'][1]:+.2f}% of full SFT, upper 95% bound)." in text
+    )
+    assert "Zeroing it cost +1.00% [+0.75%, +1.25%] in eval loss." in text
+    assert "For random, fewer than two seeds finished beside full SFT: no verdict." in text
+    assert "1 run(s) failed" in text and "not corrected for multiplicity" in text
+    assert "not redundant" not in text and "*undetermined* when fewer than two seeds" in text
     assert "shares its storage" not in text
     tied = [
         r | {"sites": [{"site": "embed", "shared_with": ["lm_head.weight"]}]} for r in SYNTHETIC
@@ -277,3 +289,145 @@ def test_report_is_built_from_results_alone(tmp_path):
     fileio.write_json(tmp_path / "results.json", {"experiment": "scan"})
     with pytest.raises(DeadzoneError, match="not a crystallize results file"):
         write_report(tmp_path)
+
+
+def test_delta_is_the_mean_of_paired_differences_so_it_lies_in_its_interval():
+    # full failed on seed 2, where the other strategy did unusually badly: comparing means
+    # over every finished run would say +17%, outside the paired interval [+1%, +1%].
+    runs = [
+        run("full", 0, 2.0, 2.0), run("full", 1, 2.0, 2.0), run("full", 2, None, None, "failed"),
+        run("zero", 0, 2.02, 2.02), run("zero", 1, 2.02, 2.02), run("zero", 2, 3.0, 3.0),
+    ]  # fmt: skip
+    zero = summarize(runs)[1]
+    lo, hi = zero["ci95_eval_pct"]
+    assert math.isclose(zero["delta_eval_pct"], 1.0) and math.isclose(zero["delta_train_pct"], 1.0)
+    assert lo <= zero["delta_eval_pct"] <= hi
+    assert zero["n"] == 3 and math.isclose(zero["eval_loss_mean"], 7.04 / 3)
+
+
+def nan_strategy(model, site, ctx):
+    """A strategy whose runs meet a NaN loss: the site's weight is all NaN."""
+    strategies.zero(model, site, ctx)
+    strategies.get_parameter(model, site).data.fill_(float("nan"))
+
+
+def test_runs_meeting_nan_fail_with_a_reason_while_the_others_go_on(setup, tmp_path, monkeypatch):
+    monkeypatch.setitem(strategies.STRATEGIES, "zero", nan_strategy)
+    results = crystallize(
+        config(setup, strategies=("full", "frozen", "zero")), tmp_path, show_progress=False
+    )
+    by = {(r["strategy"], r["seed"]): r for r in results["runs"]}
+    assert len(by) == 6
+    for (strategy, _), r in by.items():
+        if strategy == "zero":
+            assert r["status"] == "failed" and "non-finite eval loss" in r["error"]
+            assert r["final_eval_loss"] is None
+        else:
+            assert r["status"] == "ok" and r["error"] is None
+    summary = {s["strategy"]: s for s in results["summary"]}
+    assert (summary["zero"]["n"], summary["zero"]["failed"]) == (0, 2)
+    assert summary["zero"]["verdict"] == "undetermined"
+    assert (summary["frozen"]["n"], summary["frozen"]["failed"]) == (2, 0)
+    assert fileio.read_json(tmp_path / "results.json")["summary"] == results["summary"]
+    write_report(tmp_path)
+    assert "2 run(s) failed" in (tmp_path / "report.md").read_text()
+
+
+def test_cli_exits_nonzero_after_writing_results_when_every_full_run_failed(
+    setup, tmp_path, capsys, monkeypatch, recwarn
+):
+    monkeypatch.setitem(strategies.STRATEGIES, "full", nan_strategy)
+    model, data = setup
+    out = tmp_path / "out"
+    argv = ["crystallize", model, "--target", "L1.attn.c_proj", "--strategies", "full",
+            "--steps", "1", "--seeds", "1", "--data", data, "--out", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("deadzone: warning: with one seed there is no confidence interval")
+    assert len(err) == 2 and err[1].startswith("deadzone: error: every full run failed (")
+    assert fileio.read_json(out / "results.json")["runs"][0]["status"] == "failed"
+    assert (out / "report.md").is_file() and (out / "curves.png").is_file()
+    assert not [w for w in recwarn if "No artists with labels" in str(w.message)]
+
+
+def test_help_gives_every_option_its_default_or_says_it_is_required(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["crystallize", "--help"])
+    text = capsys.readouterr().out
+    options = text[text.index("options:") :]
+    helps = {}  # option -> its help text, joined over lines
+    for line in options.splitlines()[1:]:
+        if line.startswith("  -"):
+            name = line.split()[0].rstrip(",")
+            helps[name] = line.strip()[len(name) :]
+        else:
+            helps[name] += " " + line.strip()
+    helps = {k: " ".join(v.split()) for k, v in helps.items()}
+    defaults = {
+        "--strategies": "full,frozen,crystal,random", "--rank": "1", "--steps": "50",
+        "--seeds": "3", "--data": "builtin:docstrings", "--lr": "0.0003", "--batch-size": "8",
+        "--grad-accum": "1", "--eval-every": "10", "--max-length": "256",
+    }  # fmt: skip
+    assert set(helps) == {"-h", "--target", "--eval-data", "--out", *defaults}
+    for option, default in defaults.items():
+        assert helps[option].endswith(f"(default: {default})"), helps[option]
+    assert helps["--target"].endswith("(required)") and helps["--out"].endswith("(required)")
+    assert (
+        "(default: the builtin's own eval split, else a held-out 10% of --data)"
+        in (helps["--eval-data"])
+    )
+    assert "capped at the model's context length" in helps["--max-length"]
+    for form in (".txt", ".jsonl", ".json", ".csv", ".parquet", "directory", "hub id"):
+        assert form in helps["--data"], form
+    assert "None" not in options
+
+
+def test_a_model_resaved_with_other_weights_is_refused(setup, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, data = setup
+    model = AutoModelForCausalLM.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    print_ = model_fingerprint(tmp_path / "model")
+    assert print_ == model_fingerprint(source)  # the same weights, saved again
+    cfg = config((str(tmp_path / "model"), data), strategies=("full",), seeds=1)
+    crystallize(cfg, tmp_path / "out", show_progress=False)
+
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_fc.weight.add_(1e-3)
+    model.save_pretrained(tmp_path / "model")
+    assert model_fingerprint(tmp_path / "model") != print_
+    with pytest.raises(DeadzoneError, match="with model_info.fingerprint"):
+        crystallize(cfg, tmp_path / "out", show_progress=False)
+
+
+TWO_PROCESS_SCRIPT = """
+import sys, torch
+from deadzone.experiments.crystallize import CrystallizeConfig, crystallize
+from deadzone.train import SFTConfig
+
+torch.set_num_threads(1)
+model, data, out = sys.argv[1:4]
+sft = SFTConfig(steps=2, lr=3e-3, batch_size=4, eval_every=2, cpu=True)
+cfg = CrystallizeConfig(
+    model=model, targets="L1.attn.c_proj", strategies=("full", "frozen"), seeds=2, data=data,
+    max_length=48, sft=sft,
+)
+assert len(crystallize(cfg, out, show_progress=False)["runs"]) == 4
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_write_every_run_once(setup, tmp_path):
+    model, data = setup
+    script = tmp_path / "two.py"
+    script.write_text(TWO_PROCESS_SCRIPT)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    out = tmp_path / "out"
+    subprocess.run([*launch, str(script), model, data, str(out)], check=True, timeout=600)
+    results = fileio.read_json(out / "results.json")
+    assert len(results["runs"]) == 4
+    assert all(r["status"] == "ok" and r["processes"] == 2 for r in results["runs"])
+    assert [s["n"] for s in results["summary"]] == [2, 2]

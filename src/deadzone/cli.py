@@ -63,8 +63,13 @@ def add_crystallize(sub: argparse._SubParsersAction) -> None:
         "re-initialised or zeroed; compare over seeds with paired confidence intervals.",
     )
     p.add_argument("model", metavar="MODEL", help="model directory, hub id or builtin:tiny")
+    # Required options and --eval-data have no value to show: SUPPRESS keeps the formatter
+    # from appending "(default: None)" to their help.
     p.add_argument(
-        "--target", required=True, help="site name(s) or glob(s), comma-separated (L4.attn.c_proj)"
+        "--target",
+        required=True,
+        default=argparse.SUPPRESS,
+        help="site name(s) or glob(s), comma-separated, e.g. L4.attn.c_proj (required)",
     )
     p.add_argument(
         "--strategies",
@@ -74,19 +79,41 @@ def add_crystallize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rank", type=int, default=1, help="rank k of the crystal approximation")
     p.add_argument("--steps", type=int, default=50, help="SFT optimizer steps per run")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..S-1) per strategy")
-    p.add_argument("--data", default="builtin:docstrings", help="SFT data spec")
-    p.add_argument("--eval-data", default=None, help="evaluation data spec")
+    p.add_argument(
+        "--data",
+        default="builtin:docstrings",
+        help="SFT data: a .txt, .jsonl, .json, .csv or .parquet file (text, prompt + "
+        "completion, or messages), a directory of them, a datasets hub id, or builtin:docstrings",
+    )
+    p.add_argument(
+        "--eval-data",
+        default=argparse.SUPPRESS,
+        help="evaluation data, in the forms --data accepts (default: the builtin's own eval "
+        "split, else a held-out 10%% of --data)",
+    )
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
     p.add_argument("--batch-size", type=int, default=8, help="examples per micro-batch")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
     p.add_argument("--eval-every", type=int, default=10, help="steps between evaluations")
-    p.add_argument("--max-length", type=int, default=256, help="tokens kept per example")
-    p.add_argument("--out", required=True, help="output directory (resumed if it exists)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=256,
+        help="tokens kept per example, capped at the model's context length",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        default=argparse.SUPPRESS,
+        help="output directory, resumed if it holds this experiment (required)",
+    )
     p.set_defaults(handler=_crystallize)
 
 
-def _crystallize(args: argparse.Namespace) -> None:
-    from deadzone.experiments.crystallize import CrystallizeConfig, crystallize
+def _crystallize(args: argparse.Namespace) -> int | None:
+    from accelerate import PartialState
+
+    from deadzone.experiments.crystallize import BASELINE, CrystallizeConfig, crystallize
     from deadzone.report.crystallize import conclusion, table, write_report
     from deadzone.train import SFTConfig
 
@@ -104,14 +131,31 @@ def _crystallize(args: argparse.Namespace) -> None:
         rank=args.rank,
         seeds=args.seeds,
         data=args.data,
-        eval_data=args.eval_data,
+        eval_data=getattr(args, "eval_data", None),
         max_length=args.max_length,
         sft=sft,
     )
+    main_process = PartialState().is_main_process
+    if config.seeds == 1 and main_process:
+        print(
+            "deadzone: warning: with one seed there is no confidence interval; "
+            "every verdict will be undetermined",
+            file=sys.stderr,
+        )
     results = crystallize(config, args.out)
-    report, curves = write_report(args.out)
-    print(f"{table(results)}\n\n{conclusion(results)}")
-    print(f"wrote {report.with_name('results.json')}, {report}, {curves}")
+    baseline = [r for r in results["runs"] if r["strategy"] == BASELINE]
+    if main_process:
+        report, curves = write_report(args.out)
+        print(f"{table(results)}\n\n{conclusion(results)}")
+        print(f"wrote {report.with_name('results.json')}, {report}, {curves}")
+    if baseline and all(r["status"] != "ok" for r in baseline):
+        if not main_process:
+            return 2  # the main process says why
+        raise DeadzoneError(
+            f"every {BASELINE} run failed ({baseline[0]['error']}): nothing to compare against; "
+            f"see {args.out}/results.json"
+        )
+    return None
 
 
 def add_analyze(sub: argparse._SubParsersAction) -> None:

@@ -6,6 +6,11 @@ once per seed; for a seed, all strategies see the same batches (the paired desig
 per-seed differences against ``full`` give a paired 95% confidence interval, and a verdict:
 ``better`` or ``worse`` when the interval excludes zero, ``within noise`` when it does not,
 ``undetermined`` when fewer than two seeds finished for both, and ``baseline`` for ``full``.
+The reported difference (``delta_eval_pct``) is the mean of those same per-seed differences,
+so it always lies inside its interval.
+
+Under ``accelerate launch`` every process runs every run on its shard of the batches; only the
+main process writes ``results.json``.
 """
 
 from __future__ import annotations
@@ -16,10 +21,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from accelerate import PartialState
+
+from deadzone import __version__
 from deadzone import sites as sites_mod
 from deadzone.data.sft import load_sft_data, pad_id_for
 from deadzone.errors import DeadzoneError
-from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, execute, provenance
+from deadzone.experiments.runs import (
+    ResultsDir,
+    RunInputs,
+    RunSpec,
+    execute,
+    model_fingerprint,
+    provenance,
+)
 from deadzone.strategies import STRATEGIES, check_rank
 from deadzone.train import SFTConfig
 
@@ -88,6 +103,7 @@ def crystallize(
     """Run (or resume) the experiment into ``out`` and return the ``results.json`` document."""
     from deadzone.checkpoints import load_model
 
+    state = PartialState(cpu=config.sft.cpu)  # the processes of this launch, if several
     model, tokenizer = load_model(config.model)
     if tokenizer is None:
         raise DeadzoneError(f"{config.model} has no tokenizer; SFT needs one")
@@ -106,7 +122,9 @@ def crystallize(
     inputs = RunInputs(
         model, {s.name: s for s in all_sites}, data, pad_id_for(tokenizer), config.sft, config.rank
     )
-    results = ResultsDir(out, _identity(config, model, targets, data.info), provenance(), summarize)
+    identity = _identity(config, model, targets, data.info)
+    results = ResultsDir(out, identity, provenance(), summarize, writer=state.is_main_process)
+    state.wait_for_everyone()  # all have read results.json before the first run rewrites it
     execute(
         inputs,
         plan_runs(config.strategies, [s.name for s in targets], config.seeds),
@@ -115,6 +133,7 @@ def crystallize(
         show_progress=show_progress,
     )
     results.save()
+    state.wait_for_everyone()  # the file is complete before any process reads it
     return results.document()
 
 
@@ -132,10 +151,12 @@ def _identity(config: CrystallizeConfig, model, targets: list, data_info: dict) 
     sft.pop("seed")
     return {
         "experiment": EXPERIMENT,
+        "deadzone_version": __version__,
         "model": config.model,
         "model_info": {
             "model_type": getattr(model.config, "model_type", None),
             "params": sum(p.numel() for p in model.parameters()),
+            "fingerprint": model_fingerprint(model.name_or_path),
         },
         "targets": [s.name for s in targets],
         "target_params": sum(s.params for s in targets),
@@ -198,23 +219,30 @@ def _pct(value: float | None, base: float | None) -> float | None:
     return None if value is None or not base else 100.0 * (value - base) / base
 
 
+def _paired_pct(mine: list[dict], base: dict[int, dict], key: str) -> list[float]:
+    """Per seed where both finished, the difference of ``key`` against the baseline, in %."""
+    return [_pct(r[key], base[r["seed"]][key]) for r in mine if r["seed"] in base]
+
+
 def summarize(runs: list[dict]) -> list[dict]:
-    """One record per strategy, in the order strategies first appear, ``full`` first."""
+    """One record per strategy, in the order strategies first appear, ``full`` first.
+
+    ``delta_train_pct`` and ``delta_eval_pct`` are means of the per-seed (paired) differences
+    against ``full``, over the seeds where both finished; ``ci95_eval_pct`` is the interval of
+    the same eval differences. Means and standard deviations of the losses are over every run
+    that finished.
+    """
     ok = [r for r in runs if r.get("status") == "ok"]
     by_seed = {r["seed"]: r for r in ok if r["strategy"] == BASELINE}
     order = sorted(dict.fromkeys(r["strategy"] for r in runs), key=lambda s: s != BASELINE)
-    base_train, _ = _mean_std([r["final_train_loss"] for r in by_seed.values()])
-    base_eval, _ = _mean_std([r["final_eval_loss"] for r in by_seed.values()])
     summary = []
     for strategy in order:
         mine = [r for r in ok if r["strategy"] == strategy]
         train_mean, train_std = _mean_std([r["final_train_loss"] for r in mine])
         eval_mean, eval_std = _mean_std([r["final_eval_loss"] for r in mine])
-        diffs = [
-            _pct(r["final_eval_loss"], by_seed[r["seed"]]["final_eval_loss"])
-            for r in mine
-            if r["seed"] in by_seed
-        ]
+        diffs = _paired_pct(mine, by_seed, "final_eval_loss")
+        delta_train, _ = _mean_std(_paired_pct(mine, by_seed, "final_train_loss"))
+        delta_eval, _ = _mean_std(diffs)
         ci = paired_ci(diffs)
         summary.append(
             {
@@ -226,8 +254,8 @@ def summarize(runs: list[dict]) -> list[dict]:
                 "train_loss_std": train_std,
                 "eval_loss_mean": eval_mean,
                 "eval_loss_std": eval_std,
-                "delta_train_pct": _pct(train_mean, base_train),
-                "delta_eval_pct": _pct(eval_mean, base_eval),
+                "delta_train_pct": delta_train,
+                "delta_eval_pct": delta_eval,
                 "ci95_eval_pct": list(ci) if ci else None,
                 "verdict": "baseline" if strategy == BASELINE else verdict(ci),
             }

@@ -5,11 +5,15 @@ experiment plans its runs as :class:`RunSpec` s, executes them with :func:`execu
 their records in a :class:`ResultsDir`, whose ``results.json`` is rewritten atomically after
 every run. Rerunning the same experiment into the same directory skips the runs already
 recorded; a different experiment or configuration is refused, never mixed in.
+
+Under several processes every process runs every run (each holds a shard of the batches) and
+keeps every record, but only the main process writes ``results.json``.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -102,8 +106,7 @@ def execute(
     for spec in pending:
         record = run_one(inputs, spec, accelerator=accelerator, show_progress=show_progress)
         accelerator.free_memory()  # drop its references to this run's model and optimizer
-        if accelerator.is_main_process:
-            results.add(record)
+        results.add(record)  # every process keeps it; only the writer saves it
         if on_record is not None:
             on_record(record)
 
@@ -113,7 +116,9 @@ class ResultsDir:
 
     ``identity`` is what must match for a rerun to resume (experiment name, model, data hash,
     configuration, ...); ``header`` adds what is merely recorded (versions, git state).
-    ``summarize`` turns the records into the ``summary`` saved beside them.
+    ``summarize`` turns the records into the ``summary`` saved beside them. Only a ``writer``
+    (the main process of a multi-process launch) writes the file; the others keep their
+    records in memory, so that they never overwrite it with a stale copy.
     """
 
     def __init__(
@@ -122,8 +127,11 @@ class ResultsDir:
         identity: dict,
         header: dict | None = None,
         summarize: Callable[[list[dict]], object] | None = None,
+        *,
+        writer: bool = True,
     ) -> None:
         self.out = Path(out)
+        self.writer = writer
         self.path = self.out / RESULTS
         self.identity = _normalise(identity)
         self.header = _normalise(header or {})
@@ -160,6 +168,8 @@ class ResultsDir:
         return doc
 
     def save(self) -> None:
+        if not self.writer:
+            return
         fileio.ensure_dir(self.out)
         fileio.write_json(self.path, self.document())
 
@@ -205,3 +215,63 @@ def _normalise(obj: object) -> object:
 def provenance() -> dict:
     """``versions`` and ``git`` for a results header."""
     return {"versions": versions(), "git": git_state()}
+
+
+# Files of a model directory that decide what a run computes, besides the weights. (Not
+# tokenizer_config.json: saving a tokenizer again adds keys to it that change nothing.)
+FINGERPRINT_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
+# Keys of config.json that record who saved it, not what the model is.
+CONFIG_NOISE = ("transformers_version", "_name_or_path")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+SAMPLES, SAMPLE_BYTES = 16, 4096
+
+
+def model_fingerprint(directory: str | Path) -> str:
+    """sha256 identifying the model in ``directory``, cheap on multi-gigabyte checkpoints.
+
+    It covers the config (less the keys that only say who saved it) and tokenizer files
+    whole, and of each weight file its name, size, safetensors header (names, dtypes, shapes,
+    offsets) and ``SAMPLES`` blocks of ``SAMPLE_BYTES`` spread evenly over its tensor data.
+    Not every byte is read, but training
+    changes nearly every weight, so a model re-saved at the same path after more training
+    gets another fingerprint, while the same weights saved again keep theirs.
+    """
+    directory = Path(directory)
+    h = hashlib.sha256()
+    for name in FINGERPRINT_FILES:
+        file = directory / name
+        if file.is_file():
+            h.update(f"{name}\0".encode())
+            h.update(_config_bytes(file) if name == "config.json" else file.read_bytes())
+    weights = sorted(f for f in directory.iterdir() if f.suffix in WEIGHT_SUFFIXES and f.is_file())
+    for file in weights:
+        size = file.stat().st_size
+        h.update(f"\0{file.name}\0{size}\0".encode())
+        with file.open("rb") as f:
+            start = 0
+            if file.suffix == ".safetensors" and size >= 8:
+                header_len = int.from_bytes(f.read(8), "little")
+                h.update(f.read(header_len))
+                start = min(size, 8 + header_len)
+            span = max(0, size - start - SAMPLE_BYTES)
+            for i in range(SAMPLES):
+                f.seek(start + span * i // max(1, SAMPLES - 1))
+                h.update(f.read(SAMPLE_BYTES))
+    return h.hexdigest()
+
+
+def _config_bytes(file: Path) -> bytes:
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return file.read_bytes()
+    if isinstance(config, dict):
+        config = {k: v for k, v in config.items() if k not in CONFIG_NOISE}
+    return json.dumps(config, sort_keys=True).encode()

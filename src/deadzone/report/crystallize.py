@@ -17,7 +17,19 @@ LABELS = {
 }
 
 
-SMALL_PCT = 1.0  # a cost below 1% eval loss is called small in the conclusion
+# What each strategy does to the target, as a participle and as the name of a cost.
+DONE = {
+    "frozen": "frozen",
+    "crystal": "crystallized to rank {rank}",
+    "random": "replaced by random values",
+    "zero": "zeroed",
+}
+COST = {
+    "frozen": "freezing {it}",
+    "crystal": "crystallizing {it} to rank {rank}",
+    "random": "random values",
+    "zero": "zeroing {it}",
+}
 
 
 def label(strategy: str, rank: int) -> str:
@@ -64,48 +76,55 @@ def _names(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def _done(strategy: str, rank: int) -> str:
+    return DONE.get(strategy, f"given strategy {strategy}").format(rank=rank)
+
+
+def _cost(strategy: str, rank: int, n_targets: int) -> str:
+    it = "it" if n_targets == 1 else "them"
+    return COST.get(strategy, f"strategy {strategy}").format(rank=rank, it=it)
+
+
 def conclusion(results: dict) -> str:
-    """The result in plain words, from the verdicts."""
-    summary = [s for s in results["summary"] if s["verdict"] != "baseline"]
-    target = _names(results["targets"])
-    seeds = len(results["seeds"])
-    groups: dict[str, list[dict]] = {}
-    for s in summary:
-        groups.setdefault(s["verdict"], []).append(s)
+    """The result in plain words, strategy by strategy, from the verdicts and intervals."""
+    compared = [s for s in results["summary"] if s["verdict"] != "baseline"]
+    target, rank = _names(results["targets"]), results["rank"]
     said = []
-    if "within noise" in groups:
-        names = _names([s["strategy"] for s in groups["within noise"]])
+    free = [s for s in compared if s["verdict"] == "within noise"]
+    if free:
+        bounds = _names([f"{s['ci95_eval_pct'][1]:+.2f}%" for s in free])
         said.append(
-            f"{names.capitalize()} changed the eval loss by less than the seed-to-seed noise "
-            f"can resolve (the paired 95% interval contains zero)."
+            f"{target} can be {_or([_done(s['strategy'], rank) for s in free])} at no "
+            f"measurable cost (eval loss within {bounds} of full SFT"
+            f"{' respectively' if len(free) > 1 else ''}, upper 95% bound)."
         )
-    for kind in ("better", "worse"):
-        for s in groups.get(kind, []):
+    for s in compared:
+        if s["verdict"] in ("better", "worse"):
             lo, hi = s["ci95_eval_pct"]
-            said.append(
-                f"{s['strategy'].capitalize()} is {kind} than full SFT: eval loss "
-                f"{s['delta_eval_pct']:+.2f}% (95% interval {lo:+.2f}% to {hi:+.2f}%)."
-            )
-    if "undetermined" in groups:
-        names = _names([s["strategy"] for s in groups["undetermined"]])
-        said.append(f"For {names} fewer than two seeds finished beside full SFT: no verdict.")
+            cost = _cost(s["strategy"], rank, len(results["targets"])).capitalize()
+            size = f"{s['delta_eval_pct']:+.2f}% [{lo:+.2f}%, {hi:+.2f}%]"
+            if s["verdict"] == "worse":
+                said.append(f"{cost} cost {size} in eval loss.")
+            else:
+                said.append(f"{cost} lowered the eval loss: {size}.")
+    undetermined = [s["strategy"] for s in compared if s["verdict"] == "undetermined"]
+    if undetermined:
+        said.append(
+            f"For {_names(undetermined)}, fewer than two seeds finished beside full SFT: "
+            "no verdict."
+        )
     failed = sum(s["failed"] for s in results["summary"])
     if failed:
         said.append(f"{failed} run(s) failed; see `results.json` for the reasons.")
-    if summary and all(s["verdict"] in ("within noise", "better") for s in summary):
-        said.append(
-            f"So, on this data, {target} carries nothing that SFT cannot do without: it can be "
-            "replaced and frozen at no measurable cost."
-        )
-    elif "worse" in groups:
-        worst = max(s["ci95_eval_pct"][1] for s in groups["worse"])
-        names = _names([s["strategy"] for s in groups["worse"]])
-        size = "small but measurable" if worst < SMALL_PCT else "measurable"
-        said.append(
-            f"So {target} is not redundant for this fine-tuning: {names} cost {size} quality "
-            f"(at most {worst:+.2f}% eval loss at the upper 95% bound)."
-        )
+    tested = sum(s["verdict"] != "undetermined" for s in compared)
+    if tested > 1:
+        said.append(f"These are {tested} separate 95% comparisons, not corrected for multiplicity.")
+    seeds = len(results["seeds"])
     return f"Over {seeds} seed(s): " + " ".join(said)
+
+
+def _or(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
 
 
 def shared_note(results: dict) -> str:
@@ -136,8 +155,13 @@ def markdown(results: dict) -> str:
         f"{table(results)}\n\n"
         "Final train loss: mean training loss over the last 10% of steps; final eval loss: on the "
         "held-out set after the last step; both token-weighted, mean ± standard deviation over "
-        "seeds. *vs full* compares means; the 95% interval is that of the per-seed (paired) "
-        "eval-loss difference against full SFT, which saw the same batches.\n\n"
+        "seeds. *vs full* is the mean of the per-seed (paired) differences against full SFT, "
+        "which saw the same batches, over the seeds where both finished; the 95% interval is "
+        "Student's t interval of the same eval-loss differences. The verdict is *better* or "
+        "*worse* when the interval excludes zero, *within noise* when it contains it, and "
+        "*undetermined* when fewer than two seeds finished for both (no interval can be "
+        "drawn). Each strategy is a separate comparison against full SFT; the intervals are "
+        "not corrected for multiplicity.\n\n"
         f"{shared_note(results)}"
         f"**Conclusion.** {conclusion(results)}\n\n"
         "![loss curves](curves.png)\n"
@@ -206,7 +230,8 @@ def plot_curves(results: dict, path: str | Path) -> None:
     for ax, title in zip(axes, titles, strict=True):
         ax.set(xlabel="step", title=title)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
+    if axes[1].get_legend_handles_labels()[0]:  # no run finished: nothing to label
+        axes[1].legend(fontsize=8)
     fig.suptitle(f"{_names(results['targets'])} — mean ± std over {len(results['seeds'])} seeds")
     with fileio.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
