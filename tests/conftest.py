@@ -11,6 +11,8 @@ from transformers import (
     GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     OPTConfig,
     OPTForCausalLM,
     Qwen2Config,
@@ -47,6 +49,15 @@ def tiny_llama() -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
+def tiny_mistral() -> MistralForCausalLM:
+    torch.manual_seed(0)
+    config = MistralConfig(
+        num_hidden_layers=2, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=VOCAB, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    return MistralForCausalLM(config)
+
+
 def tiny_qwen2() -> Qwen2ForCausalLM:
     torch.manual_seed(0)
     config = Qwen2Config(
@@ -79,6 +90,7 @@ def tiny_opt() -> OPTForCausalLM:
 FAMILIES = {
     "gpt2": tiny_gpt2,
     "llama": tiny_llama,
+    "mistral": tiny_mistral,
     "qwen2": tiny_qwen2,
     "gpt_neox": tiny_neox,
     "opt": tiny_opt,

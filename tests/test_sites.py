@@ -37,7 +37,7 @@ EXPECTED_L1 = {
         "L1.fc2": ("mlp_out", (32, 64)),
     },
 }
-EXPECTED_L1["qwen2"] = EXPECTED_L1["llama"]
+EXPECTED_L1["qwen2"] = EXPECTED_L1["mistral"] = EXPECTED_L1["llama"]
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

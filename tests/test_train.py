@@ -99,6 +99,14 @@ def test_record_shape_and_token_weighted_eval():
     assert math.isclose(result.final_eval_loss, ref, rel_tol=1e-5)
 
 
+def test_final_train_loss_is_the_mean_over_the_last_tenth_of_steps():
+    cfg = SFTConfig(steps=20, lr=3e-3, eval_every=20, warmup_steps=2, seed=0)
+    result = train(tiny_gpt2(), TRAIN, EVAL, cfg, show_progress=False)
+    last_two = [p["train_loss"] for p in result.curve[-2:]]
+    assert last_two[0] != last_two[1]
+    assert result.final_train_loss == sum(last_two) / 2
+
+
 def test_full_and_frozen_share_step0_and_same_seed_repeats_exactly():
     *_, full_a = run()
     *_, full_b = run()
