@@ -102,9 +102,12 @@ def analyze(
     """Geometry records of ``(site, matrix out x in)`` pairs, in the order given.
 
     ``matrices`` may be a stream (one tensor at a time, as a checkpoint yields them); ``total``
-    sizes the progress bar. Runs on ``device`` (default: the accelerator if there is one).
+    sizes the progress bar. Runs on ``device`` (default: the CUDA device if there is one; never
+    on Apple's MPS, which has no float64).
     """
     device = get_device(str(device) if device is not None else None)
+    if device.type == "mps":  # no float64 there, and the accuracy needs it
+        device = torch.device("cpu")
     records: list[dict] = []
     with make_progress(disable=not progress) as bar:
         task = bar.add_task("analyse", total=total)
