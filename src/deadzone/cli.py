@@ -16,6 +16,15 @@ from deadzone.errors import DeadzoneError
 Handler = Callable[[argparse.Namespace], int | None]
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each option's default, unless its help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with usage errors as one line, like every other deadzone error."""
 
@@ -24,9 +33,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def _parser(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
-    return sub.add_parser(
-        name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
 
 
 # --- commands (one add_* function each) -------------------------------------------------------
@@ -174,11 +181,10 @@ def add_analyze(sub: argparse._SubParsersAction) -> None:
         default="*",
         help="site name(s) or glob(s), comma-separated (L4.attn.*, *.c_proj)",
     )
-    p.add_argument("--json", metavar="FILE", default=None, help="write the records as JSON")
-    p.add_argument("--csv", metavar="FILE", default=None, help="write the records as CSV")
-    p.add_argument(
-        "--plot", metavar="FILE", default=None, help="write PR and PC1%% per layer as a PNG"
-    )
+    not_written = "(default: not written)"
+    p.add_argument("--json", metavar="FILE", help=f"write the records as JSON {not_written}")
+    p.add_argument("--csv", metavar="FILE", help=f"write the records as CSV {not_written}")
+    p.add_argument("--plot", metavar="FILE", help=f"PNG of PR and PC1%% per layer {not_written}")
     p.set_defaults(handler=_analyze)
 
 
