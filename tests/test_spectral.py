@@ -172,6 +172,41 @@ def test_lanczos_top_eigenvalue_matches_the_eigensolver() -> None:
         assert spectral.lam_max(G) == pytest.approx(float(exact), rel=spectral.LANCZOS_RTOL)
 
 
+def test_lanczos_with_the_interlacing_bound_matches_the_eigensolver() -> None:
+    """The centred top eigenvalue, stopped early by Kato-Temple with the uncentred second
+    eigenvalue as the bound, including a nearly degenerate top pair (gap 1e-7 relative)."""
+    g = torch.Generator().manual_seed(21)
+    U, _ = torch.linalg.qr(torch.randn(300, 100, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(100, 100, generator=g, dtype=torch.float64))
+    sigma = torch.linspace(1.0, 0.1, 100, dtype=torch.float64)
+    sigma[1] = 1.0 - 1e-7
+    close = (U * sigma) @ V.T
+    for W in (gaussian(400, 150, seed=19), gaussian(90, 310, seed=22), close, close.T + 0.1):
+        G, Gc, _, _ = spectral.grams(W[None])
+        lam = torch.linalg.eigvalsh(G)
+        second = lam[:, -2] + 4 * lam.shape[1] * spectral.EPS64 * lam[:, -1]
+        exact = torch.linalg.eigvalsh(Gc)[:, -1]
+        got = spectral.lam_max(Gc, second)
+        assert float(got) == pytest.approx(float(exact), rel=spectral.LANCZOS_RTOL)
+
+
+def test_conv1d_views_of_both_orientations_read_in_storage_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Transposed views, tall and wide, chunked along their stored rows: same numbers."""
+    monkeypatch.setattr(spectral, "CHUNK_ELEMENTS", 500)
+    for stored in (gaussian(70, 260, seed=23), gaussian(260, 70, seed=24) + 0.5):
+        W = stored.float().T
+        assert not W.is_contiguous()
+        got = spectral.geometry(W)
+        assert_matches(W, got.as_dict())
+        contiguous = spectral.geometry(W.contiguous())
+        for metric in spectral.METRICS:
+            # amplitudes are summed in float32 within a chunk, in the order values are stored
+            rtol = 1e-6 if metric == "amplitude_pr" else 1e-12
+            assert getattr(got, metric) == pytest.approx(getattr(contiguous, metric), rel=rtol)
+
+
 def test_exact_rank1_has_effective_rank_one() -> None:
     g = torch.Generator().manual_seed(12)
     u, v = torch.randn(384, 1, generator=g), torch.randn(1, 128, generator=g)

@@ -127,7 +127,8 @@ def grams(W: torch.Tensor) -> Grams:
 
     ``W``: ``(B, out, in)`` of any float dtype, any strides.
 
-    ``W`` is read in float64 chunks along its longer side, never copied whole.
+    ``W`` is read in float64 chunks along its longer side, in the order it is stored (a
+    transposed view is read along its rows too), never copied whole.
     With ``1`` the all-ones vector and ``mu = W^T 1 / out`` the mean row:
 
     - ``in <= out``: ``G = W^T W``, ``X^T X = G - out * mu mu^T``;
@@ -136,14 +137,17 @@ def grams(W: torch.Tensor) -> Grams:
     B, out, inn = W.shape
     tall = inn <= out
     n, long = (inn, out) if tall else (out, inn)
+    V = W if tall else W.mT  # (B, long, n): G = V^T V
+    by_row = V.stride(-1) <= V.stride(-2)  # V's rows lie contiguous: chunks of rows
     step = max(1, _chunk(CHUNK_ELEMENTS, W.device) // (B * n))
     G = torch.zeros(B, n, n, dtype=F64, device=W.device)
     sums = torch.zeros(B, n, dtype=F64, device=W.device)  # column sums (tall) or row sums
     for i in range(0, long, step):
-        part = W[:, i : i + step, :] if tall else W[:, :, i : i + step].mT  # (B, chunk, n)
+        # (B, chunk, n) or, read along the stored rows, its transpose (B, n, chunk)
+        part = V[:, i : i + step, :] if by_row else V.mT[:, :, i : i + step]
         part = part.to(F64, memory_format=torch.contiguous_format)
-        _add_gram(G, part)
-        sums += part.sum(1)
+        _add_gram(G, part, by_row)
+        sums += part.sum(1 if by_row else 2)
     if tall:
         mu = sums / out  # (B, in)
         Gc = G - out * mu[:, :, None] * mu[:, None, :]
@@ -159,17 +163,22 @@ def grams(W: torch.Tensor) -> Grams:
     return Grams(G, Gc, finite, sums.sum(-1))
 
 
-def _add_gram(G: torch.Tensor, part: torch.Tensor) -> None:
-    """``G += part^T part`` for ``part`` ``(B, chunk, n)`` float64.
+def _add_gram(G: torch.Tensor, part: torch.Tensor, by_row: bool = True) -> None:
+    """``G += P^T P`` for ``P`` ``(B, chunk, n)`` float64, given as ``part = P`` if ``by_row``,
+    else as ``part = P^T`` ``(B, n, chunk)``.
 
-    Through numpy where :data:`NUMPY_ON_CPU` allows: its ``A.T @ A`` is a symmetric rank-k
-    update (BLAS ``syrk``, half the work of a general product); else a batched torch product.
+    Through numpy where :data:`NUMPY_ON_CPU` allows: its ``A.T @ A`` and ``A @ A.T`` are
+    symmetric rank-k updates (BLAS ``syrk``, half the work of a general product); else a
+    batched torch product.
     """
     if not _numpy(G):
-        G.baddbmm_(part.mT, part)  # (B, n, n) += (B, n, chunk) @ (B, chunk, n)
+        if by_row:
+            G.baddbmm_(part.mT, part)  # (B, n, n) += (B, n, chunk) @ (B, chunk, n)
+        else:
+            G.baddbmm_(part, part.mT)
         return
     for g, p in zip(G, part.numpy(), strict=True):
-        g += torch.from_numpy(p.T @ p)
+        g += torch.from_numpy(p.T @ p if by_row else p @ p.T)
 
 
 def eigvalsh(G: torch.Tensor) -> torch.Tensor:
@@ -201,21 +210,30 @@ LANCZOS_CHECK = 8
 LANCZOS_RTOL = 1e-8
 
 
-def lam_max(G: torch.Tensor) -> torch.Tensor:
+def lam_max(G: torch.Tensor, second: torch.Tensor | None = None) -> torch.Tensor:
     """Largest eigenvalue of each symmetric PSD ``G`` ``(B, n, n)``, to ``LANCZOS_RTOL`` relative.
 
     Lanczos with full reorthogonalisation from a fixed random start. It stops when the residual
-    ``beta_j |y_j|`` of the top Ritz pair, a bound on the distance from the Ritz value to an
-    eigenvalue, is below ``LANCZOS_RTOL`` times that value; without convergence in
-    ``LANCZOS_STEPS`` steps (or for small ``n``) the symmetric eigensolver answers instead.
+    ``r = beta_j |y_j|`` of the top Ritz pair, a bound on the distance from the Ritz value
+    ``theta`` to an eigenvalue, is below ``LANCZOS_RTOL`` times that value; without convergence
+    in ``LANCZOS_STEPS`` steps (or for small ``n``) the symmetric eigensolver answers instead.
+
+    ``second`` ``(B,)``, if given, is an upper bound on each ``G``'s second-largest eigenvalue.
+    Then the Kato-Temple bound ``lambda_max - theta <= r^2 / (theta - second)`` (for
+    ``theta > second``; ``theta <= lambda_max`` always) stops it much earlier: the error of the
+    Ritz value is quadratic in the residual.
     """
     B, n, _ = G.shape
     if n <= 4 * LANCZOS_CHECK:
         return eigvalsh(G)[:, -1].clamp_min(0.0)
     m = min(n, LANCZOS_STEPS)
     Q = G.new_zeros(B, m + 1, n)  # Lanczos vectors
-    start = torch.randn(B, n, generator=torch.Generator().manual_seed(0), dtype=F64)
-    Q[:, 0] = (start / start.norm(dim=-1, keepdim=True)).to(G.device)
+    # The same start for every matrix, and each matrix's value taken at the first check where it
+    # converged: a matrix gets the same number alone and in any batch.
+    start = torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=F64)
+    Q[:, 0] = (start / start.norm()).to(G.device)
+    result = G.new_zeros(B)
+    converged = torch.zeros(B, dtype=torch.bool, device=G.device)
     alpha, beta = G.new_zeros(B, m), G.new_zeros(B, m)
     for j in range(m):
         w = torch.bmm(G, Q[:, j, :, None])[..., 0]  # (B, n)
@@ -229,10 +247,17 @@ def lam_max(G: torch.Tensor) -> torch.Tensor:
             T = alpha[:, :k].diag_embed() + beta[:, : k - 1].diag_embed(1)
             theta, Y = torch.linalg.eigh(T + beta[:, : k - 1].diag_embed(-1))  # (B, k)
             top = theta[:, -1].clamp_min(0.0)
-            if bool((beta[:, j] * Y[:, -1, -1].abs() <= LANCZOS_RTOL * top).all()):
-                return top
+            r = beta[:, j] * Y[:, -1, -1].abs()
+            done = r <= LANCZOS_RTOL * top
+            if second is not None:
+                gap = top - second
+                done |= (gap > 0) & (r * r <= LANCZOS_RTOL * top * gap)
+            result = torch.where(done & ~converged, top, result)
+            converged |= done
+            if bool(converged.all()):
+                return result
         Q[:, j + 1] = w / beta[:, j, None].clamp_min(torch.finfo(F64).tiny)
-    return eigvalsh(G)[:, -1].clamp_min(0.0)
+    return torch.where(converged, result, eigvalsh(G)[:, -1].clamp_min(0.0))
 
 
 def amplitudes(W: torch.Tensor, K: int = 8, std: torch.Tensor | None = None) -> torch.Tensor:
@@ -315,7 +340,12 @@ def geometry_batch(W: torch.Tensor, K: int = 8) -> list[Geometry]:
     lam = eigvalsh(G).clamp_min(0.0)  # (B, n) ascending: the spectrum of W
     top = lam[:, -1]
     pr_u, pc1_u = _pr_pc1(G, top)
-    pr_c, pc1_c = _pr_pc1(Gc, lam_max(Gc))
+    # The centred spectrum interlaces with the uncentred one (``Gc`` is ``G`` less a PSD
+    # rank-one term, or ``G`` compressed to a subspace of codimension one), so ``G``'s
+    # second-largest eigenvalue bounds ``Gc``'s; the margin covers the eigensolver's error.
+    n = lam.shape[1]
+    second = lam[:, -2] + 4 * n * EPS64 * top if n > 1 else None
+    pr_c, pc1_c = _pr_pc1(Gc, lam_max(Gc, second))
     total = torch.diagonal(G, dim1=-2, dim2=-1).sum(-1)  # ||W||_F^2 = sum of squared entries
     tol = max(out, inn) * EPS64 * top
     amp = _amplitude_pr(W, K, _std_from_gram(out * inn, entry_sum, total))
