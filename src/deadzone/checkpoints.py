@@ -71,10 +71,9 @@ def _download(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=WEIGHT_PATTERNS))
     except Exception as e:  # network, auth, missing repo: all end the same way for the user
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DeadzoneError(
             f"cannot fetch {repo_id!r} from the Hugging Face hub (offline, or no such model): "
-            f"{reason}"
+            f"{_first_line(e)}"
         ) from None
 
 

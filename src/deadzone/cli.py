@@ -17,11 +17,14 @@ Handler = Callable[[argparse.Namespace], int | None]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends each option's default, unless its help already says what the default is."""
+    """Appends each option's default, or "(required)", unless its help already says it."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if "default" in (action.help or ""):
-            return action.help
+        help = action.help or ""
+        if action.required and action.option_strings and "(required)" not in help:
+            return f"{help} (required)"
+        if "default" in help or "(required)" in help:
+            return help
         return super()._get_help_string(action)
 
 
@@ -44,7 +47,6 @@ def add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="tiny", help="preset: tiny, paper or micro")
     p.add_argument(
         "--out",
-        default=argparse.SUPPRESS,
         help="output directory (default: the user cache, where builtin:PRESET finds it)",
     )
     p.set_defaults(handler=_pretrain)
@@ -53,7 +55,7 @@ def add_pretrain(sub: argparse._SubParsersAction) -> None:
 def _pretrain(args: argparse.Namespace) -> None:
     from deadzone.pretraining import pretrain
 
-    done = pretrain(args.preset, getattr(args, "out", None))
+    done = pretrain(args.preset, args.out)
     r = done.record
     print(
         f"pretrained {r['preset']}: {r['params']:,} parameters, {r['tokens']:,} tokens, "
@@ -70,13 +72,10 @@ def add_crystallize(sub: argparse._SubParsersAction) -> None:
         "re-initialised or zeroed; compare over seeds with paired confidence intervals.",
     )
     p.add_argument("model", metavar="MODEL", help="model directory, hub id or builtin:tiny")
-    # Required options and --eval-data have no value to show: SUPPRESS keeps the formatter
-    # from appending "(default: None)" to their help.
     p.add_argument(
         "--target",
         required=True,
-        default=argparse.SUPPRESS,
-        help="site name(s) or glob(s), comma-separated, e.g. L4.attn.c_proj (required)",
+        help="site name(s) or glob(s), comma-separated, e.g. L4.attn.c_proj",
     )
     p.add_argument(
         "--strategies",
@@ -94,7 +93,6 @@ def add_crystallize(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--eval-data",
-        default=argparse.SUPPRESS,
         help="evaluation data, in the forms --data accepts (default: the builtin's own eval "
         "split, else a held-out 10%% of --data)",
     )
@@ -111,8 +109,7 @@ def add_crystallize(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out",
         required=True,
-        default=argparse.SUPPRESS,
-        help="output directory, resumed if it holds this experiment (required)",
+        help="output directory, resumed if it holds this experiment",
     )
     p.set_defaults(handler=_crystallize)
 
@@ -138,7 +135,7 @@ def _crystallize(args: argparse.Namespace) -> int | None:
         rank=args.rank,
         seeds=args.seeds,
         data=args.data,
-        eval_data=getattr(args, "eval_data", None),
+        eval_data=args.eval_data,
         max_length=args.max_length,
         sft=sft,
     )
