@@ -7,6 +7,7 @@ from pathlib import Path
 
 from deadzone import fileio
 from deadzone.errors import DeadzoneError
+from deadzone.report import pyplot, save_png
 
 LABELS = {
     "full": "Full SFT (all params)",
@@ -208,10 +209,7 @@ def _band(ax, steps, mean, std, **kwargs) -> None:
 def plot_curves(results: dict, path: str | Path) -> None:
     """Train loss, eval loss, and eval loss vs full SFT (paired by seed), per strategy: the mean
     over seeds with a ±1 std band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
     ok = [r for r in results["runs"] if r["status"] == "ok"]
@@ -233,9 +231,7 @@ def plot_curves(results: dict, path: str | Path) -> None:
     if axes[1].get_legend_handles_labels()[0]:  # no run finished: nothing to label
         axes[1].legend(fontsize=8)
     fig.suptitle(f"{_names(results['targets'])} — mean ± std over {len(results['seeds'])} seeds")
-    with fileio.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def write_report(out: str | Path) -> tuple[Path, Path]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.table import Table
 
 from deadzone import fileio
+from deadzone.report import pyplot, save_png
 from deadzone.spectral import METRICS
 
 # Column title and format of each metric shown in the terminal table.
@@ -106,10 +107,7 @@ def write_json(path: str | Path, records: list[dict]) -> None:
 
 def write_plot(path: str | Path, records: list[dict]) -> None:
     """PNG: PR and PC1 % against layer, one line per role (block matrices only)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     by_role: dict[str, list[dict]] = {}
     for r in records:
@@ -132,6 +130,4 @@ def write_plot(path: str | Path, records: list[dict]) -> None:
         else:
             ax.text(0.5, 0.5, "no block matrices analysed", ha="center", transform=ax.transAxes)
     fig.tight_layout()
-    with fileio.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
