@@ -141,14 +141,17 @@ def test_batch_equals_one_at_a_time() -> None:
 
 
 def test_torch_path_equals_numpy_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Accelerators compute with torch, the CPU with numpy's BLAS: the numbers must agree."""
+    """Accelerators compute with torch (Lanczos on the dense centred Gram matrix), the CPU with
+    numpy's BLAS and LAPACK (Lanczos on its tridiagonal form): the numbers must agree; ``pc1``
+    to twice the Lanczos bound, as each path is within it of the exact value."""
     Ws = [PLANTED[name]() for name in ("gaussian tall", "gaussian wide", "ill-conditioned 1e6")]
     numpy_path = [spectral.geometry(W) for W in Ws]
     monkeypatch.setattr(spectral, "NUMPY_ON_CPU", False)
     for W, expected in zip(Ws, numpy_path, strict=True):
         got = spectral.geometry(W)
         for metric in spectral.METRICS:
-            assert getattr(got, metric) == pytest.approx(getattr(expected, metric), rel=1e-9)
+            rtol = 2 * spectral.LANCZOS_RTOL if metric == "pc1" else 1e-9
+            assert getattr(got, metric) == pytest.approx(getattr(expected, metric), rel=rtol)
 
 
 def test_small_chunks_give_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -182,7 +185,8 @@ def test_lanczos_with_the_interlacing_bound_matches_the_eigensolver() -> None:
     sigma[1] = 1.0 - 1e-7
     close = (U * sigma) @ V.T
     for W in (gaussian(400, 150, seed=19), gaussian(90, 310, seed=22), close, close.T + 0.1):
-        G, Gc, _, _ = spectral.grams(W[None])
+        g = spectral.grams(W[None])
+        G, Gc = g.G, g.Gc
         lam = torch.linalg.eigvalsh(G)
         second = lam[:, -2] + 4 * lam.shape[1] * spectral.EPS64 * lam[:, -1]
         exact = torch.linalg.eigvalsh(Gc)[:, -1]

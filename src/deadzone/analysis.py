@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from deadzone import spectral
 from deadzone.device import get_device
@@ -29,7 +33,8 @@ ATTN_IN_ROLES = ("attn_qkv", "attn_q", "attn_k", "attn_v")
 ATTN_OUT_ROLE = "attn_out"
 
 # Same-shaped matrices are stacked and measured together on an accelerator, up to this many
-# bytes and matrices per batch. On the CPU each matrix is measured where it lies (no copy).
+# bytes and matrices per batch. On the CPU each matrix is measured where it lies (no copy), on
+# one core, as many matrices at once as there are worker threads.
 BATCH_BYTES = 256 << 20
 BATCH_MATRICES = 32
 
@@ -91,6 +96,40 @@ def _batches(
         yield sites, buf[: len(sites)]
 
 
+@contextmanager
+def _one_thread_each() -> Iterator[None]:
+    """Torch and the BLAS libraries on one thread while the workers run: each worker keeps a
+    core busy with one matrix, which scales better than splitting each matrix's eigensolver."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _measured(
+    batches: Iterator[tuple[list[Site], torch.Tensor]], K: int, workers: int
+) -> Iterator[tuple[list[Site], list[spectral.Geometry]]]:
+    """Geometry of each batch, in order; on ``workers`` threads at most ``workers`` batches are
+    held at once (a stream is read only as fast as it is measured)."""
+    if workers <= 1:
+        for sites, batch in batches:
+            yield sites, spectral.geometry_batch(batch, K)
+        return
+    pending: deque[tuple[list[Site], Future]] = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="deadzone-analyse") as pool:
+        for sites, batch in batches:
+            if len(pending) == workers:
+                done_sites, done = pending.popleft()
+                yield done_sites, done.result()
+            pending.append((sites, pool.submit(spectral.geometry_batch, batch, K)))
+        while pending:
+            done_sites, done = pending.popleft()
+            yield done_sites, done.result()
+
+
 def analyze(
     matrices: Iterable[tuple[Site, torch.Tensor]],
     *,
@@ -98,21 +137,29 @@ def analyze(
     device: torch.device | str | None = None,
     K: int = 8,
     progress: bool = True,
+    workers: int | None = None,
 ) -> list[dict]:
     """Geometry records of ``(site, matrix out x in)`` pairs, in the order given.
 
     ``matrices`` may be a stream (one tensor at a time, as a checkpoint yields them); ``total``
     sizes the progress bar. Runs on ``device`` (default: the CUDA device if there is one; never
-    on Apple's MPS, which has no float64).
+    on Apple's MPS, which has no float64). On the CPU, ``workers`` threads (default: torch's
+    thread count) each measure one matrix on one core; the numbers do not depend on how many.
     """
     device = get_device(str(device) if device is not None else None)
     if device.type == "mps":  # no float64 there, and the accuracy needs it
         device = torch.device("cpu")
+    on_cpu = device.type == "cpu"
+    workers = max(1, workers or torch.get_num_threads()) if on_cpu else 1
     records: list[dict] = []
-    with make_progress(disable=not progress) as bar:
+    with (
+        make_progress(disable=not progress) as bar,
+        _one_thread_each() if on_cpu else nullcontext(),
+    ):
         task = bar.add_task("analyse", total=total)
-        for sites, batch in _batches(_checked(matrices), device, stack=device.type != "cpu"):
-            for site, geo in zip(sites, spectral.geometry_batch(batch, K), strict=True):
+        batches = _batches(_checked(matrices), device, stack=not on_cpu)
+        for sites, geometries in _measured(batches, K, workers):
+            for site, geo in zip(sites, geometries, strict=True):
                 records.append(record(site, geo))
             bar.update(task, advance=len(sites), description=sites[-1].name)
         bar.update(task, description="analyse")

@@ -28,12 +28,15 @@ norms of a zero matrix, ``amplitude_pr`` of a constant matrix).
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import numpy as np
 import torch
+from scipy.linalg import lapack
 
 from deadzone.errors import DeadzoneError
 
@@ -121,6 +124,10 @@ class Grams(NamedTuple):
     Gc: torch.Tensor  # (B, n, n) the same of the row-centred X
     finite: torch.Tensor  # (B,) the matrix held only finite values (else G, Gc are zero)
     entry_sum: torch.Tensor  # (B,) sum of all entries of W
+    # (B, n) ``c`` with Gc = G - c c^T (in <= out: c = sqrt(out) mu), or Gc = P G P with
+    # P = I - c c^T (out < in: c = 1 / sqrt(out), a unit vector)
+    centre: torch.Tensor
+    tall: bool  # in <= out
 
 
 def grams(W: torch.Tensor) -> Grams:
@@ -152,7 +159,9 @@ def grams(W: torch.Tensor) -> Grams:
     if tall:
         mu = sums / out  # (B, in)
         Gc = G - out * mu[:, :, None] * mu[:, None, :]
+        centre = math.sqrt(out) * mu
     else:
+        centre = G.new_full((B, n), 1.0 / math.sqrt(out))
         r = G.mean(2)  # (B, out): row means of G
         s = r.mean(1)  # (B,)
         Gc = G - r[:, :, None] - r[:, None, :] + s[:, None, None]
@@ -161,7 +170,7 @@ def grams(W: torch.Tensor) -> Grams:
     if not bool(finite.all()):
         keep = finite[:, None, None]
         G, Gc = G.where(keep, 0.0), Gc.where(keep, 0.0)
-    return Grams(G, Gc, finite, sums.sum(-1))
+    return Grams(G, Gc, finite, sums.sum(-1), centre, tall)
 
 
 def _add_gram(G: torch.Tensor, part: torch.Tensor, by_row: bool = True) -> None:
@@ -214,30 +223,47 @@ LANCZOS_RTOL = 1e-7
 def lam_max(G: torch.Tensor, second: torch.Tensor | None = None) -> torch.Tensor:
     """Largest eigenvalue of each symmetric PSD ``G`` ``(B, n, n)``, to ``LANCZOS_RTOL`` relative.
 
-    Lanczos with full reorthogonalisation from a fixed random start. It stops when the residual
-    ``r = beta_j |y_j|`` of the top Ritz pair, a bound on the distance from the Ritz value
-    ``theta`` to an eigenvalue, is below ``LANCZOS_RTOL`` times that value; without convergence
-    in ``LANCZOS_STEPS`` steps (or for small ``n``) the symmetric eigensolver answers instead.
-
-    ``second`` ``(B,)``, if given, is an upper bound on each ``G``'s second-largest eigenvalue.
-    Then the Kato-Temple bound ``lambda_max - theta <= r^2 / (theta - second)`` (for
-    ``theta > second``; ``theta <= lambda_max`` always) stops it much earlier: the error of the
-    Ritz value is quadratic in the residual.
+    Lanczos (see :func:`lanczos_top`); without convergence in ``LANCZOS_STEPS`` steps (or for
+    small ``n``) the symmetric eigensolver answers instead. ``second`` ``(B,)``, if given, is an
+    upper bound on each ``G``'s second-largest eigenvalue.
     """
     B, n, _ = G.shape
     if n <= 4 * LANCZOS_CHECK:
         return eigvalsh(G)[:, -1].clamp_min(0.0)
+    top, converged = lanczos_top(lambda q: torch.bmm(G, q[..., None])[..., 0], G[:, 0], second)
+    if bool(converged.all()):
+        return top
+    return torch.where(converged, top, eigvalsh(G)[:, -1].clamp_min(0.0))
+
+
+def lanczos_top(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    like: torch.Tensor,
+    second: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top eigenvalue of ``B`` symmetric PSD operators of size ``n``: ``(value, converged)``.
+
+    ``matvec`` maps ``(B, n)`` vectors to ``(B, n)``; ``like`` ``(B, n)`` gives the shape,
+    dtype and device. Lanczos with full reorthogonalisation from a fixed random start. It stops
+    when the residual ``r = beta_j |y_j|`` of the top Ritz pair, a bound on the distance from
+    the Ritz value ``theta`` to an eigenvalue, is below ``LANCZOS_RTOL`` times that value; or,
+    with ``second`` ``(B,)`` an upper bound on each operator's second-largest eigenvalue, on the
+    Kato-Temple bound ``lambda_max - theta <= r^2 / (theta - second)`` (for ``theta > second``;
+    ``theta <= lambda_max`` always), much earlier: the error of the Ritz value is quadratic in
+    the residual. ``converged`` is False where ``LANCZOS_STEPS`` steps were not enough.
+    """
+    B, n = like.shape
     m = min(n, LANCZOS_STEPS)
-    Q = G.new_zeros(B, m + 1, n)  # Lanczos vectors
+    Q = like.new_zeros(B, m + 1, n)  # Lanczos vectors
     # The same start for every matrix, and each matrix's value taken at the first check where it
     # converged: a matrix gets the same number alone and in any batch.
     start = torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=F64)
-    Q[:, 0] = (start / start.norm()).to(G.device)
-    result = G.new_zeros(B)
-    converged = torch.zeros(B, dtype=torch.bool, device=G.device)
-    alpha, beta = G.new_zeros(B, m), G.new_zeros(B, m)
+    Q[:, 0] = (start / start.norm()).to(like)
+    result = like.new_zeros(B)
+    converged = torch.zeros(B, dtype=torch.bool, device=like.device)
+    alpha, beta = like.new_zeros(B, m), like.new_zeros(B, m)
     for j in range(m):
-        w = torch.bmm(G, Q[:, j, :, None])[..., 0]  # (B, n)
+        w = matvec(Q[:, j])  # (B, n)
         alpha[:, j] = (w * Q[:, j]).sum(-1)
         basis = Q[:, : j + 1]  # (B, j+1, n)
         for _ in range(2):  # twice is enough
@@ -256,9 +282,66 @@ def lam_max(G: torch.Tensor, second: torch.Tensor | None = None) -> torch.Tensor
             result = torch.where(done & ~converged, top, result)
             converged |= done
             if bool(converged.all()):
-                return result
+                break
         Q[:, j + 1] = w / beta[:, j, None].clamp_min(torch.finfo(F64).tiny)
-    return torch.where(converged, result, eigvalsh(G)[:, -1].clamp_min(0.0))
+    return result, converged
+
+
+def _tridiagonal_spectra(g: Grams) -> tuple[torch.Tensor, torch.Tensor]:
+    """CPU: the spectrum of ``G`` (ascending) and the top eigenvalue of ``Gc``, ``(B, n), (B,)``.
+
+    One LAPACK reduction ``G = Q T Q^T`` (``sytrd``, ``T`` tridiagonal) serves both: ``T``'s
+    eigenvalues (``sterf``) are ``G``'s, and with ``u = Q^T c`` (``c`` the centring vector of
+    :class:`Grams`, one pass of ``Q``'s reflectors) ``Q^T Gc Q`` is ``T - u u^T`` (tall) or
+    ``P T P`` with ``P = I - u u^T`` (wide): Lanczos on it takes ``O(n)`` per step instead of
+    the ``O(n^2)`` of a product with the dense ``Gc``. Same numbers as the dense route to
+    rounding (the eigensolver *is* ``sytrd`` then ``sterf``).
+    """
+    n = g.G.shape[-1]
+    lams, ds, es, us = [], [], [], []
+    for G, c in zip(g.G.numpy(), g.centre.numpy(), strict=True):
+        # G is symmetric, so its transpose is the same matrix in LAPACK's column-major order.
+        refl, d, e, tau, info = lapack.dsytrd(G.T, lower=1, lwork=_sytrd_lwork(n))
+        lam, info_sterf = lapack.dsterf(d, e)
+        if info or info_sterf:
+            raise DeadzoneError(f"LAPACK failed to reduce a {n}x{n} Gram matrix (info {info})")
+        u = c.copy()  # Q = diag(1, Q1), Q1 the product of the reflectors below the diagonal
+        u[1:] = lapack.dormqr("L", "T", refl[1:, :-1], tau, c[1:, None], lwork=1)[0][:, 0]
+        lams.append(lam), ds.append(d), es.append(e), us.append(u)
+    lam = torch.from_numpy(np.stack(lams)).clamp_min(0.0)
+    d, e, u = (torch.from_numpy(np.stack(x)) for x in (ds, es, us))
+
+    def project(x: torch.Tensor) -> torch.Tensor:
+        return x - u * (u * x).sum(-1, keepdim=True)
+
+    def matvec(x: torch.Tensor) -> torch.Tensor:  # (Q^T Gc Q) x
+        if not g.tall:
+            x = project(x)
+        y = d * x
+        y[:, :-1] += e * x[:, 1:]
+        y[:, 1:] += e * x[:, :-1]
+        return project(y) if not g.tall else y - u * (u * x).sum(-1, keepdim=True)
+
+    top, converged = lanczos_top(matvec, u, _second_bound(lam))
+    if not bool(converged.all()):
+        top = torch.where(converged, top, eigvalsh(g.Gc)[:, -1].clamp_min(0.0))
+    return lam, top
+
+
+@functools.cache
+def _sytrd_lwork(n: int) -> int:
+    return int(lapack.dsytrd_lwork(n, lower=1)[0])
+
+
+def _second_bound(lam: torch.Tensor) -> torch.Tensor | None:
+    """An upper bound on the centred second eigenvalue from the uncentred spectrum (ascending).
+
+    The centred spectrum interlaces with the uncentred one (``Gc`` is ``G`` less a PSD rank-one
+    term, or ``G`` compressed to a subspace of codimension one), so ``G``'s second-largest
+    eigenvalue bounds ``Gc``'s; the margin covers the eigensolver's error.
+    """
+    n = lam.shape[1]
+    return lam[:, -2] + 4 * n * EPS64 * lam[:, -1] if n > 1 else None
 
 
 def amplitudes(W: torch.Tensor, K: int = 8, std: torch.Tensor | None = None) -> torch.Tensor:
@@ -382,19 +465,19 @@ def geometry_batch(W: torch.Tensor, K: int = 8) -> list[Geometry]:
     """
     W = _as_batch(W)
     B, out, inn = W.shape
-    G, Gc, finite, entry_sum = grams(W)
-    lam = eigvalsh(G).clamp_min(0.0)  # (B, n) ascending: the spectrum of W
+    g = grams(W)
+    G, Gc, finite = g.G, g.Gc, g.finite
+    if _numpy(G) and G.shape[-1] > 4 * LANCZOS_CHECK:
+        lam, top_c = _tridiagonal_spectra(g)
+    else:
+        lam = eigvalsh(G).clamp_min(0.0)  # (B, n) ascending: the spectrum of W
+        top_c = lam_max(Gc, _second_bound(lam))
     top = lam[:, -1]
     pr_u, pc1_u = _pr_pc1(G, top)
-    # The centred spectrum interlaces with the uncentred one (``Gc`` is ``G`` less a PSD
-    # rank-one term, or ``G`` compressed to a subspace of codimension one), so ``G``'s
-    # second-largest eigenvalue bounds ``Gc``'s; the margin covers the eigensolver's error.
-    n = lam.shape[1]
-    second = lam[:, -2] + 4 * n * EPS64 * top if n > 1 else None
-    pr_c, pc1_c = _pr_pc1(Gc, lam_max(Gc, second))
+    pr_c, pc1_c = _pr_pc1(Gc, top_c)
     total = torch.diagonal(G, dim1=-2, dim2=-1).sum(-1)  # ||W||_F^2 = sum of squared entries
     tol = max(out, inn) * EPS64 * top
-    amp = _amplitude_pr(W, K, _std_from_gram(out * inn, entry_sum, total))
+    amp = _amplitude_pr(W, K, _std_from_gram(out * inn, g.entry_sum, total))
     cols = torch.stack(
         [
             pr_c,
@@ -448,31 +531,31 @@ def _scalar(x: torch.Tensor, finite: torch.Tensor) -> float:
 
 def pr(W: torch.Tensor) -> float:
     """Participation ratio of the row-centred matrix, between 1 and ``min(out, in)``."""
-    _, Gc, finite, _ = grams(_matrix(W))
+    Gc, finite = (g := grams(_matrix(W))).Gc, g.finite
     return _scalar(_pr_pc1(Gc, lam_max(Gc))[0], finite)
 
 
 def pc1(W: torch.Tensor) -> float:
     """Share of variance on the first principal component of the row-centred matrix."""
-    _, Gc, finite, _ = grams(_matrix(W))
+    Gc, finite = (g := grams(_matrix(W))).Gc, g.finite
     return _scalar(_pr_pc1(Gc, lam_max(Gc))[1], finite)
 
 
 def pr_uncentered(W: torch.Tensor) -> float:
     """Participation ratio of ``W`` itself."""
-    G, _, finite, _ = grams(_matrix(W))
+    G, finite = (g := grams(_matrix(W))).G, g.finite
     return _scalar(_pr_pc1(G, lam_max(G))[0], finite)
 
 
 def pc1_uncentered(W: torch.Tensor) -> float:
     """``lambda_max / sum lambda`` of ``W`` itself."""
-    G, _, finite, _ = grams(_matrix(W))
+    G, finite = (g := grams(_matrix(W))).G, g.finite
     return _scalar(_pr_pc1(G, lam_max(G))[1], finite)
 
 
 def stable_rank(W: torch.Tensor) -> float:
     """``||W||_F^2 / ||W||_2^2``."""
-    G, _, finite, _ = grams(_matrix(W))
+    G, finite = (g := grams(_matrix(W))).G, g.finite
     total = torch.diagonal(G, dim1=-2, dim2=-1).sum(-1)
     return _scalar(_ratio(total, lam_max(G)), finite)
 
@@ -480,7 +563,7 @@ def stable_rank(W: torch.Tensor) -> float:
 def effective_rank(W: torch.Tensor) -> float:
     """Roy & Vetterli effective rank of ``W`` (rank-tolerance noise counted as zero)."""
     M = _matrix(W)
-    G, _, finite, _ = grams(M)
+    G, finite = (g := grams(M)).G, g.finite
     lam = eigvalsh(G).clamp_min(0.0)
     tol = max(M.shape[1:]) * EPS64 * lam[:, -1]
     return _scalar(_effective_rank(lam, tol), finite)
@@ -488,7 +571,7 @@ def effective_rank(W: torch.Tensor) -> float:
 
 def spectral_norm(W: torch.Tensor) -> float:
     """Largest singular value of ``W``."""
-    G, _, finite, _ = grams(_matrix(W))
+    G, finite = (g := grams(_matrix(W))).G, g.finite
     return _scalar(lam_max(G).sqrt(), finite)
 
 
