@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -217,53 +216,36 @@ def _effective_rank(lam: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:
 # Lanczos for the top eigenvalue: Krylov dimension cap, and how often convergence is checked.
 LANCZOS_STEPS = 200
 LANCZOS_CHECK = 8
-LANCZOS_RTOL = 1e-7
+LANCZOS_RTOL = 1e-8
 
 
 def lam_max(G: torch.Tensor, second: torch.Tensor | None = None) -> torch.Tensor:
     """Largest eigenvalue of each symmetric PSD ``G`` ``(B, n, n)``, to ``LANCZOS_RTOL`` relative.
 
-    Lanczos (see :func:`lanczos_top`); without convergence in ``LANCZOS_STEPS`` steps (or for
-    small ``n``) the symmetric eigensolver answers instead. ``second`` ``(B,)``, if given, is an
-    upper bound on each ``G``'s second-largest eigenvalue.
+    Lanczos with full reorthogonalisation from a fixed random start. It stops when the residual
+    ``r = beta_j |y_j|`` of the top Ritz pair, a bound on the distance from the Ritz value
+    ``theta`` to an eigenvalue, is below ``LANCZOS_RTOL`` times that value; without convergence
+    in ``LANCZOS_STEPS`` steps (or for small ``n``) the symmetric eigensolver answers instead.
+
+    ``second`` ``(B,)``, if given, is an upper bound on each ``G``'s second-largest eigenvalue.
+    Then the Kato-Temple bound ``lambda_max - theta <= r^2 / (theta - second)`` (for
+    ``theta > second``; ``theta <= lambda_max`` always) stops it much earlier: the error of the
+    Ritz value is quadratic in the residual.
     """
     B, n, _ = G.shape
     if n <= 4 * LANCZOS_CHECK:
         return eigvalsh(G)[:, -1].clamp_min(0.0)
-    top, converged = lanczos_top(lambda q: torch.bmm(G, q[..., None])[..., 0], G[:, 0], second)
-    if bool(converged.all()):
-        return top
-    return torch.where(converged, top, eigvalsh(G)[:, -1].clamp_min(0.0))
-
-
-def lanczos_top(
-    matvec: Callable[[torch.Tensor], torch.Tensor],
-    like: torch.Tensor,
-    second: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top eigenvalue of ``B`` symmetric PSD operators of size ``n``: ``(value, converged)``.
-
-    ``matvec`` maps ``(B, n)`` vectors to ``(B, n)``; ``like`` ``(B, n)`` gives the shape,
-    dtype and device. Lanczos with full reorthogonalisation from a fixed random start. It stops
-    when the residual ``r = beta_j |y_j|`` of the top Ritz pair, a bound on the distance from
-    the Ritz value ``theta`` to an eigenvalue, is below ``LANCZOS_RTOL`` times that value; or,
-    with ``second`` ``(B,)`` an upper bound on each operator's second-largest eigenvalue, on the
-    Kato-Temple bound ``lambda_max - theta <= r^2 / (theta - second)`` (for ``theta > second``;
-    ``theta <= lambda_max`` always), much earlier: the error of the Ritz value is quadratic in
-    the residual. ``converged`` is False where ``LANCZOS_STEPS`` steps were not enough.
-    """
-    B, n = like.shape
     m = min(n, LANCZOS_STEPS)
-    Q = like.new_zeros(B, m + 1, n)  # Lanczos vectors
+    Q = G.new_zeros(B, m + 1, n)  # Lanczos vectors
     # The same start for every matrix, and each matrix's value taken at the first check where it
     # converged: a matrix gets the same number alone and in any batch.
     start = torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=F64)
-    Q[:, 0] = (start / start.norm()).to(like)
-    result = like.new_zeros(B)
-    converged = torch.zeros(B, dtype=torch.bool, device=like.device)
-    alpha, beta = like.new_zeros(B, m), like.new_zeros(B, m)
+    Q[:, 0] = (start / start.norm()).to(G.device)
+    result = G.new_zeros(B)
+    converged = torch.zeros(B, dtype=torch.bool, device=G.device)
+    alpha, beta = G.new_zeros(B, m), G.new_zeros(B, m)
     for j in range(m):
-        w = matvec(Q[:, j])  # (B, n)
+        w = torch.bmm(G, Q[:, j, :, None])[..., 0]  # (B, n)
         alpha[:, j] = (w * Q[:, j]).sum(-1)
         basis = Q[:, : j + 1]  # (B, j+1, n)
         for _ in range(2):  # twice is enough
@@ -282,50 +264,68 @@ def lanczos_top(
             result = torch.where(done & ~converged, top, result)
             converged |= done
             if bool(converged.all()):
-                break
+                return result
         Q[:, j + 1] = w / beta[:, j, None].clamp_min(torch.finfo(F64).tiny)
-    return result, converged
+    return torch.where(converged, result, eigvalsh(G)[:, -1].clamp_min(0.0))
 
 
 def _tridiagonal_spectra(g: Grams) -> tuple[torch.Tensor, torch.Tensor]:
     """CPU: the spectrum of ``G`` (ascending) and the top eigenvalue of ``Gc``, ``(B, n), (B,)``.
 
-    One LAPACK reduction ``G = Q T Q^T`` (``sytrd``, ``T`` tridiagonal) serves both: ``T``'s
-    eigenvalues (``sterf``) are ``G``'s, and with ``u = Q^T c`` (``c`` the centring vector of
-    :class:`Grams`, one pass of ``Q``'s reflectors) ``Q^T Gc Q`` is ``T - u u^T`` (tall) or
-    ``P T P`` with ``P = I - u u^T`` (wide): Lanczos on it takes ``O(n)`` per step instead of
-    the ``O(n^2)`` of a product with the dense ``Gc``. Same numbers as the dense route to
-    rounding (the eigensolver *is* ``sytrd`` then ``sterf``).
+    One LAPACK reduction ``G = Q T Q^T`` (``sytrd``, ``T`` tridiagonal) serves both. ``T``'s
+    eigenvalues (``sterf``) are ``G``'s: this *is* what ``eigvalsh`` does. With ``u = Q^T c``
+    (``c`` the centring vector of :class:`Grams`, one pass of ``Q``'s reflectors), ``Q^T Gc Q``
+    is ``T - u u^T`` (tall) or ``T`` compressed to ``u``'s orthogonal complement (wide). Either
+    way its top eigenvalue interlaces, ``lambda_{n-1}(G) <= lambda_max(Gc) <= lambda_n(G)``, and
+    is the one root there of ``f(s) = a - u^T (T - s I)^{-1} u`` (``a`` = 1 tall, 0 wide), which
+    decreases from ``+inf`` to ``-inf`` between those poles: bisection on the sign of ``f``,
+    ``O(n)`` per step (a tridiagonal solve, ``gtsv``), until the bracket is within
+    ``CENTRED_RTOL`` of its upper end. (A solve that meets an exactly singular ``T - s I``
+    hands that matrix to Lanczos on the dense ``Gc``.)
     """
     n = g.G.shape[-1]
-    lams, ds, es, us = [], [], [], []
+    lams, tops = [], []
     for G, c in zip(g.G.numpy(), g.centre.numpy(), strict=True):
         # G is symmetric, so its transpose is the same matrix in LAPACK's column-major order.
         refl, d, e, tau, info = lapack.dsytrd(G.T, lower=1, lwork=_sytrd_lwork(n))
         lam, info_sterf = lapack.dsterf(d, e)
         if info or info_sterf:
-            raise DeadzoneError(f"LAPACK failed to reduce a {n}x{n} Gram matrix (info {info})")
+            raise DeadzoneError(
+                f"LAPACK failed on a {n}x{n} Gram matrix (info {info or info_sterf})"
+            )
         u = c.copy()  # Q = diag(1, Q1), Q1 the product of the reflectors below the diagonal
         u[1:] = lapack.dormqr("L", "T", refl[1:, :-1], tau, c[1:, None], lwork=1)[0][:, 0]
-        lams.append(lam), ds.append(d), es.append(e), us.append(u)
+        lams.append(lam)
+        tops.append(_secular_top(d, e, u, 1.0 if g.tall else 0.0, max(lam[-2], 0.0), lam[-1]))
     lam = torch.from_numpy(np.stack(lams)).clamp_min(0.0)
-    d, e, u = (torch.from_numpy(np.stack(x)) for x in (ds, es, us))
-
-    def project(x: torch.Tensor) -> torch.Tensor:
-        return x - u * (u * x).sum(-1, keepdim=True)
-
-    def matvec(x: torch.Tensor) -> torch.Tensor:  # (Q^T Gc Q) x
-        if not g.tall:
-            x = project(x)
-        y = d * x
-        y[:, :-1] += e * x[:, 1:]
-        y[:, 1:] += e * x[:, :-1]
-        return project(y) if not g.tall else y - u * (u * x).sum(-1, keepdim=True)
-
-    top, converged = lanczos_top(matvec, u, _second_bound(lam))
-    if not bool(converged.all()):
-        top = torch.where(converged, top, eigvalsh(g.Gc)[:, -1].clamp_min(0.0))
+    top = torch.tensor([math.nan if t is None else t for t in tops], dtype=F64)
+    stuck = torch.isnan(top)
+    if bool(stuck.any()):
+        top[stuck] = lam_max(g.Gc[stuck], _second_bound(lam[stuck]))
     return lam, top
+
+
+# Bisection for the centred top eigenvalue stops when its bracket is this narrow, relative.
+CENTRED_RTOL = 1e-9
+
+
+def _secular_top(
+    d: np.ndarray, e: np.ndarray, u: np.ndarray, a: float, lo: float, hi: float
+) -> float | None:
+    """The root of ``a - u^T (T - s I)^{-1} u`` in ``[lo, hi]`` (see :func:`_tridiagonal_spectra`),
+    ``T`` with diagonal ``d`` and off-diagonal ``e``; None if a solve met a singular matrix."""
+    for _ in range(200):  # each step halves the bracket; 200 reach any root, even 0
+        if hi - lo <= CENTRED_RTOL * hi:
+            break
+        mid = 0.5 * (lo + hi)
+        x, info = lapack.dgtsv(e, d - mid, e, u)[3:]
+        if info:
+            return None
+        if a - u @ x > 0:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
 
 
 @functools.cache
