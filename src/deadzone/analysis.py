@@ -121,7 +121,7 @@ def _measured(
     pending: deque[tuple[list[Site], Future]] = deque()
     with ThreadPoolExecutor(workers, thread_name_prefix="deadzone-analyse") as pool:
         for sites, batch in batches:
-            if len(pending) == workers:
+            if len(pending) == 2 * workers:  # a queue, so no worker waits for a slow one
                 done_sites, done = pending.popleft()
                 yield done_sites, done.result()
             pending.append((sites, pool.submit(spectral.geometry_batch, batch, K)))

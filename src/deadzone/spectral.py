@@ -28,7 +28,6 @@ norms of a zero matrix, ``amplitude_pr`` of a constant matrix).
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 from scipy.linalg import lapack
 
+from deadzone import tridiagonal
 from deadzone.errors import DeadzoneError
 
 METRICS = (
@@ -272,8 +272,9 @@ def lam_max(G: torch.Tensor, second: torch.Tensor | None = None) -> torch.Tensor
 def _tridiagonal_spectra(g: Grams) -> tuple[torch.Tensor, torch.Tensor]:
     """CPU: the spectrum of ``G`` (ascending) and the top eigenvalue of ``Gc``, ``(B, n), (B,)``.
 
-    One LAPACK reduction ``G = Q T Q^T`` (``sytrd``, ``T`` tridiagonal) serves both. ``T``'s
-    eigenvalues (``sterf``) are ``G``'s: this *is* what ``eigvalsh`` does. With ``u = Q^T c``
+    One LAPACK reduction ``G = Q T Q^T`` (``sytrd``, ``T`` tridiagonal; see
+    :mod:`deadzone.tridiagonal`) serves both. ``T``'s eigenvalues (``sterf``) are ``G``'s: this
+    *is* what ``eigvalsh`` does. With ``u = Q^T c``
     (``c`` the centring vector of :class:`Grams`, one pass of ``Q``'s reflectors), ``Q^T Gc Q``
     is ``T - u u^T`` (tall) or ``T`` compressed to ``u``'s orthogonal complement (wide). Either
     way its top eigenvalue interlaces, ``lambda_{n-1}(G) <= lambda_max(Gc) <= lambda_n(G)``, and
@@ -283,20 +284,14 @@ def _tridiagonal_spectra(g: Grams) -> tuple[torch.Tensor, torch.Tensor]:
     ``CENTRED_RTOL`` of its upper end. (A solve that meets an exactly singular ``T - s I``
     hands that matrix to Lanczos on the dense ``Gc``.)
     """
-    n = g.G.shape[-1]
     lams, tops = [], []
     for G, c in zip(g.G.numpy(), g.centre.numpy(), strict=True):
-        # G is symmetric, so its transpose is the same matrix in LAPACK's column-major order.
-        refl, d, e, tau, info = lapack.dsytrd(G.T, lower=1, lwork=_sytrd_lwork(n))
-        lam, info_sterf = lapack.dsterf(d, e)
-        if info or info_sterf:
-            raise DeadzoneError(
-                f"LAPACK failed on a {n}x{n} Gram matrix (info {info or info_sterf})"
-            )
-        u = c.copy()  # Q = diag(1, Q1), Q1 the product of the reflectors below the diagonal
-        u[1:] = lapack.dormqr("L", "T", refl[1:, :-1], tau, c[1:, None], lwork=1)[0][:, 0]
+        T = tridiagonal.reduce(G)
+        lam = tridiagonal.eigenvalues(T.d, T.e)
+        u = c.copy()  # u = Q^T c: Q = diag(1, Q1)
+        u[1:] = lapack.dormqr("L", "T", T.reflectors, T.tau, c[1:, None], lwork=1)[0][:, 0]
         lams.append(lam)
-        tops.append(_secular_top(d, e, u, 1.0 if g.tall else 0.0, max(lam[-2], 0.0), lam[-1]))
+        tops.append(_secular_top(T.d, T.e, u, 1.0 if g.tall else 0.0, max(lam[-2], 0.0), lam[-1]))
     lam = torch.from_numpy(np.stack(lams)).clamp_min(0.0)
     top = torch.tensor([math.nan if t is None else t for t in tops], dtype=F64)
     stuck = torch.isnan(top)
@@ -326,11 +321,6 @@ def _secular_top(
         else:
             hi = mid
     return 0.5 * (lo + hi)
-
-
-@functools.cache
-def _sytrd_lwork(n: int) -> int:
-    return int(lapack.dsytrd_lwork(n, lower=1)[0])
 
 
 def _second_bound(lam: torch.Tensor) -> torch.Tensor | None:
