@@ -116,7 +116,12 @@ class Checkpoint:
     model: torch.nn.Module | None = None
 
     def matrices(self, sites: list[Site] | None = None) -> Iterator[tuple[Site, torch.Tensor]]:
-        """``(site, matrix out x in)`` for each site, shard by shard."""
+        """``(site, matrix out x in)`` for each site, shard by shard.
+
+        From safetensors, each matrix is a view of its own memory map of the shard: its pages
+        are read when it is used and let go when it is dropped, so the memory a stream holds
+        is that of the matrices still in use, not of whole shards.
+        """
         sites = self.sites if sites is None else sites
         if self.model is not None:
             for site in sites:
@@ -126,9 +131,11 @@ class Checkpoint:
         for site in sites:
             by_file[self.files[site.param_name]].append(site)
         for file, file_sites in by_file.items():
-            with safe_open(file, framework="pt") as f:
-                for site in file_sites:
-                    yield site, site.matrix(f.get_tensor(site.param_name))
+            for site in file_sites:
+                with safe_open(file, framework="pt") as f:
+                    tensor = f.get_tensor(site.param_name)
+                yield site, site.matrix(tensor)
+                del tensor  # the caller's reference alone keeps the map alive
 
 
 def open_checkpoint(spec: str) -> Checkpoint:

@@ -56,7 +56,7 @@ EPS64 = torch.finfo(F64).eps
 
 # Elements (of float64) handled at once when streaming a matrix through a Gram product or the
 # amplitude computation: bounds the working memory to tens of MB whatever the matrix size.
-CHUNK_ELEMENTS = 1 << 21
+CHUNK_ELEMENTS = 1 << 20
 # Values handled at once by the amplitude computation: a chunk and its few temporaries stay in
 # the core's cache (2^18 float32 was the fastest of 2^13 to 2^20 on an AMD EPYC).
 AMPLITUDE_CHUNK_ELEMENTS = 1 << 18
@@ -199,8 +199,17 @@ def eigvalsh(G: torch.Tensor) -> torch.Tensor:
 
 def _pr_pc1(G: torch.Tensor, lam_max: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Participation ratio and top share from a Gram matrix ``(B, n, n)`` and its top eigenvalue."""
-    total = torch.diagonal(G, dim1=-2, dim2=-1).sum(-1)  # sum lambda
-    sq = G.square().sum((-2, -1))  # sum lambda^2 = ||G||_F^2
+    return _ratios(*_moments(G), lam_max)
+
+
+def _moments(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sum lambda = trace(G)`` and ``sum lambda^2 = ||G||_F^2`` of each ``(n, n)`` matrix."""
+    return torch.diagonal(G, dim1=-2, dim2=-1).sum(-1), G.square().sum((-2, -1))
+
+
+def _ratios(
+    total: torch.Tensor, sq: torch.Tensor, lam_max: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     return _ratio(total * total, sq), _ratio(lam_max, total)
 
 
@@ -271,6 +280,7 @@ def lam_max(G: torch.Tensor, second: torch.Tensor | None = None) -> torch.Tensor
 
 def _tridiagonal_spectra(g: Grams) -> tuple[torch.Tensor, torch.Tensor]:
     """CPU: the spectrum of ``G`` (ascending) and the top eigenvalue of ``Gc``, ``(B, n), (B,)``.
+    Overwrites ``g.G``.
 
     One LAPACK reduction ``G = Q T Q^T`` (``sytrd``, ``T`` tridiagonal; see
     :mod:`deadzone.tridiagonal`) serves both. ``T``'s eigenvalues (``sterf``) are ``G``'s: this
@@ -286,7 +296,7 @@ def _tridiagonal_spectra(g: Grams) -> tuple[torch.Tensor, torch.Tensor]:
     """
     lams, tops = [], []
     for G, c in zip(g.G.numpy(), g.centre.numpy(), strict=True):
-        T = tridiagonal.reduce(G)
+        T = tridiagonal.reduce(G.T, overwrite=True)  # G.T: the same matrix, column-major
         lam = tridiagonal.eigenvalues(T.d, T.e)
         u = c.copy()  # u = Q^T c: Q = diag(1, Q1)
         u[1:] = lapack.dormqr("L", "T", T.reflectors, T.tau, c[1:, None], lwork=1)[0][:, 0]
@@ -457,15 +467,15 @@ def geometry_batch(W: torch.Tensor, K: int = 8) -> list[Geometry]:
     B, out, inn = W.shape
     g = grams(W)
     G, Gc, finite = g.G, g.Gc, g.finite
+    total, sq = _moments(G)  # total = ||W||_F^2, the sum of squared entries
     if _numpy(G) and G.shape[-1] > 4 * LANCZOS_CHECK:
-        lam, top_c = _tridiagonal_spectra(g)
+        lam, top_c = _tridiagonal_spectra(g)  # overwrites G
     else:
         lam = eigvalsh(G).clamp_min(0.0)  # (B, n) ascending: the spectrum of W
         top_c = lam_max(Gc, _second_bound(lam))
     top = lam[:, -1]
-    pr_u, pc1_u = _pr_pc1(G, top)
+    pr_u, pc1_u = _ratios(total, sq, top)
     pr_c, pc1_c = _pr_pc1(Gc, top_c)
-    total = torch.diagonal(G, dim1=-2, dim2=-1).sum(-1)  # ||W||_F^2 = sum of squared entries
     tol = max(out, inn) * EPS64 * top
     amp = _amplitude_pr(W, K, _std_from_gram(out * inn, g.entry_sum, total))
     cols = torch.stack(

@@ -53,10 +53,12 @@ class Tridiagonal(NamedTuple):
     tau: np.ndarray
 
 
-def reduce(G: np.ndarray) -> Tridiagonal:
-    """LAPACK ``dsytrd`` of a symmetric float64 matrix (``G`` is not modified)."""
+def reduce(G: np.ndarray, overwrite: bool = False) -> Tridiagonal:
+    """LAPACK ``dsytrd`` of a symmetric matrix. With ``overwrite``, a column-major float64 ``G``
+    is reduced where it lies (and no longer holds ``G``); else a copy is."""
     n = G.shape[0]
-    a = np.array(G, dtype=np.float64, order="F")  # the copy LAPACK overwrites
+    in_place = overwrite and G.dtype == np.float64 and G.flags.f_contiguous and G.flags.writeable
+    a = G if in_place else np.array(G, dtype=np.float64, order="F")
     d, e, tau = np.empty(n), np.empty(max(n - 1, 1)), np.empty(max(n - 1, 1))
     lwork = _sytrd_lwork(n)
     work, info = np.empty(lwork), _int(0)
