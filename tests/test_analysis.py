@@ -102,6 +102,23 @@ def test_a_vector_or_a_wrong_shape_is_a_one_line_error() -> None:
         analysis.analyze([(site, torch.ones(3, 4))], progress=False)
 
 
+def test_worker_threads_give_the_same_records_in_the_same_order() -> None:
+    """One matrix per worker thread: the records do not depend on how many, nor on whether
+    the matrices come as a stream; torch's thread count is restored afterwards."""
+    g = torch.Generator().manual_seed(3)
+    shapes = [(90, 40), (40, 90), (64, 64), (200, 48), (33, 120), (50, 50), (80, 36)]
+    pairs = [
+        (Site(f"m{i}", f"m{i}.weight", i, "other", shape, False), torch.randn(*shape, generator=g))
+        for i, shape in enumerate(shapes)
+    ]
+    before = torch.get_num_threads()
+    one = analysis.analyze(pairs, progress=False, workers=1)
+    three = analysis.analyze(iter(pairs), progress=False, workers=3)
+    assert one == three
+    assert [r["site"] for r in three] == [site.name for site, _ in pairs]
+    assert torch.get_num_threads() == before
+
+
 def test_stacked_batches_equal_one_at_a_time() -> None:
     """The accelerator path stacks runs of same-shaped matrices; numbers must not change."""
     model = tiny_gpt2(n_layer=3)

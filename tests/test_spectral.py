@@ -89,6 +89,7 @@ PLANTED = {
     "gaussian wide": lambda: gaussian(96, 257, seed=1),
     "gaussian square": lambda: gaussian(128, 128, seed=2),
     "gaussian offset": lambda: gaussian(200, 64, seed=3) + 5.0,
+    "gaussian offset wide": lambda: gaussian(64, 300, seed=25) - 3.0,
     "rank-1 plus noise": lambda: rank1_plus_noise(256, 100, noise=0.05),
     "rank-1 plus noise wide": lambda: rank1_plus_noise(80, 300, noise=0.01, seed=4),
     "row-scaled gaussian": lambda: row_scaled(200, 160),
@@ -307,3 +308,56 @@ def test_amplitudes_are_distributions_and_robust_to_outliers() -> None:
     assert torch.allclose(A.sum(-1), torch.ones(1, 30, dtype=torch.float64))
     with pytest.raises(DeadzoneError, match="K=1"):
         spectral.amplitudes(W, K=1)
+
+
+def test_centred_top_by_bisection_equals_lanczos_on_the_dense_matrix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CPU's secular-equation bisection, and the Lanczos fallback it hands a matrix to when
+    a tridiagonal solve meets a singular matrix, agree with each other and the reference."""
+    Ws = [
+        PLANTED[name]() for name in ("gaussian tall", "gaussian offset wide", "rank-1 plus noise")
+    ]
+    bisected = [spectral.geometry(W) for W in Ws]
+    monkeypatch.setattr(spectral, "_secular_top", lambda *args: None)
+    for W, expected in zip(Ws, bisected, strict=True):
+        got = spectral.geometry(W)
+        assert_matches(W, got.as_dict())
+        assert got.pc1 == pytest.approx(expected.pc1, rel=2 * spectral.LANCZOS_RTOL)
+
+
+@pytest.mark.parametrize("K", [2, 3, 8, 12])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_power_sums_equal_the_softmax(
+    K: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Amplitudes from one exponential per value equal the K-exponential softmax."""
+    W = gaussian(60, 90, seed=26).to(dtype)
+    fast = spectral.amplitudes(W, K)
+    monkeypatch.setattr(spectral, "_power_range", lambda K, dtype: None)  # softmax everywhere
+    slow = spectral.amplitudes(W, K)
+    tol = 1e-6 if dtype == torch.float32 else 1e-13
+    assert torch.allclose(fast, slow, rtol=0, atol=tol)
+
+
+def test_values_beyond_the_power_range_take_the_softmax_exactly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A value just inside and one just outside the float32 range of the power sums (about
+    9.5 s for K = 8): both matrices match the float64 reference, and in a batch each matrix
+    gets the numbers it gets alone."""
+    K = 8
+    inside, outside = gaussian(100, 80, seed=27).float(), gaussian(100, 80, seed=28).float()
+    bound = spectral._power_range(K, torch.float32) * 6 / (K - 1)  # in units of s
+    inside[3, 4] = 0.9 * bound * inside.double().std(correction=0)
+    outside[5, 6] = 1.5 * bound * outside.double().std(correction=0)
+    power_sums, calls = spectral._power_sums, []
+    monkeypatch.setattr(spectral, "_power_sums", lambda *a: calls.append(1) or power_sums(*a))
+    for W, fast in ((inside, True), (outside, False)):
+        calls.clear()
+        assert_matches(W, spectral.geometry(W).as_dict())
+        assert bool(calls) == fast  # each is one chunk
+    batch = spectral.geometry_batch(torch.stack([inside, outside]))
+    for W, got in zip((inside, outside), batch, strict=True):
+        alone = spectral.geometry(W)
+        assert got.amplitude_pr == pytest.approx(alone.amplitude_pr, rel=1e-12)
