@@ -111,12 +111,17 @@ def test_worker_threads_give_the_same_records_in_the_same_order() -> None:
         (Site(f"m{i}", f"m{i}.weight", i, "other", shape, False), torch.randn(*shape, generator=g))
         for i, shape in enumerate(shapes)
     ]
-    before = torch.get_num_threads()
     one = analysis.analyze(pairs, progress=False, workers=1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        default = analysis.analyze(iter(pairs), progress=False)  # two workers, torch's threads
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
     three = analysis.analyze(iter(pairs), progress=False, workers=3)
-    assert one == three
+    assert one == default == three
     assert [r["site"] for r in three] == [site.name for site, _ in pairs]
-    assert torch.get_num_threads() == before
 
 
 def test_stacked_batches_equal_one_at_a_time() -> None:

@@ -286,10 +286,11 @@ def test_undefined_ratios_are_nan_not_errors() -> None:
     zero = spectral.geometry(torch.zeros(20, 10))
     assert zero.finite and zero.frobenius_norm == 0.0 and zero.spectral_norm == 0.0
     assert math.isnan(zero.pr) and math.isnan(zero.effective_rank) and math.isnan(zero.amplitude_pr)
-    same_rows = torch.ones(20, 1) @ torch.randn(1, 10)
-    geo = spectral.geometry(same_rows)
-    assert math.isnan(geo.pr) and math.isnan(geo.pc1)
-    assert geo.pr_uncentered == pytest.approx(1.0)
+    for out, inn in ((20, 10), (100, 300), (300, 100)):  # the centred Gram is rounding noise
+        same_rows = torch.ones(out, 1) @ torch.randn(1, inn)
+        geo = spectral.geometry(same_rows)
+        assert math.isnan(geo.pr) and math.isnan(geo.pc1)
+        assert geo.pr_uncentered == pytest.approx(1.0)
 
 
 def test_not_a_matrix_is_a_one_line_error() -> None:
@@ -361,3 +362,29 @@ def test_values_beyond_the_power_range_take_the_softmax_exactly(
     for W, got in zip((inside, outside), batch, strict=True):
         alone = spectral.geometry(W)
         assert got.amplitude_pr == pytest.approx(alone.amplitude_pr, rel=1e-12)
+
+
+def test_secular_bisection_finds_the_centred_top_of_the_tridiagonal_form() -> None:
+    """The root of ``a - u^T (T - s)^{-1} u`` between the two top eigenvalues of ``T`` is the top
+    eigenvalue of ``T - u u^T`` (a = 1) or of ``T`` compressed to ``u``'s complement (a = 0):
+    also when ``u`` misses the top eigenvector, when ``u`` is zero, and for a zero root."""
+    rng = np.random.default_rng(29)
+    n = 40
+    d, e = rng.uniform(1.0, 2.0, n), rng.uniform(0.1, 0.5, n - 1)
+    T = np.diag(d) + np.diag(e, 1) + np.diag(e, -1)
+    lam, vecs = np.linalg.eigh(T)
+    random_u = rng.standard_normal(n)
+    misses_top = vecs[:, :-1] @ rng.standard_normal(n - 1)  # orthogonal to the top eigenvector
+    for u in (random_u, misses_top, 0.3 * random_u, np.zeros(n)):
+        tall = np.linalg.eigvalsh(T - np.outer(u, u))[-1]
+        got = spectral._secular_top(d, e, u, 1.0, lam[-2], lam[-1])
+        assert got == pytest.approx(tall, rel=10 * spectral.CENTRED_RTOL)
+    for u in (random_u, misses_top):
+        unit = u / np.linalg.norm(u)
+        P = np.eye(n) - np.outer(unit, unit)
+        wide = np.linalg.eigvalsh(P @ T @ P)[-1]
+        got = spectral._secular_top(d, e, unit, 0.0, lam[-2], lam[-1])
+        assert got == pytest.approx(wide, rel=10 * spectral.CENTRED_RTOL)
+    top = vecs[:, -1] * np.sqrt(lam[-1])  # removes the top eigenvalue entirely
+    assert spectral._secular_top(d, e, top, 1.0, lam[-2], lam[-1]) == pytest.approx(lam[-2])
+    assert spectral._secular_top(d, e, random_u, 1.0, 0.0, 0.0) == 0.0  # an empty bracket

@@ -112,8 +112,8 @@ def _one_thread_each() -> Iterator[None]:
 def _measured(
     batches: Iterator[tuple[list[Site], torch.Tensor]], K: int, workers: int
 ) -> Iterator[tuple[list[Site], list[spectral.Geometry]]]:
-    """Geometry of each batch, in order; on ``workers`` threads at most ``workers`` batches are
-    held at once (a stream is read only as fast as it is measured)."""
+    """Geometry of each batch, in order. On ``workers`` threads, at most ``2 * workers`` batches
+    wait or run at once (a stream is read only as fast as it is measured)."""
     if workers <= 1:
         for sites, batch in batches:
             yield sites, spectral.geometry_batch(batch, K)
