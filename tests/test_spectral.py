@@ -90,6 +90,7 @@ PLANTED = {
     "gaussian square": lambda: gaussian(128, 128, seed=2),
     "gaussian offset": lambda: gaussian(200, 64, seed=3) + 5.0,
     "gaussian offset wide": lambda: gaussian(64, 300, seed=25) - 3.0,
+    "mean row 1e3 x the spread": lambda: gaussian(300, 60, seed=30) + 1e3,  # centred by Lanczos
     "rank-1 plus noise": lambda: rank1_plus_noise(256, 100, noise=0.05),
     "rank-1 plus noise wide": lambda: rank1_plus_noise(80, 300, noise=0.01, seed=4),
     "row-scaled gaussian": lambda: row_scaled(200, 160),
