@@ -37,6 +37,8 @@ def reference(W: np.ndarray, K: int = 8) -> dict[str, float]:
     resp /= resp.sum(axis=2, keepdims=True)
     amp = resp.mean(axis=1)  # (out, K)
     amp_lam = np.linalg.svd(amp - amp.mean(axis=0), compute_uv=False) ** 2
+    with np.errstate(invalid="ignore"):  # 0/0 where every row has the same amplitudes
+        amp_pr = amp_lam.sum() ** 2 / (amp_lam**2).sum()
     return {
         "pr": lam_c.sum() ** 2 / (lam_c**2).sum(),
         "pc1": lam_c.max() / lam_c.sum(),
@@ -46,7 +48,7 @@ def reference(W: np.ndarray, K: int = 8) -> dict[str, float]:
         "effective_rank": float(np.exp(-(p * np.log(p)).sum())),
         "spectral_norm": sigma.max(),
         "frobenius_norm": np.sqrt(lam.sum()),
-        "amplitude_pr": amp_lam.sum() ** 2 / (amp_lam**2).sum(),
+        "amplitude_pr": amp_pr,
     }
 
 
