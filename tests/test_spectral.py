@@ -92,7 +92,9 @@ PLANTED = {
     "gaussian square": lambda: gaussian(128, 128, seed=2),
     "gaussian offset": lambda: gaussian(200, 64, seed=3) + 5.0,
     "gaussian offset wide": lambda: gaussian(64, 300, seed=25) - 3.0,
-    "mean row 1e3 x the spread": lambda: gaussian(300, 60, seed=30) + 1e3,  # centred by Lanczos
+    # centring leaves ~1e-6 (then 1e-12) of the energy: Gc from the centred entries themselves
+    "mean row 1e3 x the spread": lambda: gaussian(300, 60, seed=30) + 1e3,
+    "mean row 1e6 x the spread, wide": lambda: gaussian(60, 300, seed=31) - 1e6,
     "rank-1 plus noise": lambda: rank1_plus_noise(256, 100, noise=0.05),
     "rank-1 plus noise wide": lambda: rank1_plus_noise(80, 300, noise=0.01, seed=4),
     "row-scaled gaussian": lambda: row_scaled(200, 160),
@@ -289,8 +291,8 @@ def test_undefined_ratios_are_nan_not_errors() -> None:
     zero = spectral.geometry(torch.zeros(20, 10))
     assert zero.finite and zero.frobenius_norm == 0.0 and zero.spectral_norm == 0.0
     assert math.isnan(zero.pr) and math.isnan(zero.effective_rank) and math.isnan(zero.amplitude_pr)
-    for out, inn in ((20, 10), (100, 300), (300, 100)):  # the centred Gram is rounding noise
-        same_rows = torch.ones(out, 1) @ torch.randn(1, inn)
+    for out, inn, offset in ((20, 10, 0), (100, 300, 0), (300, 100, 0), (300, 100, 1e5)):
+        same_rows = torch.ones(out, 1) @ (torch.randn(1, inn) + offset)  # centred: rounding noise
         geo = spectral.geometry(same_rows)
         assert math.isnan(geo.pr) and math.isnan(geo.pc1)
         assert geo.pr_uncentered == pytest.approx(1.0)

@@ -21,10 +21,9 @@ on the CPU the top eigenvalue of the centred Gram matrix comes from the same red
 tridiagonal form (see :func:`_tridiagonal_spectra`), elsewhere from Lanczos (:func:`lam_max`).
 Eigenvalues below the rank tolerance ``max(out, in) * eps * lambda_max`` (``eps`` of float64)
 are noise of the eigensolver and count as zero, so an exactly rank-1 matrix has effective rank 1.
-Deriving the centred Gram matrix from the uncentred one cancels digits when the mean row dwarfs
-the spread of the entries: ``pr`` and ``pc1`` stay within 1e-6 of a float64 SVD up to a mean
-row about 1e4 times the entries' standard deviation, and drift beyond (1e-6 at 1e5, 3e-4 at
-1e6, measured on 300 x 60 and 60 x 300 Gaussians).
+Deriving the centred Gram matrix from the uncentred one would cancel digits where the mean row
+dwarfs the spread of the entries; there (see :data:`CANCELLATION`) it is a second Gram
+product, of the centred matrix itself.
 
 Numbers that are not defined come back as NaN: every metric of a matrix holding NaN or Inf, and a
 ratio whose denominator is zero (``pr`` and ``pc1`` of a matrix whose rows are all equal, where
@@ -133,6 +132,13 @@ class Grams(NamedTuple):
     # P = I - c c^T (out < in: c = 1 / sqrt(out), a unit vector)
     centre: torch.Tensor
     tall: bool  # in <= out
+    # (B,) Gc was computed from X itself, its mean row dwarfing its spread (see grams)
+    recentred: torch.Tensor
+
+
+# Centring that leaves less than this share of trace(G) in trace(Gc) is computed from X itself:
+# derived from G, Gc would keep only about eps * trace(G) / trace(Gc) of relative accuracy.
+CANCELLATION = 1e-6
 
 
 def grams(W: torch.Tensor) -> Grams:
@@ -146,21 +152,16 @@ def grams(W: torch.Tensor) -> Grams:
 
     - ``in <= out``: ``G = W^T W``, ``X^T X = G - out * mu mu^T``;
     - ``out < in``: ``G = W W^T``, ``X X^T = C G C`` with ``C = I - 1 1^T / out``.
+
+    Where that leaves less than ``CANCELLATION`` of ``trace(G)`` (a mean row some thousand
+    times the spread of the entries), digits cancel: ``Gc`` is then a second Gram product, of
+    ``X`` itself.
     """
     B, out, inn = W.shape
     tall = inn <= out
-    n, long = (inn, out) if tall else (out, inn)
+    n = inn if tall else out
     V = W if tall else W.mT  # (B, long, n): G = V^T V
-    by_row = V.stride(-1) <= V.stride(-2)  # V's rows lie contiguous: chunks of rows
-    step = max(1, _chunk(CHUNK_ELEMENTS, W.device) // (B * n))
-    G = torch.zeros(B, n, n, dtype=F64, device=W.device)
-    sums = torch.zeros(B, n, dtype=F64, device=W.device)  # column sums (tall) or row sums
-    for i in range(0, long, step):
-        # (B, chunk, n) or, read along the stored rows, its transpose (B, n, chunk)
-        part = V[:, i : i + step, :] if by_row else V.mT[:, :, i : i + step]
-        part = part.to(F64, memory_format=torch.contiguous_format)
-        _add_gram(G, part, by_row)
-        sums += part.sum(1 if by_row else 2)
+    G, sums = _gram(V)  # sums: column sums (tall) or row sums of W
     if tall:
         mu = sums / out  # (B, in)
         Gc = G - out * mu[:, :, None] * mu[:, None, :]
@@ -170,12 +171,45 @@ def grams(W: torch.Tensor) -> Grams:
         r = G.mean(2)  # (B, out): row means of G
         s = r.mean(1)  # (B,)
         Gc = G - r[:, :, None] - r[:, None, :] + s[:, None, None]
+    trace = torch.diagonal(G, dim1=-2, dim2=-1)
+    recentred = torch.diagonal(Gc, dim1=-2, dim2=-1).sum(-1) < CANCELLATION * trace.sum(-1)
+    if bool(recentred.any()):
+        exact, _ = _gram(V, minus=mu) if tall else _gram(V, own_mean=True)
+        Gc = torch.where(recentred[:, None, None], exact, Gc)
     # Any NaN or Inf in W reaches the diagonal of G (a sum of squares of a row or column).
-    finite = torch.isfinite(torch.diagonal(G, dim1=-2, dim2=-1)).all(-1)  # (B,)
+    finite = torch.isfinite(trace).all(-1)  # (B,)
     if not bool(finite.all()):
         keep = finite[:, None, None]
         G, Gc = G.where(keep, 0.0), Gc.where(keep, 0.0)
-    return Grams(G, Gc, finite, sums.sum(-1), centre, tall)
+    return Grams(G, Gc, finite, sums.sum(-1), centre, tall, recentred & finite)
+
+
+def _gram(
+    V: torch.Tensor, minus: torch.Tensor | None = None, own_mean: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``V^T V`` ``(B, n, n)`` and the column sums of ``V`` ``(B, n)``, for ``V`` ``(B, long, n)``
+    read in float64 chunks of its rows, in the order it is stored (never copied whole).
+
+    Centred first, if asked: ``minus`` ``(B, n)`` is subtracted from every row (a tall ``W``'s
+    mean row), or with ``own_mean`` each row less its own mean (``V = W^T`` of a wide ``W``).
+    """
+    B, long, n = V.shape
+    by_row = V.stride(-1) <= V.stride(-2)  # V's rows lie contiguous: chunks of rows
+    step = max(1, _chunk(CHUNK_ELEMENTS, V.device) // (B * n))
+    G = torch.zeros(B, n, n, dtype=F64, device=V.device)
+    sums = torch.zeros(B, n, dtype=F64, device=V.device)
+    along = 2 if by_row else 1  # the dimension of a chunk along which a row of V runs
+    for i in range(0, long, step):
+        # (B, chunk, n) or, read along the stored rows, its transpose (B, n, chunk)
+        part = V[:, i : i + step, :] if by_row else V.mT[:, :, i : i + step]
+        part = part.to(F64, memory_format=torch.contiguous_format)
+        if minus is not None:
+            part = part - minus.unsqueeze(3 - along)
+        if own_mean:
+            part = part - part.mean(along, keepdim=True)
+        _add_gram(G, part, by_row)
+        sums += part.sum(3 - along)
+    return G, sums
 
 
 def _add_gram(G: torch.Tensor, part: torch.Tensor, by_row: bool = True) -> None:
@@ -310,9 +344,9 @@ def _tridiagonal_spectra(g: Grams) -> tuple[torch.Tensor, torch.Tensor]:
         tops.append(_secular_top(T.d, T.e, u, 1.0 if g.tall else 0.0, max(lam[-2], 0.0), lam[-1]))
     lam = torch.from_numpy(np.stack(lams)).clamp_min(0.0)
     top = torch.tensor([math.nan if t is None else t for t in tops], dtype=F64)
-    # Where centring removes almost everything (a mean row 1e5 times the spread), ``T - u u^T``
-    # cancels to a few digits; Lanczos on the dense ``Gc`` loses fewer.
-    stuck = torch.isnan(top) | (top < SECULAR_FLOOR * lam[:, -1])
+    # Where centring removes almost everything, ``T - u u^T`` cancels digits: Lanczos on the
+    # dense ``Gc`` (computed from the centred matrix itself, see grams) instead.
+    stuck = torch.isnan(top) | g.recentred | (top < SECULAR_FLOOR * lam[:, -1])
     if bool(stuck.any()):
         top[stuck] = lam_max(g.Gc[stuck], _second_bound(lam[stuck]))
     return lam, top
@@ -481,7 +515,9 @@ def geometry_batch(W: torch.Tensor, K: int = 8) -> list[Geometry]:
     total, sq = _moments(g.G)  # total = ||W||_F^2, the sum of squared entries
     total_c, sq_c = _moments(g.Gc)
     # Rows all equal: the centred Gram matrix is rounding noise, and its ratios are undefined.
-    noise = total_c <= n * EPS64 * total
+    # (Derived from G, the noise is ~eps * trace(G); computed from the centred entries, whose
+    # noise is ~eps times the entries, ~eps^2 * trace(G).)
+    noise = total_c <= torch.where(g.recentred, (n * EPS64) ** 2, n * EPS64) * total
     total_c, sq_c = total_c.where(~noise, 0.0), sq_c.where(~noise, 0.0)
     if _numpy(g.G) and n > 4 * LANCZOS_CHECK:
         lam, top_c = _tridiagonal_spectra(g)  # overwrites g.G
