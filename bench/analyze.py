@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from deadzone import analysis, spectral
@@ -159,22 +160,24 @@ def svd_loop(
 
 
 def deadzone_parts(pairs: Pairs) -> dict[str, float]:
-    """Where deadzone's time goes, each stage over every matrix, on one thread."""
+    """Where deadzone's time goes, each stage over every matrix, on one thread (torch's and
+    BLAS's), as each analysis worker runs it."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     spent = dict.fromkeys(("gram", "spectra", "amplitudes"), 0.0)
     try:
-        for _, W in pairs:
-            t0 = time.perf_counter()
-            g = spectral.grams(W[None])
-            t1 = time.perf_counter()
-            spectral._tridiagonal_spectra(g)  # sytrd, sterf and the centred top eigenvalue
-            std = W.double().std(correction=0)[None]  # deadzone takes it from the Gram trace
-            t2 = time.perf_counter()
-            spectral.amplitudes(W[None], std=std)
-            t3 = time.perf_counter()
-            for k, dt in zip(spent, (t1 - t0, t2 - t1, t3 - t2), strict=True):
-                spent[k] += dt
+        with threadpool_limits(limits=1, user_api="blas"):
+            for _, W in pairs:
+                t0 = time.perf_counter()
+                g = spectral.grams(W[None])
+                t1 = time.perf_counter()
+                spectral._tridiagonal_spectra(g)  # sytrd, sterf and the centred top eigenvalue
+                std = W.double().std(correction=0)[None]  # deadzone takes it from the Gram trace
+                t2 = time.perf_counter()
+                spectral.amplitudes(W[None], std=std)
+                t3 = time.perf_counter()
+                for k, dt in zip(spent, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                    spent[k] += dt
     finally:
         torch.set_num_threads(before)
     return {f"deadzone {k}": v for k, v in spent.items()}
