@@ -324,9 +324,9 @@ def _tridiagonal_spectra(g: Grams) -> tuple[torch.Tensor, torch.Tensor]:
 
     One LAPACK reduction ``G = Q T Q^T`` (``sytrd``, ``T`` tridiagonal; see
     :mod:`deadzone.tridiagonal`) serves both. ``T``'s eigenvalues (``sterf``) are ``G``'s: this
-    *is* what ``eigvalsh`` does. With ``u = Q^T c``
-    (``c`` the centring vector of :class:`Grams`, one pass of ``Q``'s reflectors), ``Q^T Gc Q``
-    is ``T - u u^T`` (tall) or ``T`` compressed to ``u``'s orthogonal complement (wide). Either
+    *is* what ``eigvalsh`` does. With ``u = Q^T c`` (``c`` the centring vector of
+    :class:`Grams`, one pass of ``Q``'s reflectors), ``Q^T Gc Q`` is ``T - u u^T`` (tall) or
+    ``T`` compressed to ``u``'s orthogonal complement (wide). Either
     way its top eigenvalue interlaces, ``lambda_{n-1}(G) <= lambda_max(Gc) <= lambda_n(G)``, and
     is the one root there of ``f(s) = a - u^T (T - s I)^{-1} u`` (``a`` = 1 tall, 0 wide), which
     decreases from ``+inf`` to ``-inf`` between those poles: bisection on the sign of ``f``,
