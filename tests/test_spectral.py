@@ -295,6 +295,7 @@ def test_undefined_ratios_are_nan_not_errors() -> None:
         same_rows = torch.ones(out, 1) @ (torch.randn(1, inn) + offset)  # centred: rounding noise
         geo = spectral.geometry(same_rows)
         assert math.isnan(geo.pr) and math.isnan(geo.pc1)
+        assert math.isnan(spectral.pr(same_rows)) and math.isnan(spectral.pc1(same_rows))
         assert geo.pr_uncentered == pytest.approx(1.0)
 
 

@@ -176,11 +176,16 @@ def grams(W: torch.Tensor) -> Grams:
     if bool(recentred.any()):
         exact, _ = _gram(V, minus=mu) if tall else _gram(V, own_mean=True)
         Gc = torch.where(recentred[:, None, None], exact, Gc)
+    # Rows all equal: what is left of Gc is rounding noise (derived from G, ~eps * trace(G);
+    # from the centred entries, whose noise is ~eps times the entries, ~eps^2 * trace(G)), so it
+    # is zero, and the centred ratios come out undefined.
+    eps = torch.where(recentred, (n * EPS64) ** 2, n * EPS64)
+    noise = torch.diagonal(Gc, dim1=-2, dim2=-1).sum(-1) <= eps * trace.sum(-1)
     # Any NaN or Inf in W reaches the diagonal of G (a sum of squares of a row or column).
     finite = torch.isfinite(trace).all(-1)  # (B,)
-    if not bool(finite.all()):
-        keep = finite[:, None, None]
-        G, Gc = G.where(keep, 0.0), Gc.where(keep, 0.0)
+    if bool(noise.any()) or not bool(finite.all()):
+        G = G.where(finite[:, None, None], 0.0)
+        Gc = Gc.where((finite & ~noise)[:, None, None], 0.0)
     return Grams(G, Gc, finite, sums.sum(-1), centre, tall, recentred & finite)
 
 
@@ -335,18 +340,21 @@ def _tridiagonal_spectra(g: Grams) -> tuple[torch.Tensor, torch.Tensor]:
     hands that matrix to Lanczos on the dense ``Gc``.)
     """
     lams, tops = [], []
-    for G, c in zip(g.G.numpy(), g.centre.numpy(), strict=True):
+    for G, c, recentred in zip(g.G.numpy(), g.centre.numpy(), g.recentred, strict=True):
         T = tridiagonal.reduce(G.T, overwrite=True)  # G.T: the same matrix, column-major
         lam = tridiagonal.eigenvalues(T.d, T.e)
+        lams.append(lam)
+        if recentred:  # Gc is not G less the centring term: Lanczos answers, below
+            tops.append(None)
+            continue
         u = c.copy()  # u = Q^T c: Q = diag(1, Q1)
         u[1:] = lapack.dormqr("L", "T", T.reflectors, T.tau, c[1:, None], lwork=1)[0][:, 0]
-        lams.append(lam)
         tops.append(_secular_top(T.d, T.e, u, 1.0 if g.tall else 0.0, max(lam[-2], 0.0), lam[-1]))
     lam = torch.from_numpy(np.stack(lams)).clamp_min(0.0)
     top = torch.tensor([math.nan if t is None else t for t in tops], dtype=F64)
     # Where centring removes almost everything, ``T - u u^T`` cancels digits: Lanczos on the
     # dense ``Gc`` (computed from the centred matrix itself, see grams) instead.
-    stuck = torch.isnan(top) | g.recentred | (top < SECULAR_FLOOR * lam[:, -1])
+    stuck = torch.isnan(top) | (top < SECULAR_FLOOR * lam[:, -1])
     if bool(stuck.any()):
         top[stuck] = lam_max(g.Gc[stuck], _second_bound(lam[stuck]))
     return lam, top
@@ -513,12 +521,6 @@ def geometry_batch(W: torch.Tensor, K: int = 8) -> list[Geometry]:
     g = grams(W)
     n = g.G.shape[-1]
     total, sq = _moments(g.G)  # total = ||W||_F^2, the sum of squared entries
-    total_c, sq_c = _moments(g.Gc)
-    # Rows all equal: the centred Gram matrix is rounding noise, and its ratios are undefined.
-    # (Derived from G, the noise is ~eps * trace(G); computed from the centred entries, whose
-    # noise is ~eps times the entries, ~eps^2 * trace(G).)
-    noise = total_c <= torch.where(g.recentred, (n * EPS64) ** 2, n * EPS64) * total
-    total_c, sq_c = total_c.where(~noise, 0.0), sq_c.where(~noise, 0.0)
     if _numpy(g.G) and n > 4 * LANCZOS_CHECK:
         lam, top_c = _tridiagonal_spectra(g)  # overwrites g.G
     else:
@@ -526,7 +528,7 @@ def geometry_batch(W: torch.Tensor, K: int = 8) -> list[Geometry]:
         top_c = lam_max(g.Gc, _second_bound(lam))
     top = lam[:, -1]
     pr_u, pc1_u = _ratios(total, sq, top)
-    pr_c, pc1_c = _ratios(total_c, sq_c, top_c)
+    pr_c, pc1_c = _pr_pc1(g.Gc, top_c)
     tol = max(out, inn) * EPS64 * top
     amp = _amplitude_pr(W, K, _std_from_gram(out * inn, g.entry_sum, total))
     cols = torch.stack(

@@ -34,6 +34,10 @@ def _routine(name: str, *argtypes: type) -> ctypes._CFuncPtr:
     return ctypes.CFUNCTYPE(None, *argtypes)(address)
 
 
+def _dsytrd() -> ctypes._CFuncPtr:
+    return _routine("dsytrd", ctypes.c_char_p, _INT, _PTR, _INT, _PTR, _PTR, _PTR, _PTR, _INT, _INT)
+
+
 def _int(value: int) -> ctypes.c_int:
     return ctypes.c_int(value)
 
@@ -62,8 +66,9 @@ def reduce(G: np.ndarray, overwrite: bool = False) -> Tridiagonal:
     d, e, tau = np.empty(n), np.empty(max(n - 1, 1)), np.empty(max(n - 1, 1))
     lwork = _sytrd_lwork(n)
     work, info = np.empty(lwork), _int(0)
-    fn = _routine("dsytrd", ctypes.c_char_p, _INT, _PTR, _INT, _PTR, _PTR, _PTR, _PTR, _INT, _INT)
-    fn(b"L", _int(n), _ptr(a), _int(n), _ptr(d), _ptr(e), _ptr(tau), _ptr(work), _int(lwork), info)
+    _dsytrd()(
+        b"L", _int(n), _ptr(a), _int(n), _ptr(d), _ptr(e), _ptr(tau), _ptr(work), _int(lwork), info
+    )
     if info.value:
         raise DeadzoneError(f"LAPACK dsytrd failed on a {n}x{n} matrix (info {info.value})")
     return Tridiagonal(d, e[: n - 1], a[1:, :-1], tau[: n - 1])
@@ -72,8 +77,7 @@ def reduce(G: np.ndarray, overwrite: bool = False) -> Tridiagonal:
 @functools.cache
 def _sytrd_lwork(n: int) -> int:
     a, out, work, info = np.zeros(1), np.zeros(max(n, 1)), np.zeros(1), _int(0)
-    fn = _routine("dsytrd", ctypes.c_char_p, _INT, _PTR, _INT, _PTR, _PTR, _PTR, _PTR, _INT, _INT)
-    fn(b"L", _int(n), _ptr(a), _int(max(n, 1)), _ptr(out), _ptr(out), _ptr(out), _ptr(work),
+    _dsytrd()(b"L", _int(n), _ptr(a), _int(max(n, 1)), _ptr(out), _ptr(out), _ptr(out), _ptr(work),
        _int(-1), info)  # fmt: skip
     return max(1, int(work[0]))
 
