@@ -79,13 +79,16 @@ class CrystallizeConfig:
             raise DeadzoneError("no target site given")
 
 
-def plan_runs(strategies: tuple[str, ...], targets: list[str], seeds: int) -> list[RunSpec]:
+def plan_runs(
+    strategies: tuple[str, ...], targets: list[str], seeds: int, rank: int = 1
+) -> list[RunSpec]:
     """Seed-major order, so that an interrupted experiment already holds complete pairs."""
     return [
         RunSpec(
             key=f"{strategy}/seed{seed}",
             plan={t: strategy for t in targets},
             seed=seed,
+            rank=rank,
             labels={"strategy": strategy, "seed": seed},
         )
         for seed in range(seeds)
@@ -120,14 +123,14 @@ def crystallize(
         eval_fraction=config.eval_fraction,
     )
     inputs = RunInputs(
-        model, {s.name: s for s in all_sites}, data, pad_id_for(tokenizer), config.sft, config.rank
+        model, {s.name: s for s in all_sites}, data, pad_id_for(tokenizer), config.sft
     )
     identity = _identity(config, model, targets, data.info)
     results = ResultsDir(out, identity, provenance(), summarize, writer=state.is_main_process)
     state.wait_for_everyone()  # all have read results.json before the first run rewrites it
     execute(
         inputs,
-        plan_runs(config.strategies, [s.name for s in targets], config.seeds),
+        plan_runs(config.strategies, [s.name for s in targets], config.seeds, config.rank),
         results,
         on_record=on_record,
         show_progress=show_progress,

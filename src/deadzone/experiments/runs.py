@@ -36,11 +36,13 @@ class RunSpec:
     """One planned run: ``plan`` maps site names to strategies; other sites train (``full``).
 
     ``key`` names the run uniquely within its experiment; ``labels`` are copied into its record.
+    ``rank`` is the rank of every ``crystal`` site of the run.
     """
 
     key: str
     plan: dict[str, str]
     seed: int
+    rank: int = 1
     labels: dict = field(default_factory=dict)
 
 
@@ -57,7 +59,6 @@ class RunInputs:
     data: SFTData
     pad_id: int
     config: SFTConfig
-    rank: int = 1
     eval: list[Batch] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -75,7 +76,7 @@ def run_one(inputs: RunInputs, spec: RunSpec, *, accelerator=None, show_progress
     """Train one run and return its record: ``labels``, the run result and the site records."""
     model = copy.deepcopy(inputs.model)
     plan = {inputs.sites[name]: strategy for name, strategy in spec.plan.items()}
-    site_records = strategies.apply_strategies(model, plan, rank=inputs.rank, seed=spec.seed)
+    site_records = strategies.apply_strategies(model, plan, rank=spec.rank, seed=spec.seed)
     config = replace(inputs.config, seed=spec.seed)
     loop = SFTLoop(
         model,
