@@ -208,12 +208,41 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_report(sub: argparse._SubParsersAction) -> None:
+    p = _parser(
+        sub,
+        "report",
+        "Rebuild report.md and report.html in each experiment directory from its results.json "
+        "alone (nothing is recomputed); several directories also give one combined page.",
+    )
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="experiment directories")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="the combined page (default: with several DIRs, report.html in their nearest "
+        "common parent; with one, none)",
+    )
+    p.set_defaults(handler=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from deadzone.report.build import build
+
+    outcome = build(args.dirs, args.out)
+    if outcome.written:
+        print(f"wrote {', '.join(str(p) for p in outcome.written)}")
+    for error in outcome.errors:
+        print(f"deadzone: error: {error}", file=sys.stderr)
+    return 2 if outcome.errors else 0
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_pretrain,
     add_crystallize,
     add_analyze,
+    add_report,
 ]
 
 

@@ -1,0 +1,279 @@
+"""``deadzone report``: rebuild ``report.md`` and ``report.html`` from results files alone.
+
+Each experiment directory holds a ``results.json`` whose ``experiment`` key names a reporter
+in :data:`REPORTERS`. A reporter rewrites the directory's ``report.md`` (and the plots it
+shows) and returns what the experiment puts on an HTML page: its claims and sections. Nothing
+is recomputed: a reporter reads only the results file.
+
+Several directories also give one combined page: ``--out FILE``, by default ``report.html``
+in the directories' nearest common parent.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deadzone import fileio
+from deadzone.errors import DeadzoneError
+from deadzone.report import crystallize as crystallize_md
+from deadzone.report.html import Cell, Claim, Image, Page, Paragraph, Section, Table, write
+
+# The newest results-file layout this deadzone reads. A file without ``schema_version`` is 1.
+SCHEMA_VERSION = 2
+RESULTS = "results.json"
+HTML = "report.html"
+
+
+@dataclass
+class Report:
+    """What one experiment puts on a page: its claims and its sections."""
+
+    title: str
+    claims: list[Claim] = field(default_factory=list)
+    sections: list[Section] = field(default_factory=list)
+
+
+Reporter = Callable[[Path, dict], Report]
+
+
+# --- crystallize -------------------------------------------------------------------------------
+
+STUDY_TARGET = "L4.attn.c_proj"
+STUDY_SETUP = "1 seed, 50 SFT steps"
+NO_COST, BETTER = "costs nothing", "is better"
+# The study's crystallize table: each strategy's final loss against full SFT on L4 c_proj, and
+# the claim it drew from it (see DESIGN.md).
+STUDY_CRYSTALLIZE = {
+    "frozen": (-0.2, "Freezing L4 c_proj during SFT costs nothing", NO_COST),
+    "crystal": (0.0, "L4 c_proj crystallized to rank 1 and frozen costs nothing", NO_COST),
+    "random": (-1.6, "L4 c_proj re-drawn at random and frozen does better than full SFT", BETTER),
+}
+# Which comparison verdicts settle each kind of claim; any other leaves it undetermined.
+CONFIRMS = {NO_COST: {"negligible", "better"}, BETTER: {"better"}}
+REFUTES = {NO_COST: {"worse", "costly"}, BETTER: {"worse", "costly"}}
+
+
+def _slug(word: str) -> str:
+    return "-".join(word.lower().split())
+
+
+def _num(value: float | None, form: str) -> Cell:
+    return Cell("—" if value is None else format(value, form), "num")
+
+
+def _mean_std(mean: float | None, std: float | None) -> Cell:
+    if mean is None:
+        return Cell("—", "num")
+    return Cell(f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else ""), "num")
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "—" if ci is None else f"[{ci[0]:+.2f}%, {ci[1]:+.2f}%]"
+
+
+def crystallize_table(results: dict) -> Table:
+    """The summary: each strategy's losses, paired difference against full, interval, verdict."""
+    rows = []
+    for s in results["summary"]:
+        base = s["verdict"] == "baseline"
+        failed = f", {s['failed']} failed" if s.get("failed") else ""
+        rows.append(
+            [
+                crystallize_md.label(s["strategy"], results["rank"]),
+                Cell(f"{s['n']}{failed}", "num"),
+                _mean_std(s["train_loss_mean"], s["train_loss_std"]),
+                Cell("baseline", "baseline") if base else _num(s["delta_train_pct"], "+.2f"),
+                _mean_std(s["eval_loss_mean"], s["eval_loss_std"]),
+                Cell("baseline", "baseline") if base else _num(s["delta_eval_pct"], "+.2f"),
+                Cell("—" if base else _ci(s["ci95_eval_pct"]), "num"),
+                Cell(s["verdict"], _slug(s["verdict"])),
+                _num(s["trainable_params"], ","),
+            ]
+        )
+    headers = ["Strategy", "Seeds", "Final train loss", "vs full (%)", "Final eval loss",
+               "vs full (%)", "95% CI (eval, paired)", "Verdict", "Trainable params"]  # fmt: skip
+    return Table(headers, rows)
+
+
+def crystallize_claims(results: dict) -> list[Claim]:
+    """The study's crystallize claims that this experiment tested, each with its verdict."""
+    where = "" if results["targets"] == [STUDY_TARGET] else f" on {', '.join(results['targets'])}"
+    claims = []
+    for s in results["summary"]:
+        if s["strategy"] not in STUDY_CRYSTALLIZE:
+            continue
+        found, claim, kind = STUDY_CRYSTALLIZE[s["strategy"]]
+        verdict = s["verdict"]
+        judged = (
+            "confirmed"
+            if verdict in CONFIRMS[kind]
+            else "refuted"
+            if verdict in REFUTES[kind]
+            else "undetermined"
+        )
+        delta = "—" if s["delta_eval_pct"] is None else f"{s['delta_eval_pct']:+.2f}%"
+        numbers = (
+            f"Here{where}: eval loss {delta} vs full {_ci(s['ci95_eval_pct'])}, "
+            f"{s['n']} seed(s), {results['steps']} steps: {verdict}."
+        )
+        if verdict == "within noise" and kind == NO_COST:
+            numbers += " An interval that holds zero is no proof of no cost."
+        if s["strategy"] == "crystal" and results["rank"] != 1:
+            numbers += f" Tested at rank {results['rank']}."
+        study = f"{found:+.1f}% final loss vs full ({STUDY_SETUP})"
+        claims.append(Claim(claim, study, judged, numbers))
+    return claims
+
+
+def _setup(results: dict) -> str:
+    data, cfg = results["data"], results["config"]
+    counts = data.get("counts", {})
+    return (
+        f"{results['steps']} SFT steps (lr {cfg['lr']:g}, batch {cfg['batch_size']} × "
+        f"{cfg['grad_accum']}), rank {results['rank']}, seeds "
+        f"{', '.join(str(s) for s in results['seeds'])}; data `{data['spec']}` "
+        f"({counts.get('train_examples', '?')} train / {counts.get('eval_examples', '?')} eval "
+        f"examples, sha256 {data['content_hash'][:12]})."
+    )
+
+
+def _provenance(results: dict) -> str:
+    versions = results.get("versions", {})
+    said = [f"{name} {versions[name]}" for name in sorted(versions)]
+    git = results.get("git") or {}
+    if git.get("revision"):
+        said.append(f"git {git['revision'][:12]}" + (" (dirty)" if git.get("dirty") else ""))
+    return "Written by " + ", ".join(said) + "." if said else ""
+
+
+def crystallize_report(directory: Path, results: dict) -> Report:
+    """Rewrite ``report.md`` and its plots; return the crystallize section and claims."""
+    crystallize_md.write_report(directory)
+    targets = ", ".join(results["targets"])
+    blocks: list = [Paragraph(_setup(results)), crystallize_table(results)]
+    blocks.append(Paragraph(f"Conclusion. {crystallize_md.conclusion(results)}"))
+    note = crystallize_md.shared_note(results).strip()
+    if note:
+        blocks.append(Paragraph(note))
+    for name, alt in (("curves.png", "loss curves"), ("verdicts.png", "verdicts")):
+        if (directory / name).is_file():
+            blocks.append(Image(directory / name, alt))
+    if _provenance(results):
+        blocks.append(Paragraph(_provenance(results)))
+    title = f"Crystallize {targets} of `{results['model']}`"
+    return Report(title, crystallize_claims(results), [Section(title, blocks)])
+
+
+REPORTERS: dict[str, Reporter] = {"crystallize": crystallize_report}
+
+
+# --- reading results and writing pages ---------------------------------------------------------
+
+
+def load_results(directory: str | Path) -> dict:
+    """``directory/results.json``, checked to be a results file this deadzone can report."""
+    directory = Path(directory)
+    path = directory / RESULTS
+    if not directory.exists():
+        raise DeadzoneError(f"{directory} does not exist")
+    if not directory.is_dir():
+        raise DeadzoneError(f"{directory} is not a directory")
+    if not path.is_file():
+        raise DeadzoneError(f"{directory} has no {RESULTS}: not an experiment directory")
+    try:
+        results = fileio.read_json(path)
+    except OSError as e:
+        raise DeadzoneError(f"cannot read {path}: {e.strerror}") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise DeadzoneError(f"{path} is not valid JSON (truncated?): {e}") from None
+    if not isinstance(results, dict) or not isinstance(results.get("experiment"), str):
+        raise DeadzoneError(f"{path} is not a deadzone results file (no 'experiment' key)")
+    version = results.get("schema_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise DeadzoneError(f"{path} has an invalid schema_version {version!r}")
+    if version > SCHEMA_VERSION:
+        raise DeadzoneError(
+            f"{path} has schema_version {version}, newer than this deadzone reads "
+            f"(up to {SCHEMA_VERSION}): upgrade deadzone"
+        )
+    if results["experiment"] not in REPORTERS:
+        raise DeadzoneError(
+            f"{path} holds a {results['experiment']!r} experiment; this deadzone reports "
+            f"{', '.join(REPORTERS)}"
+        )
+    return results
+
+
+def _page(reports: list[tuple[Path, Report]], title: str, at: Path) -> Page:
+    """One page of ``reports``; each section says which results file it comes from."""
+    page = Page(title)
+    for directory, report in reports:
+        source = Path(os.path.relpath(directory / RESULTS, at.parent)).as_posix()
+        page.claims += report.claims
+        for i, section in enumerate(report.sections):
+            blocks = [Paragraph(f"From `{source}`."), *section.blocks] if i == 0 else section.blocks
+            page.sections.append(Section(section.title, blocks))
+    return page
+
+
+def report_directory(directory: str | Path) -> tuple[Path, Report]:
+    """Rebuild ``report.md`` and ``report.html`` in ``directory``; return the HTML path and the
+    experiment's report, for a combined page."""
+    directory = Path(directory)
+    results = load_results(directory)
+    try:
+        report = REPORTERS[results["experiment"]](directory, results)
+    except (KeyError, TypeError) as e:
+        raise DeadzoneError(
+            f"{directory / RESULTS} is not a complete {results['experiment']} results file "
+            f"(missing or malformed: {e})"
+        ) from None
+    path = write(_page([(directory, report)], report.title, directory / HTML), directory / HTML)
+    return path, report
+
+
+def combined_path(directories: list[Path], out: str | Path | None) -> Path:
+    """Where the combined page of several directories goes: ``out``, else ``report.html`` in
+    their nearest common parent, never over one of their own pages."""
+    own = {(d / HTML).resolve() for d in directories}
+    if out is not None:
+        path = Path(out)
+        if path.resolve() in own:
+            raise DeadzoneError(f"--out {out} is one of the experiments' own reports")
+        return path
+    parent = Path(os.path.commonpath([d.resolve() for d in directories]))
+    if parent / HTML in own:
+        raise DeadzoneError(
+            f"{parent} is one of the directories and their common parent: give --out FILE "
+            "for the combined report"
+        )
+    return parent / HTML
+
+
+@dataclass
+class Outcome:
+    written: list[Path] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def build(directories: list[str | Path], out: str | Path | None = None) -> Outcome:
+    """Report every directory, then (for several) the combined page of those that worked. A bad
+    directory is an error in ``Outcome.errors``; the others are still reported."""
+    dirs = list(dict.fromkeys(Path(d) for d in directories))
+    combined = combined_path(dirs, out) if len(dirs) > 1 or out is not None else None
+    outcome, reports = Outcome(), []
+    for directory in dirs:
+        try:
+            path, report = report_directory(directory)
+        except DeadzoneError as e:
+            outcome.errors.append(str(e))
+            continue
+        outcome.written += [directory / "report.md", path]
+        reports.append((directory, report))
+    if combined is not None and reports:
+        title = f"deadzone report: {len(reports)} experiment(s)"
+        outcome.written.append(write(_page(reports, title, combined), combined))
+    return outcome
