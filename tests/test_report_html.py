@@ -280,7 +280,10 @@ def test_page_escapes_text_embeds_images_and_is_deterministic(tmp_path):
     assert text == html.render(page)
     assert "<script" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "<code>code &lt;b&gt;</code>" in text and "<title>Title &lt;&amp;&gt;" in text
-    assert '<td class="refuted">refuted</td>' in text and '<td class="worse">worse</td>' in text
+    assert (
+        '<td class="refuted" data-label="On this model">refuted</td>' in text
+        and '<td class="worse">worse</td>' in text
+    )
     assert "<th>h&lt;</th>" in text and "<caption>cap&gt;</caption>" in text
     assert 'width="3" height="2"' in text and 'alt="alt &quot;x&quot;"' in text
     encoded = base64.b64encode((tmp_path / "a.png").read_bytes()).decode()
