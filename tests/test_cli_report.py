@@ -80,6 +80,21 @@ def test_a_combined_page_never_replaces_an_experiments_own(experiment, tmp_path,
     assert "is one of the experiments' own reports" in capsys.readouterr().err
 
 
+def test_an_unusable_out_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert main(["report", a, b, "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"deadzone: error: --out {tmp_path} is a directory; give a file, e.g. "
+        f"{tmp_path / 'report.html'}\n"
+    )
+    assert main(["report", a, b, "--out", str(tmp_path / "a_file" / "all.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("deadzone: error: cannot write to output directory ") and (
+        err.count("\n") == 1
+    )
+
+
 def _newer(path):
     doc = fileio.read_json(path)
     fileio.write_json(path, doc | {"schema_version": SCHEMA_VERSION + 1})

@@ -74,26 +74,31 @@ def experiment(tmp_path_factory):
 # --- a small CDP client over a pipe ------------------------------------------------------------
 
 
+def above_9(fd: int) -> int:
+    """``fd`` moved to a number of 10 or more."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return moved
+
+
 class Browser:
     """Headless Chromium and its DevTools pipe; every message it sends is kept in ``log``."""
 
     def __init__(self, profile):
         ours_r, its_w = os.pipe()  # Chromium writes replies on its fd 4
         its_r, ours_w = os.pipe()  # and reads requests on its fd 3
-
-        def pipes_at_3_and_4():
-            r, w = fcntl.fcntl(its_r, fcntl.F_DUPFD, 10), fcntl.fcntl(its_w, fcntl.F_DUPFD, 10)
-            os.dup2(r, 3)
-            os.dup2(w, 4)
-
+        its_r, its_w = (above_9(fd) for fd in (its_r, its_w))  # clear of 3 and 4
         self.stderr = profile / "chromium.log"
         if not os.access(CHROMIUM, os.X_OK):
             pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does)")
+        # bash puts the pipe ends at fds 3 and 4, then becomes Chromium.
+        at_3_and_4 = f'exec "$0" "$@" 3<&{its_r} 4>&{its_w} {its_r}<&- {its_w}>&-'
+        args = [*FLAGS, f"--user-data-dir={profile / 'profile'}", "about:blank"]
         with open(self.stderr, "wb") as err:
             self.proc = subprocess.Popen(
-                [CHROMIUM, *FLAGS, f"--user-data-dir={profile / 'profile'}", "about:blank"],
+                ["bash", "-c", at_3_and_4, CHROMIUM, *args],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                close_fds=False, preexec_fn=pipes_at_3_and_4,
+                pass_fds=(its_r, its_w),
             )  # fmt: skip
         os.close(its_r)
         os.close(its_w)
@@ -140,7 +145,8 @@ class Browser:
             self.send(f"{domain}.enable", session=session)
         self.resize(session, width, height)
         self.send("Page.navigate", {"url": url}, session)
-        self.wait(lambda m: m.get("method") == "Page.loadEventFired" and m["sessionId"] == session)
+        loaded = {"method": "Page.loadEventFired", "sessionId": session}
+        self.wait(lambda m: loaded.items() <= m.items())
         return session
 
     def resize(self, session: str, width: int, height: int) -> None:

@@ -237,20 +237,23 @@ def report_directory(directory: str | Path) -> tuple[Path, Report]:
 
 def combined_path(directories: list[Path], out: str | Path | None) -> Path:
     """Where the combined page of several directories goes: ``out``, else ``report.html`` in
-    their nearest common parent, never over one of their own pages."""
+    their nearest common parent, never over one of their own pages; checked to be writable."""
     own = {(d / HTML).resolve() for d in directories}
     if out is not None:
         path = Path(out)
+        if path.is_dir():
+            raise DeadzoneError(f"--out {out} is a directory; give a file, e.g. {path / HTML}")
         if path.resolve() in own:
             raise DeadzoneError(f"--out {out} is one of the experiments' own reports")
-        return path
-    parent = Path(os.path.commonpath([d.resolve() for d in directories]))
-    if parent / HTML in own:
-        raise DeadzoneError(
-            f"{parent} is one of the directories and their common parent: give --out FILE "
-            "for the combined report"
-        )
-    return parent / HTML
+    else:
+        path = Path(os.path.commonpath([d.resolve() for d in directories])) / HTML
+        if path in own:
+            raise DeadzoneError(
+                f"{path.parent} is one of the directories and their common parent: give --out "
+                "FILE for the combined report"
+            )
+    fileio.ensure_dir(path.parent)
+    return path
 
 
 @dataclass
