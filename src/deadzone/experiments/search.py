@@ -31,6 +31,7 @@ The record (:func:`search` returns it; every value JSON-ready)::
                 "cost": 0.12, "interval": [0.08, 0.16], "seeds_needed": null,
                 "action": "split"}, ...],
      "sites": {"L0.attn.c_attn": {"verdict": "negligible", "cost": 0.004,
+                                  "interval": [...], "seeds_needed": null,
                                   "group_size": 4, "seeds": 2}, ...},
      "joint": {"sites": [...], "verdict": "negligible", "cost": ..., "interval": [...],
                "removed": [...], "steps": [...]} or null,
@@ -151,7 +152,7 @@ def search(
             verdict = j.verdict if len(group) == 1 or j.verdict != "better" else "negligible"
             steps.append(_step("groups", group, seeds, j, "decided"))
             for n in group:
-                sites[n] = {"verdict": verdict, "cost": j.cost, "group_size": len(group),
+                sites[n] = {**j.as_dict(), "verdict": verdict, "group_size": len(group),
                             "seeds": seeds}  # fmt: skip
             continue
         steps.append(_step("groups", group, seeds, j, "split"))
