@@ -197,3 +197,17 @@ def test_groups_by_layer_and_role() -> None:
     assert S.groups_by(sites, "role") == [["L0.a", "L1.a"], ["L0.b", "L1.b"], ["embed"]]
     with pytest.raises(DeadzoneError):
         S.groups_by(sites, "shape")
+
+
+def test_where_costly_sites_are_common_it_tests_them_one_at_a_time() -> None:
+    sites = model_sites()
+    names = [n for n, *_ in sites]
+    costs = dict.fromkeys(names, 0.2)
+    switched = S.search(Oracle(costs, 0.002), by_layer(sites), max_seeds=3, joint=False)
+    halving = S.search(Oracle(costs, 0.002), by_layer(sites), max_seeds=3, joint=False,
+                       switch_prevalence=None)  # fmt: skip
+    for record in (switched, halving):
+        assert S.verdict_counts(record)["costly"] == len(names)
+    assert halving["judgements"] == 8 * 7  # a group of 4, its halves, its sites
+    assert switched["judgements"] < len(names) + 8
+    assert any(s["action"] == "singles" for s in switched["steps"])

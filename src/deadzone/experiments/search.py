@@ -18,6 +18,10 @@ Group testing (:func:`search`):
 4. ``undetermined``: judged again on more seeds (``seeds_needed`` if given, at least one more,
    at most ``max_seeds``); still undetermined at ``max_seeds``, a group is split, a site is
    left ``undetermined``.
+5. Once ``SWITCH_AFTER`` sites are decided, while more than ``switch_prevalence`` of them are
+   not negligible, a group not accepted is split into single sites, and a group given is not
+   judged whole but site by site (step ``"singles"``): where costly sites are common, halving
+   would judge most of them several times.
 
 The joint check (:func:`joint_check`): every site found negligible is judged at once on
 ``max_seeds`` seeds; while that is not negligible the sites with the largest single-site costs
@@ -50,6 +54,10 @@ from dataclasses import dataclass
 from deadzone.errors import DeadzoneError
 
 VERDICTS = ("negligible", "costly", "better", "undetermined")
+# Share of costly sites above which a search tests sites one at a time (group testing costs
+# more than testing each site where about a third or more of them are costly).
+SWITCH_PREVALENCE = 0.3
+SWITCH_AFTER = 4  # sites decided before the share is trusted
 ACCEPTED = ("negligible", "better")
 
 
@@ -119,9 +127,11 @@ def search(
     priority: dict[str, float] | None = None,
     joint: bool = True,
     margin: float | None = None,
+    switch_prevalence: float | None = SWITCH_PREVALENCE,
 ) -> dict:
     """Group-test ``groups`` of site names, then (if ``joint``) check the negligible set jointly
-    (``margin``: see :func:`joint_check`).
+    (``margin``: see :func:`joint_check`; ``switch_prevalence``: step 5 of the module docstring,
+    None never switches).
 
     Returns the record described in the module docstring.
     """
@@ -137,9 +147,22 @@ def search(
     ask = _Asker(judge)
     steps: list[dict] = []
     sites: dict[str, dict] = {}
-    queue = deque(order(g) for g in groups if g)
+    queue = deque((order(g), True) for g in groups if g)  # (group, one of the groups given)
+
+    def dense() -> bool:
+        """The share of costly sites among those decided so far is above the switch."""
+        if switch_prevalence is None or len(sites) < SWITCH_AFTER:
+            return False
+        costly = sum(s["verdict"] not in ACCEPTED for s in sites.values())
+        return costly / len(sites) > switch_prevalence
+
     while queue:
-        group = queue.popleft()
+        group, top = queue.popleft()
+        if top and len(group) > 1 and dense():
+            steps.append({"phase": "groups", "sites": group, "seeds": 0, "verdict": None,
+                          "action": "singles"})  # not judged: split before it  # fmt: skip
+            queue.extendleft([([n], False) for n in reversed(group)])
+            continue
         seeds = start_seeds
         while True:
             j = ask(group, seeds)
@@ -155,9 +178,13 @@ def search(
                 sites[n] = {**j.as_dict(), "verdict": verdict, "group_size": len(group),
                             "seeds": seeds}  # fmt: skip
             continue
+        if dense():  # costly sites are common: halving would judge most of them twice
+            steps.append(_step("groups", group, seeds, j, "singles"))
+            queue.extendleft([([n], False) for n in reversed(group)])
+            continue
         steps.append(_step("groups", group, seeds, j, "split"))
         half = len(group) // 2
-        queue.extendleft([group[half:], group[:half]])  # the lower half is judged first
+        queue.extendleft([(group[half:], False), (group[:half], False)])  # lower half first
     record = {"steps": steps, "sites": {n: sites[n] for n in names}, "joint": None}
     if joint:
         record["joint"] = joint_check(
