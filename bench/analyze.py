@@ -119,6 +119,14 @@ def _pr(lam: torch.Tensor) -> float:
     return float(lam.sum() ** 2 / (lam**2).sum())
 
 
+def _snr(sv: np.ndarray, shape: tuple[int, ...]) -> float:
+    """Spectrum's SNR of singular values ``sv`` (its noise sum taken as 1 when empty)."""
+    sigma = (np.quantile(sv, 0.75) - np.quantile(sv, 0.25)) / 1.349
+    threshold = sigma * (1 + np.sqrt(min(shape) / max(shape)))
+    noise = sv[sv <= threshold].sum() if (sv <= threshold).any() else 1.0
+    return float(sv[sv > threshold].sum() / noise / sv.max())
+
+
 def svd_loop(
     pairs: Pairs, dtype: torch.dtype | None = None, split: dict[str, float] | None = None
 ) -> list[dict]:
@@ -154,6 +162,7 @@ def svd_loop(
                 "spectral_norm": float(sigma.max()),
                 "frobenius_norm": float(lam.sum().sqrt()),
                 "amplitude_pr": _pr(lam_a),
+                "snr": _snr(sigma.numpy(), tuple(W.shape)),
             }
         )
     return out
@@ -221,6 +230,7 @@ def reference(W: np.ndarray, K: int = 8) -> dict[str, float]:
         "spectral_norm": sigma.max(),
         "frobenius_norm": np.sqrt(lam.sum()),
         "amplitude_pr": lam_a.sum() ** 2 / (lam_a**2).sum(),
+        "snr": _snr(sigma, W.shape),
     }
 
 

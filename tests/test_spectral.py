@@ -25,7 +25,8 @@ def reference(W: np.ndarray, K: int = 8) -> dict[str, float]:
     sigma_c = np.linalg.svd(W - W.mean(axis=0), compute_uv=False)
     lam, lam_c = sigma**2, sigma_c**2
     # Rank tolerance: singular values whose square is below max(out, in) * eps * sigma_max^2.
-    kept = sigma[lam > max(W.shape) * np.finfo(np.float64).eps * lam.max()]
+    above_tol = lam > max(W.shape) * np.finfo(np.float64).eps * lam.max()
+    kept = sigma[above_tol]
     p = kept / kept.sum()
     # Gaussian-basis amplitudes, literally: K Gaussians over [-3s, 3s], one E-step, row means.
     s = W.std()
@@ -49,13 +50,43 @@ def reference(W: np.ndarray, K: int = 8) -> dict[str, float]:
         "spectral_norm": sigma.max(),
         "frobenius_norm": np.sqrt(lam.sum()),
         "amplitude_pr": amp_pr,
+        "snr": spectrum_snr(np.where(above_tol, sigma, 0.0), W.shape),
     }
+
+
+def spectrum_snr(sv: np.ndarray, shape: tuple[int, ...]) -> float:
+    """Spectrum's SNR of the singular values ``sv`` of a matrix of ``shape``, literally (a zero
+    sum at or below the threshold: NaN)."""
+    out, inn = shape
+    sigma = (np.quantile(sv, 0.75) - np.quantile(sv, 0.25)) / 1.349
+    threshold = sigma * (1 + np.sqrt(min(out, inn) / max(out, inn)))
+    signal, noise = sv[sv > threshold].sum(), sv[sv <= threshold].sum()
+    if not (sv <= threshold).any():
+        noise = 1.0  # Spectrum's convention when no singular value is at or below it
+    return signal / noise / sv.max() if noise > 0 and sv.max() > 0 else math.nan
+
+
+def snr_rtol(W: np.ndarray) -> float:
+    """What the SNR's accuracy can be: eigenvalues of the Gram matrix are accurate to about
+    ``delta = n eps lambda_max``, so each singular value ``sv = sqrt(lambda)`` to
+    ``min(sqrt(delta), delta / 2S)``; their sum over the noise part, relative to that part."""
+    sv = np.linalg.svd(W, compute_uv=False)
+    delta = min(W.shape) * np.finfo(np.float64).eps * sv.max() ** 2
+    sigma = (np.quantile(sv, 0.75) - np.quantile(sv, 0.25)) / 1.349
+    noise = sv[sv <= sigma * (1 + np.sqrt(min(W.shape) / max(W.shape)))]
+    if noise.sum() == 0:  # none: the SNR is sum sv / max sv, as accurate as the other metrics
+        return RTOL_LOOSE
+    with np.errstate(divide="ignore"):
+        error = np.minimum(np.sqrt(delta), delta / (2 * noise)).sum()
+    return max(RTOL_LOOSE, error / noise.sum())
 
 
 def assert_matches(W: torch.Tensor, got: dict[str, float]) -> None:
     ref = reference(W.double().numpy())
     for name in spectral.METRICS:
         rtol = RTOL_TIGHT if name in TIGHT else RTOL_LOOSE
+        if name == "snr":
+            rtol = snr_rtol(W.double().numpy())
         assert got[name] == pytest.approx(ref[name], rel=rtol, nan_ok=True), name
 
 
@@ -157,6 +188,8 @@ def test_torch_path_equals_numpy_path(monkeypatch: pytest.MonkeyPatch) -> None:
         got = spectral.geometry(W)
         for metric in spectral.METRICS:
             rtol = 2 * spectral.LANCZOS_RTOL if metric == "pc1" else 1e-9
+            if metric == "snr":  # each path within the bound of its eigensolver's accuracy
+                rtol = 2 * snr_rtol(W.numpy())
             assert getattr(got, metric) == pytest.approx(getattr(expected, metric), rel=rtol)
 
 
@@ -394,3 +427,55 @@ def test_secular_bisection_finds_the_centred_top_of_the_tridiagonal_form() -> No
     top = vecs[:, -1] * np.sqrt(lam[-1])  # removes the top eigenvalue entirely
     assert spectral._secular_top(d, e, top, 1.0, lam[-2], lam[-1]) == pytest.approx(lam[-2])
     assert spectral._secular_top(d, e, random_u, 1.0, 0.0, 0.0) == 0.0  # an empty bracket
+
+
+def planted(S: list[float], out: int, inn: int, seed: int = 0) -> torch.Tensor:
+    """``U diag(S) V^T`` with random orthonormal ``U`` ``(out, n)`` and ``V`` ``(in, n)``."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(S)
+    U, _ = torch.linalg.qr(torch.randn(out, n, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(inn, n, generator=g, dtype=torch.float64))
+    return (U * torch.tensor(S, dtype=torch.float64)) @ V.T
+
+
+def test_snr_of_planted_spectra_follows_spectrum_definition() -> None:
+    """A few strong directions over a Marchenko-Pastur-like bulk, tall and wide: the singular
+    values planted are the ones the definition sees, and a numpy SVD of the matrix agrees."""
+    g = np.random.default_rng(0)
+    for out, inn in ((200, 80), (80, 200), (120, 120)):
+        n = min(out, inn)
+        S = np.sort(np.concatenate([[40.0, 25.0, 12.0], g.uniform(0.2, 1.0, n - 3)]))[::-1]
+        W = planted(S.tolist(), out, inn, seed=out)
+        expected = spectrum_snr(S, (out, inn))
+        assert 0 < expected < math.inf
+        assert spectral.geometry(W).snr == pytest.approx(expected, rel=1e-9)
+        assert spectral.snr(W) == pytest.approx(expected, rel=1e-9)
+        sigma = np.linalg.svd(W.numpy(), compute_uv=False)
+        assert spectral.snr(W) == pytest.approx(spectrum_snr(sigma, (out, inn)), rel=1e-9)
+
+
+def test_snr_by_hand() -> None:
+    # S = 10, 1, 1, 1 of a square matrix: quartiles 1 and 3.25, threshold 2.25 / 1.349 * 2
+    # = 3.336; signal 10, noise 3: SNR = 10 / 3 / 10.
+    W = planted([10.0, 1.0, 1.0, 1.0], 4, 4)
+    assert spectral.snr(W) == pytest.approx(1 / 3, rel=1e-12)
+    assert spectral.snr(W * 2) == pytest.approx(1 / 6, rel=1e-12)  # scales as 1 / |W|
+
+
+def test_snr_edge_cases() -> None:
+    # Nothing above the threshold: half the spectrum at c, half at 0 (IQR c, threshold 1.48 c).
+    nothing_above = planted([3.0, 3.0], 4, 4)
+    assert spectral.geometry(nothing_above).snr == 0.0
+    # Nothing at or below it: an orthogonal matrix (IQR 0, threshold 0), a Gaussian one (its
+    # singular values spread less than the threshold): Spectrum's noise sum of 1, sum S / max S.
+    assert spectral.snr(torch.eye(50, dtype=torch.float64)) == pytest.approx(50.0, rel=1e-12)
+    W = gaussian(300, 50)
+    S = np.linalg.svd(W.numpy(), compute_uv=False)
+    assert spectral.geometry(W).snr == pytest.approx(S.sum() / S.max(), rel=1e-9)
+    # Only zeros at or below it: an exactly low-rank matrix with an even spectrum; and the zero
+    # matrix.
+    for W in (planted([5.0] * 9, 40, 12), torch.zeros(8, 6)):
+        assert math.isnan(spectral.geometry(W).snr) and math.isnan(spectral.snr(W))
+    nan = torch.ones(5, 5)
+    nan[0, 0] = math.nan
+    assert math.isnan(spectral.geometry(nan).snr)

@@ -12,6 +12,7 @@ of a matrix"):
 - ``spectral_norm``, ``frobenius_norm`` of ``W``.
 - ``amplitude_pr``: PR of the row-centred ``out x K`` matrix of the rows' Gaussian-basis
   amplitudes (see :func:`amplitudes`).
+- ``snr``: Spectrum's signal-to-noise ratio (Hartford et al. 2024), see :func:`_snr`.
 
 How it is computed: no SVD. With ``G`` the Gram matrix on the smaller side of ``W`` (accumulated
 in float64), ``sum lambda = trace(G)`` and ``sum lambda**2 = ||G||_F**2``; the Gram matrix of the
@@ -28,7 +29,8 @@ product, of the centred matrix itself.
 Numbers that are not defined come back as NaN: every metric of a matrix holding NaN or Inf, and a
 ratio whose denominator is zero (``pr`` and ``pc1`` of a matrix whose rows are all equal, where
 the centred Gram matrix is rounding noise; anything but the norms of a zero matrix;
-``amplitude_pr`` of a constant matrix).
+``amplitude_pr`` of a constant matrix; ``snr`` of a matrix with no singular value at or below
+its noise threshold but zeros).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ METRICS = (
     "spectral_norm",
     "frobenius_norm",
     "amplitude_pr",
+    "snr",
 )
 
 F64 = torch.float64
@@ -97,6 +100,7 @@ class Geometry:
     spectral_norm: float
     frobenius_norm: float
     amplitude_pr: float
+    snr: float
 
     @property
     def finite(self) -> bool:
@@ -260,11 +264,54 @@ def _ratios(
 
 def _effective_rank(lam: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:
     """Roy & Vetterli effective rank from eigenvalues ``(B, n)``; those ``<= tol`` count as zero."""
-    sigma = lam.where(lam > tol[:, None], 0.0).sqrt()  # (B, n)
+    sigma = _singular_values(lam, tol)  # (B, n)
     total = sigma.sum(-1, keepdim=True)
     p = sigma / total.where(total > 0, 1.0)
     entropy = -torch.special.xlogy(p, p).sum(-1)
     return torch.where(total[:, 0] > 0, entropy.exp(), torch.nan)
+
+
+def _singular_values(lam: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:
+    """``sigma = sqrt(lambda)`` ``(B, n)``, eigenvalues ``<= tol`` ``(B,)`` counted as zero."""
+    return lam.where(lam > tol[:, None], 0.0).sqrt()
+
+
+# Spectrum's robust noise scale: the IQR of a normal distribution is 1.349 standard deviations.
+IQR_PER_SIGMA = 1.349
+
+
+def _snr(lam: torch.Tensor, tol: torch.Tensor, out: int, inn: int) -> torch.Tensor:
+    """Spectrum's SNR of each matrix ``(B,)`` from its eigenvalues ``lambda`` ``(B, n)``, ascending.
+
+    As Spectrum (``spectrum.py``, ``calculate_snr_for_layer``) computes it from the singular
+    values ``S``: ``sigma = IQR(S) / 1.349`` (quartiles by linear interpolation), the
+    Marchenko-Pastur edge ``sigma (1 + sqrt(beta))`` with ``beta = min(out, in) / max(out, in)``
+    as the threshold, and ``SNR = (sum of S above it) / (sum of S at or below it) / max S``.
+    Like Spectrum's, the number scales as ``1 / |W|``. ``S`` are the square roots of the Gram
+    eigenvalues, those under the rank tolerance counted as zero (Spectrum takes a float32 SVD).
+
+    Accuracy: the Gram eigenvalues are accurate to about ``n eps lambda_max``, so a singular
+    value near zero only to about ``sqrt(n eps) max S``; the SNR is as accurate as the other
+    metrics unless the part at or below the threshold is many orders of magnitude below
+    ``max S`` (0.1% relative on a matrix of condition number 1e12).
+
+    Nothing above the threshold: 0 (no signal), as Spectrum. Nothing at or below it (as for a
+    Gaussian matrix, whose singular values spread less than their IQR-based threshold, or an
+    orthogonal one): Spectrum takes the noise sum as 1, so ``SNR = sum S / max S``; so does
+    this, for the numbers to rank matrices as Spectrum's do. Only zeros at or below it (an
+    exactly low-rank matrix with an even spectrum): NaN, undefined (Spectrum's float32 SVD
+    gives rounding noise there, or infinity), and so is the SNR of a zero matrix.
+    """
+    sv = _singular_values(lam, tol)  # (B, n) ascending
+    q = torch.tensor([0.25, 0.75], dtype=sv.dtype, device=sv.device)
+    q25, q75 = torch.quantile(sv, q, dim=-1)  # (B,) each; linear interpolation
+    threshold = (q75 - q25) / IQR_PER_SIGMA * (1.0 + math.sqrt(min(out, inn) / max(out, inn)))
+    above = sv > threshold[:, None]
+    signal = sv.where(above, 0.0).sum(-1)
+    noise = sv.where(~above, 0.0).sum(-1)  # at or below the threshold
+    noise = torch.where(above.all(-1), 1.0, noise)  # none there: Spectrum's convention
+    top = sv[:, -1]
+    return _ratio(signal, noise * top)
 
 
 # Lanczos for the top eigenvalue: Krylov dimension cap, and how often convergence is checked.
@@ -542,6 +589,7 @@ def geometry_batch(W: torch.Tensor, K: int = 8) -> list[Geometry]:
             top.sqrt(),
             total.sqrt(),
             amp,
+            _snr(lam, tol, out, inn),
         ],
         dim=1,
     )  # (B, len(METRICS))
@@ -620,6 +668,15 @@ def effective_rank(W: torch.Tensor) -> float:
     lam = eigvalsh(G).clamp_min(0.0)
     tol = max(M.shape[1:]) * EPS64 * lam[:, -1]
     return _scalar(_effective_rank(lam, tol), finite)
+
+
+def snr(W: torch.Tensor) -> float:
+    """Spectrum's signal-to-noise ratio of ``W`` (see :func:`_snr`)."""
+    M = _matrix(W)
+    G, finite = (g := grams(M)).G, g.finite
+    lam = eigvalsh(G).clamp_min(0.0)
+    tol = max(M.shape[1:]) * EPS64 * lam[:, -1]
+    return _scalar(_snr(lam, tol, *M.shape[1:]), finite)
 
 
 def spectral_norm(W: torch.Tensor) -> float:

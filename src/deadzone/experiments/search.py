@@ -1,0 +1,286 @@
+"""The adaptive search of a scan: which sites are negligible, with as few runs as it can.
+
+Pure logic against an oracle: ``judge(sites, seeds) -> Judgement`` says whether putting the
+frozenset ``sites`` into the strategy at once, over the first ``seeds`` seeds, is negligible
+(the scan implements it with SFT runs and ``deadzone.experiments.stats``; tests with a synthetic
+cost function). Every decision here is a deterministic function of the judgements, so a
+resumed scan asks the same questions in the same order and gets its cached answers.
+
+Group testing (:func:`search`):
+
+1. The groups given (all matrices of a block, one role across blocks, ...) are judged in order,
+   first on ``start_seeds`` seeds. Within a group sites are ordered by ``priority`` (a cheap
+   score, higher = likelier costly; then by name), so a split separates the likely costly.
+2. ``negligible`` or ``better``: every site of the group is negligible (``better`` if alone).
+   Group testing assumes monotone costs: a part of a negligible set is negligible; the joint
+   check (below) tests the assumption on the union.
+3. ``costly``: a group of one is costly; a larger one is split in two halves, judged next.
+4. ``undetermined``: judged again on more seeds (``seeds_needed`` if given, at least one more,
+   at most ``max_seeds``); still undetermined at ``max_seeds``, a group is split, a site is
+   left ``undetermined``.
+5. Once ``SWITCH_AFTER`` sites are decided, while more than ``switch_prevalence`` of them are
+   not negligible, a group not accepted is split into single sites, and a group given is not
+   judged whole but site by site (step ``"singles"``): where costly sites are common, halving
+   would judge most of them several times.
+
+The joint check (:func:`joint_check`): every site found negligible is judged at once on
+``max_seeds`` seeds; while that is not negligible the sites with the largest single-site costs
+(a site's own judgement's cost, else its group's shared out; ties: higher priority, then name)
+are taken out, one at a time or as many as the costs say it takes, and the rest judged again.
+Each step is recorded.
+
+The record (:func:`search` returns it; every value JSON-ready)::
+
+    {"steps": [{"phase": "groups", "sites": [...], "seeds": 2, "verdict": "costly",
+                "cost": 0.12, "interval": [0.08, 0.16], "seeds_needed": null,
+                "action": "split"}, ...],
+     "sites": {"L0.attn.c_attn": {"verdict": "negligible", "cost": 0.004,
+                                  "interval": [...], "seeds_needed": null,
+                                  "group_size": 4, "seeds": 2}, ...},
+     "joint": {"sites": [...], "verdict": "negligible", "cost": ..., "interval": [...],
+               "removed": [...], "steps": [...]} or null,
+     "judgements": 17, "runs": 40}
+
+``runs`` counts distinct (set of sites, seed) pairs asked for: the SFT runs the answers need,
+besides the ``full`` baseline of each seed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from deadzone.errors import DeadzoneError
+
+VERDICTS = ("negligible", "costly", "better", "undetermined")
+# Share of costly sites above which a search tests sites one at a time (group testing costs
+# more than testing each site where about a third or more of them are costly).
+SWITCH_PREVALENCE = 0.3
+SWITCH_AFTER = 4  # sites decided before the share is trusted
+ACCEPTED = ("negligible", "better")
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The answer about one set of sites: verdict, cost estimate (share of the fine-tuning gain),
+    its interval ``(low, high)``, and the seeds that would decide an undetermined one."""
+
+    verdict: str
+    cost: float | None = None
+    interval: tuple[float, float] | None = None
+    seeds_needed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise DeadzoneError(f"unknown verdict {self.verdict!r}; known: {', '.join(VERDICTS)}")
+
+    def as_dict(self) -> dict:
+        return {
+            "verdict": self.verdict,
+            "cost": self.cost,
+            "interval": None if self.interval is None else list(self.interval),
+            "seeds_needed": self.seeds_needed,
+        }
+
+
+Judge = Callable[[frozenset[str], int], Judgement]
+
+
+class _Asker:
+    """The judge, asked each (set, seeds) once, counting judgements and distinct runs."""
+
+    def __init__(self, judge: Judge) -> None:
+        self.judge = judge
+        self.answers: dict[tuple[frozenset[str], int], Judgement] = {}
+        self.seeds_run: dict[frozenset[str], int] = {}
+
+    def __call__(self, sites: Iterable[str], seeds: int) -> Judgement:
+        key = (frozenset(sites), seeds)
+        if key not in self.answers:
+            self.answers[key] = self.judge(*key)
+            self.seeds_run[key[0]] = max(seeds, self.seeds_run.get(key[0], 0))
+        return self.answers[key]
+
+    @property
+    def runs(self) -> int:
+        return sum(self.seeds_run.values())
+
+
+def _step(phase: str, sites: list[str], seeds: int, j: Judgement, action: str) -> dict:
+    return {"phase": phase, "sites": list(sites), "seeds": seeds, **j.as_dict(), "action": action}
+
+
+def _check_seeds(start_seeds: int, max_seeds: int) -> None:
+    if not 2 <= start_seeds <= max_seeds:
+        raise DeadzoneError(
+            f"the search needs 2 <= start seeds <= max seeds, got {start_seeds} and {max_seeds}"
+        )
+
+
+def search(
+    judge: Judge,
+    groups: list[list[str]],
+    *,
+    max_seeds: int,
+    start_seeds: int = 2,
+    priority: dict[str, float] | None = None,
+    joint: bool = True,
+    margin: float | None = None,
+    switch_prevalence: float | None = SWITCH_PREVALENCE,
+) -> dict:
+    """Group-test ``groups`` of site names, then (if ``joint``) check the negligible set jointly
+    (``margin``: see :func:`joint_check`; ``switch_prevalence``: step 5 of the module docstring,
+    None never switches).
+
+    Returns the record described in the module docstring.
+    """
+    _check_seeds(start_seeds, max_seeds)
+    names = [n for g in groups for n in g]
+    if len(set(names)) != len(names):
+        raise DeadzoneError("the groups of a search must not share a site")
+    priority = priority or {}
+
+    def order(group: Iterable[str]) -> list[str]:
+        return sorted(group, key=lambda n: (priority.get(n, 0.0), n))
+
+    ask = _Asker(judge)
+    steps: list[dict] = []
+    sites: dict[str, dict] = {}
+    queue = deque((order(g), True) for g in groups if g)  # (group, one of the groups given)
+
+    def dense() -> bool:
+        """The share of costly sites among those decided so far is above the switch."""
+        if switch_prevalence is None or len(sites) < SWITCH_AFTER:
+            return False
+        costly = sum(s["verdict"] not in ACCEPTED for s in sites.values())
+        return costly / len(sites) > switch_prevalence
+
+    while queue:
+        group, top = queue.popleft()
+        if top and len(group) > 1 and dense():
+            steps.append({"phase": "groups", "sites": group, "seeds": 0, "verdict": None,
+                          "action": "singles"})  # not judged: split before it  # fmt: skip
+            queue.extendleft([([n], False) for n in reversed(group)])
+            continue
+        seeds = start_seeds
+        while True:
+            j = ask(group, seeds)
+            if j.verdict == "undetermined" and seeds < max_seeds:
+                steps.append(_step("groups", group, seeds, j, "more_seeds"))
+                seeds = min(max_seeds, max(seeds + 1, j.seeds_needed or 0))
+                continue
+            break
+        if j.verdict in ACCEPTED or len(group) == 1:
+            verdict = j.verdict if len(group) == 1 or j.verdict != "better" else "negligible"
+            steps.append(_step("groups", group, seeds, j, "decided"))
+            for n in group:
+                sites[n] = {**j.as_dict(), "verdict": verdict, "group_size": len(group),
+                            "seeds": seeds}  # fmt: skip
+            continue
+        if dense():  # costly sites are common: halving would judge most of them twice
+            steps.append(_step("groups", group, seeds, j, "singles"))
+            queue.extendleft([([n], False) for n in reversed(group)])
+            continue
+        steps.append(_step("groups", group, seeds, j, "split"))
+        half = len(group) // 2
+        queue.extendleft([(group[half:], False), (group[:half], False)])  # lower half first
+    record = {"steps": steps, "sites": {n: sites[n] for n in names}, "joint": None}
+    if joint:
+        record["joint"] = joint_check(
+            ask,
+            record["sites"],
+            max_seeds=max_seeds,
+            priority=priority,
+            names=names,
+            margin=margin,
+        )
+    record["judgements"] = len(ask.answers)
+    record["runs"] = ask.runs
+    return record
+
+
+def joint_check(
+    judge: Judge,
+    sites: dict[str, dict],
+    *,
+    max_seeds: int,
+    priority: dict[str, float] | None = None,
+    names: list[str] | None = None,
+    margin: float | None = None,
+) -> dict | None:
+    """Judge every negligible site of ``sites`` (a search record's ``sites``) at once; shrink the
+    set, most costly first, until it is negligible. None when no site is negligible.
+
+    A site's single-site cost is its own judgement's cost, or its group's divided by the group's
+    size. Without ``margin`` one site is taken out per step; with it, as many (most costly
+    first, at least one) as the single-site costs say it takes to bring the upper end of the
+    interval under the margin.
+    """
+    priority = priority or {}
+    names = names or list(sites)
+    chosen = [n for n in names if sites[n]["verdict"] in ACCEPTED]
+    if not chosen:
+        return None
+
+    def single(n: str) -> float:
+        cost = sites[n]["cost"]
+        return 0.0 if cost is None else cost / sites[n]["group_size"]
+
+    removal = sorted(chosen, key=lambda n: (-single(n), -priority.get(n, 0.0), n))
+    steps, removed = [], []
+    while True:
+        j = judge(frozenset(chosen), max_seeds)
+        done = j.verdict in ACCEPTED or len(chosen) == 1
+        steps.append(_step("joint", chosen, max_seeds, j, "decided" if done else "shrink"))
+        if done:
+            break
+        count = _to_remove(j, [single(n) for n in removal], margin, len(chosen) - 1)
+        out, removal = removal[:count], removal[count:]
+        removed += out
+        chosen = [n for n in chosen if n not in out]
+    final = j.verdict in ACCEPTED
+    return {
+        "sites": chosen if final else [],
+        **j.as_dict(),
+        "seeds": max_seeds,
+        "removed": removed + ([] if final else chosen),
+        "steps": steps,
+    }
+
+
+def _to_remove(j: Judgement, costs: list[float], margin: float | None, most: int) -> int:
+    """How many of the most costly sites (``costs``, in removal order) to take out at once."""
+    high = j.interval[1] if j.interval is not None else j.cost
+    if margin is None or high is None:
+        return 1
+    excess, count, total = high - margin, 0, 0.0
+    while count < most and (count == 0 or total < excess):
+        total += max(costs[count], 0.0)
+        count += 1
+    return count
+
+
+def exhaustive(judge: Judge, names: list[str], *, seeds: int) -> dict:
+    """Every site alone on ``seeds`` seeds (no joint check): the record :func:`search` gives."""
+    return search(judge, [[n] for n in names], max_seeds=seeds, start_seeds=seeds, joint=False)
+
+
+def groups_by(sites: Iterable, key: str) -> list[list[str]]:
+    """Names of ``sites`` (objects with ``name``, ``layer``, ``role``) grouped by ``layer`` or
+    ``role``, in the order first met; sites outside the blocks form one group of their own."""
+    if key not in ("layer", "role"):
+        raise DeadzoneError(f"sites are grouped by 'layer' or 'role', not {key!r}")
+    groups: dict[object, list[str]] = {}
+    for s in sites:
+        value = getattr(s, key) if s.layer is not None else ("outside the blocks",)
+        groups.setdefault(value, []).append(s.name)
+    return list(groups.values())
+
+
+def verdict_counts(record: dict) -> dict[str, int]:
+    """How many sites of a search record got each verdict."""
+    counts = dict.fromkeys(VERDICTS, 0)
+    for s in record["sites"].values():
+        counts[s["verdict"]] += 1
+    return counts

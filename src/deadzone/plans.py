@@ -1,0 +1,235 @@
+"""Freeze plans: which sites to put into which strategy, as files deadzone and other trainers read.
+
+``plan.json`` (written by a scan, read by ``freeze`` and by :func:`apply_plan`)::
+
+    {"plan_version": 1,
+     "model": {"fingerprint": "<sha256>", "model_type": "gpt2", "source": "builtin:tiny"},
+     "seed": 0,
+     "sites": [{"site": "L4.attn.c_proj", "param_name": "transformer.h.4.attn.c_proj.weight",
+                "strategy": "frozen", "rank": null}, ...]}
+
+``rank`` is the rank of a ``crystal`` site and ``null`` for every other strategy; ``seed`` seeds
+the draws of ``random`` sites. The fingerprint (:func:`model_fingerprint`) identifies the
+weights of the model in memory, so a plan is refused by a model it was not made for.
+
+Two more files for other trainers (both freeze only; ``random``, ``crystal`` and ``zero`` sites
+also need their values rewritten, which :func:`apply_plan` does):
+
+- ``axolotl.yaml``: ``unfrozen_parameters:``, one anchored pattern per parameter that stays
+  trainable. Axolotl compiles each pattern with every ``.`` made literal and keeps a parameter
+  trainable when ``re.match`` finds the pattern in its name, so ``^name$`` selects that name
+  alone.
+- ``frozen_parameters.txt``: the parameter names to set ``requires_grad=False``, one a line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from deadzone import fileio
+from deadzone.errors import DeadzoneError
+from deadzone.sites import Site, find_sites
+from deadzone.strategies import STRATEGIES, apply_strategies
+
+PLAN_VERSION = 1
+PLAN, AXOLOTL, FROZEN_LIST = "plan.json", "axolotl.yaml", "frozen_parameters.txt"
+# Values sampled from each parameter for the fingerprint.
+FINGERPRINT_SAMPLES = 16
+# Characters of parameter names a pattern can hold as they are (axolotl escapes only dots).
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of the model's type, parameter names, shapes and dtypes, and ``FINGERPRINT_SAMPLES``
+    values spread evenly over each parameter: the same weights give the same fingerprint
+    whatever device they are on; other weights (another checkpoint, values rewritten), another."""
+    h = hashlib.sha256(str(getattr(model.config, "model_type", "")).encode())
+    for name, p in model.named_parameters():
+        h.update(f"\0{name}\0{tuple(p.shape)}\0{p.dtype}\0".encode())
+        flat = p.detach().reshape(-1)
+        index = torch.linspace(0, flat.numel() - 1, FINGERPRINT_SAMPLES).long().to(flat.device)
+        h.update(flat[index].to("cpu", torch.float32).numpy().tobytes())
+    return h.hexdigest()
+
+
+def make_plan(
+    model: torch.nn.Module,
+    strategies: Mapping[str, str],
+    *,
+    rank: int | None = None,
+    seed: int = 0,
+    source: str | None = None,
+) -> dict:
+    """The plan putting each site named in ``strategies`` (site name -> strategy) into its
+    strategy (``rank`` for ``crystal`` sites), fingerprinted from ``model``."""
+    by_name = {s.name: s for s in find_sites(model)}
+    entries = []
+    for name, strategy in strategies.items():
+        if name not in by_name:
+            raise DeadzoneError(f"no site {name!r} in this model")
+        entries.append(
+            {
+                "site": name,
+                "param_name": by_name[name].param_name,
+                "strategy": strategy,
+                "rank": rank if strategy == "crystal" else None,
+            }
+        )
+    plan = {
+        "plan_version": PLAN_VERSION,
+        "model": {
+            "fingerprint": model_fingerprint(model),
+            "model_type": getattr(model.config, "model_type", None),
+            "source": source,
+        },
+        "seed": seed,
+        "sites": entries,
+    }
+    validate(plan)
+    return plan
+
+
+def validate(plan: object, where: str = "plan") -> dict:
+    """``plan`` if it is a well-formed plan, else a one-line DeadzoneError naming the fault."""
+
+    def bad(why: str) -> DeadzoneError:
+        return DeadzoneError(f"{where} is not a valid deadzone plan: {why}")
+
+    if not isinstance(plan, dict):
+        raise bad("not a JSON object")
+    version = plan.get("plan_version")
+    if version != PLAN_VERSION:
+        raise bad(f"plan_version {version!r} (this deadzone reads {PLAN_VERSION})")
+    model = plan.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("fingerprint"), str):
+        raise bad("no model fingerprint")
+    if not isinstance(plan.get("seed"), int) or isinstance(plan.get("seed"), bool):
+        raise bad("seed must be an integer")
+    sites = plan.get("sites")
+    if not isinstance(sites, list):
+        raise bad("sites must be a list")
+    seen = set()
+    for i, entry in enumerate(sites):
+        if not isinstance(entry, dict):
+            raise bad(f"site {i} is not an object")
+        for key in ("site", "param_name", "strategy"):
+            if not isinstance(entry.get(key), str):
+                raise bad(f"site {i} has no {key}")
+        strategy, rank = entry["strategy"], entry.get("rank")
+        if strategy not in STRATEGIES or strategy == "full":
+            raise bad(f"site {entry['site']}: strategy {strategy!r} is not one a plan applies")
+        if strategy == "crystal" and (not isinstance(rank, int) or isinstance(rank, bool)):
+            raise bad(f"site {entry['site']}: a crystal site needs an integer rank")
+        if entry["param_name"] in seen:
+            raise bad(f"parameter {entry['param_name']} is listed twice")
+        seen.add(entry["param_name"])
+    return plan
+
+
+def load_plan(path: str | Path) -> dict:
+    """Read and validate ``plan.json``; any fault is a one-line DeadzoneError."""
+    path = Path(path)
+    try:
+        plan = fileio.read_json(path)
+    except FileNotFoundError:
+        raise DeadzoneError(f"no plan file {path}") from None
+    except (OSError, ValueError) as e:
+        raise DeadzoneError(f"cannot read plan {path}: {e}") from None
+    return validate(plan, str(path))
+
+
+def _check_matches(model: torch.nn.Module, plan: dict, check_fingerprint: bool) -> list[Site]:
+    """The model's sites for the plan's entries, or a DeadzoneError naming the mismatch."""
+    by_param = {s.param_name: s for s in find_sites(model)}
+    sites = []
+    for entry in plan["sites"]:
+        site = by_param.get(entry["param_name"])
+        if site is None:
+            raise DeadzoneError(
+                f"the plan names parameter {entry['param_name']}, which this model does not have"
+            )
+        if site.name != entry["site"]:
+            raise DeadzoneError(
+                f"the plan calls {entry['param_name']} {entry['site']!r}; this model, {site.name!r}"
+            )
+        sites.append(site)
+    if check_fingerprint and model_fingerprint(model) != plan["model"]["fingerprint"]:
+        source = plan["model"].get("source")
+        made_for = f" (it was made for {source})" if source else ""
+        raise DeadzoneError(
+            f"the plan was made for another model{made_for}: its fingerprint differs"
+        )
+    return sites
+
+
+def apply_plan(
+    model: torch.nn.Module, plan: dict | str | Path, *, check_fingerprint: bool = True
+) -> list[dict]:
+    """Put ``model``'s sites into the strategies of ``plan`` (a plan or the path of plan.json).
+
+    A plan made for other weights (its fingerprint), or naming parameters or sites this model
+    does not have, is refused before the model is touched (``check_fingerprint=False`` applies
+    it to another checkpoint of the same architecture). The plan's parameters end frozen;
+    nothing else is changed. Returns one record per site, as
+    :func:`deadzone.strategies.apply_strategies` does.
+    """
+    plan = load_plan(plan) if isinstance(plan, (str, Path)) else validate(plan)
+    sites = _check_matches(model, plan, check_fingerprint)
+    records = []
+    ranks = sorted({e["rank"] or 1 for e in plan["sites"]})
+    for rank in ranks:  # one call per rank: apply_strategies takes one
+        part = {
+            site: e["strategy"]
+            for site, e in zip(sites, plan["sites"], strict=True)
+            if (e["rank"] or 1) == rank
+        }
+        records += apply_strategies(model, part, rank=rank, seed=plan["seed"])
+    return records
+
+
+def trainable_after(model: torch.nn.Module, plan: dict) -> list[str]:
+    """Names of the model's parameters (tied ones once) that the plan leaves trainable."""
+    frozen = {e["param_name"] for e in plan["sites"]}
+    return [name for name, _ in model.named_parameters() if name not in frozen]
+
+
+def axolotl_patterns(names: list[str]) -> list[str]:
+    """``^name$`` for each parameter name: with its dots literal, as axolotl compiles it, it
+    matches that name alone."""
+    for name in names:
+        if not _PLAIN_NAME.match(name):
+            raise DeadzoneError(f"parameter name {name!r} cannot be written as an axolotl pattern")
+    return [f"^{name}$" for name in names]
+
+
+def axolotl_yaml(model: torch.nn.Module, plan: dict) -> str:
+    strategies = sorted({e["strategy"] for e in plan["sites"]})
+    lines = [
+        f"# deadzone freeze plan ({', '.join(strategies) or 'no sites'}): "
+        f"{len(plan['sites'])} matrices frozen.",
+        "# Parameters that stay trainable; every other parameter is frozen.",
+    ]
+    if set(strategies) - {"frozen"}:
+        lines.append("# Sites that are not 'frozen' also need their values rewritten: apply_plan.")
+    lines.append("unfrozen_parameters:")
+    lines += [f"  - '{p}'" for p in axolotl_patterns(trainable_after(model, plan))]
+    return "\n".join(lines) + "\n"
+
+
+def write_plan(directory: str | Path, model: torch.nn.Module, plan: dict) -> dict[str, Path]:
+    """Write ``plan.json``, ``axolotl.yaml`` and ``frozen_parameters.txt`` into ``directory``
+    (each atomically); returns their paths."""
+    validate(plan)
+    _check_matches(model, plan, check_fingerprint=True)
+    directory = fileio.ensure_dir(directory)
+    paths = {name: directory / name for name in (PLAN, AXOLOTL, FROZEN_LIST)}
+    fileio.write_json(paths[PLAN], plan)
+    fileio.write_text(paths[AXOLOTL], axolotl_yaml(model, plan))
+    frozen = "".join(f"{e['param_name']}\n" for e in plan["sites"])
+    fileio.write_text(paths[FROZEN_LIST], frozen)
+    return paths

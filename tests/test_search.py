@@ -1,0 +1,213 @@
+"""The adaptive search against a synthetic oracle: a cost function with a known negligible set
+and known seed noise, judged with plain Student-t intervals against a margin."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import zlib
+
+import pytest
+from scipy import stats
+
+from deadzone.errors import DeadzoneError
+from deadzone.experiments import search as S
+
+MARGIN = 0.02  # share of the fine-tuning gain
+
+
+class Oracle:
+    """Per-seed paired costs ``cost(sites) + noise``; the noise of a (set, seed) pair is drawn
+    from a hash of both, so the same question always gets the same answer."""
+
+    def __init__(self, costs: dict[str, float], noise: float, interactions=(), seed: int = 0):
+        self.costs, self.noise, self.seed = costs, noise, seed
+        self.interactions = interactions  # ((site, site, extra cost), ...)
+        self.asked: list[tuple[frozenset[str], int]] = []
+
+    def true_cost(self, sites: frozenset[str]) -> float:
+        extra = sum(c for a, b, c in self.interactions if a in sites and b in sites)
+        return sum(self.costs[s] for s in sites) + extra
+
+    def per_seed(self, sites: frozenset[str], seed: int) -> float:
+        key = f"{self.seed}|{','.join(sorted(sites))}|{seed}".encode()
+        return self.true_cost(sites) + random.Random(zlib.crc32(key)).gauss(0.0, self.noise)
+
+    def __call__(self, sites: frozenset[str], seeds: int) -> S.Judgement:
+        self.asked.append((sites, seeds))
+        return t_judgement([self.per_seed(sites, k) for k in range(seeds)])
+
+
+def t_judgement(diffs: list[float], level: float = 0.95) -> S.Judgement:
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    t = stats.t.ppf(0.5 + level / 2, n - 1)
+    lo, hi = mean - t * sd / math.sqrt(n), mean + t * sd / math.sqrt(n)
+    if hi < 0:
+        verdict = "better"
+    elif hi < MARGIN:
+        verdict = "negligible"
+    elif lo > MARGIN:
+        verdict = "costly"
+    else:
+        verdict = "undetermined"
+    needed = None
+    if verdict == "undetermined" and mean != MARGIN:
+        needed = math.ceil((stats.t.ppf(0.5 + level / 2, 20) * sd / abs(mean - MARGIN)) ** 2)
+    return S.Judgement(verdict, mean, (lo, hi), needed)
+
+
+def model_sites(layers: int = 8, roles=("attn_qkv", "attn_out", "mlp_in", "mlp_out")):
+    return [(f"L{layer}.{role}", layer, role) for layer in range(layers) for role in roles]
+
+
+def by_layer(names: list[tuple]) -> list[list[str]]:
+    groups: dict[int, list[str]] = {}
+    for name, layer, _ in names:
+        groups.setdefault(layer, []).append(name)
+    return list(groups.values())
+
+
+def planted(costly: set[str], sites, low=0.001, high=0.2) -> dict[str, float]:
+    return {n: (high if n in costly else low) for n, _, _ in sites}
+
+
+def test_finds_the_negligible_set_with_fewer_evaluations_than_sites() -> None:
+    sites = model_sites()
+    costly = {"L1.mlp_out", "L2.attn_out", "L5.mlp_in", "L6.mlp_out"}
+    oracle = Oracle(planted(costly, sites), noise=0.002)
+    record = S.search(oracle, by_layer(sites), max_seeds=3, margin=MARGIN)
+    found = {n for n, s in record["sites"].items() if s["verdict"] == "negligible"}
+    assert found == {n for n, _, _ in sites} - costly
+    assert {n for n, s in record["sites"].items() if s["verdict"] == "costly"} == costly
+    assert len([s for s in record["steps"] if s["phase"] == "groups"]) < len(sites)
+    exhaustive = S.exhaustive(Oracle(planted(costly, sites), noise=0.002), [n for n, *_ in sites],
+                              seeds=3)  # fmt: skip
+    assert record["runs"] < exhaustive["runs"] == 3 * len(sites)
+    # the joint check of 28 sites at 0.001 each: 0.028 > margin, so it shrinks to 19 or fewer
+    joint = record["joint"]
+    assert joint["verdict"] == "negligible" and len(joint["sites"]) <= 19
+    assert oracle.true_cost(frozenset(joint["sites"])) < MARGIN
+    assert len(joint["steps"]) < len(joint["removed"])  # the margin sizes the steps
+    json.dumps(record)  # plain data
+
+
+def test_joint_check_without_a_margin_takes_one_site_at_a_time() -> None:
+    sites = {f"s{i}": {"verdict": "negligible", "cost": 0.001 * (i + 1), "group_size": 1}
+             for i in range(6)}  # fmt: skip
+    oracle = Oracle({n: s["cost"] * 4 for n, s in sites.items()}, noise=0.0005)
+    joint = S.joint_check(oracle, sites, max_seeds=3)
+    # 0.084 in all; taking out s5 (0.024), s4, s3 leaves 0.024, s2 then 0.012
+    assert joint["removed"] == ["s5", "s4", "s3", "s2"]
+    assert joint["sites"] == ["s0", "s1"] and joint["verdict"] == "negligible"
+    assert [s["action"] for s in joint["steps"]] == ["shrink"] * 4 + ["decided"]
+
+
+def test_cheap_scores_order_the_splits() -> None:
+    """With a score that ranks the costly sites last, a split separates them at once."""
+    sites = model_sites(layers=1, roles=[f"r{i}" for i in range(16)])
+    costly = {"L0.r3", "L0.r11"}
+    costs = planted(costly, sites)
+    names = [n for n, *_ in sites]
+    blind = S.search(Oracle(costs, 0.001), [names], max_seeds=2, joint=False)
+    scored = S.search(Oracle(costs, 0.001), [names], max_seeds=2, joint=False,
+                      priority={n: float(n in costly) for n in names})  # fmt: skip
+    for record in (blind, scored):
+        assert S.verdict_counts(record) == {"negligible": 14, "costly": 2, "better": 0,
+                                            "undetermined": 0}  # fmt: skip
+    assert scored["judgements"] < blind["judgements"]
+
+
+@pytest.mark.parametrize("trial", range(12))
+def test_never_calls_a_costly_site_negligible_when_noise_is_small(trial: int) -> None:
+    rng = random.Random(trial)
+    sites = model_sites(layers=6)
+    costly = set(rng.sample([n for n, *_ in sites], rng.randint(1, 10)))
+    costs = {n: (rng.uniform(2, 10) * MARGIN if n in costly else rng.uniform(-0.002, 0.003))
+             for n, *_ in sites}  # fmt: skip
+    oracle = Oracle(costs, noise=0.003, seed=trial)
+    record = S.search(oracle, by_layer(sites), max_seeds=4,
+                      priority={n: rng.random() for n in costs})  # fmt: skip
+    negligible = {n for n, s in record["sites"].items() if s["verdict"] in S.ACCEPTED}
+    assert not negligible & costly
+    assert not set(record["joint"]["sites"]) & costly
+    assert all(seeds <= 4 for _, seeds in oracle.asked)
+
+
+def test_undetermined_comparisons_get_more_seeds_up_to_the_maximum() -> None:
+    sites = model_sites(layers=2, roles=("a", "b"))
+    costs = {"L0.a": 0.001, "L0.b": 0.001, "L1.a": 0.02, "L1.b": 0.2}
+    oracle = Oracle(costs, noise=0.01)
+    record = S.search(oracle, [[n] for n, *_ in sites], max_seeds=6)
+    more = [s for s in record["steps"] if s["action"] == "more_seeds"]
+    assert more and all(s["verdict"] == "undetermined" for s in more)
+    assert max(seeds for _, seeds in oracle.asked) <= 6
+    # the site right at the margin stays undetermined after 6 seeds
+    assert record["sites"]["L1.a"] == {**record["sites"]["L1.a"], "verdict": "undetermined",
+                                       "seeds": 6}  # fmt: skip
+    assert record["sites"]["L1.b"]["verdict"] == "costly"
+    # a costly site is decided on the first seeds; no seeds are added to decided comparisons
+    assert record["sites"]["L1.b"]["seeds"] == 2
+
+
+def test_joint_check_shrinks_a_set_whose_members_interact() -> None:
+    sites = model_sites(layers=4, roles=("a", "b"))
+    costs = {n: 0.001 for n, *_ in sites} | {"L0.a": 0.004, "L3.b": 0.003}
+    oracle = Oracle(costs, noise=0.001, interactions=[("L0.a", "L3.b", 0.1)])
+    record = S.search(oracle, [[n] for n, *_ in sites], max_seeds=3)
+    assert S.verdict_counts(record)["negligible"] == 8  # each site alone is negligible
+    joint = record["joint"]
+    assert joint["removed"] == ["L0.a"]  # the most costly first, and that is enough
+    assert [s["action"] for s in joint["steps"]] == ["shrink", "decided"]
+    assert joint["steps"][0]["verdict"] == "costly" and joint["verdict"] == "negligible"
+    assert set(joint["sites"]) == {n for n, *_ in sites} - {"L0.a"}
+
+
+def test_decisions_are_a_function_of_the_judgements() -> None:
+    """A resumed search asks the same questions in the same order and records the same."""
+    sites = model_sites(layers=4)
+    costs = planted({"L1.mlp_out", "L3.attn_qkv"}, sites)
+    first, second = Oracle(costs, 0.004), Oracle(costs, 0.004)
+    a = S.search(first, by_layer(sites), max_seeds=4)
+    b = S.search(second, by_layer(sites), max_seeds=4)
+    assert a == b and first.asked == second.asked
+    assert len(set(first.asked)) == len(first.asked)  # each question asked once
+
+
+def test_bad_input() -> None:
+    oracle = Oracle({"a": 0.0, "b": 0.0}, 0.001)
+    with pytest.raises(DeadzoneError, match="start seeds"):
+        S.search(oracle, [["a"]], max_seeds=1)
+    with pytest.raises(DeadzoneError, match="share a site"):
+        S.search(oracle, [["a", "b"], ["b"]], max_seeds=2)
+    with pytest.raises(DeadzoneError, match="unknown verdict"):
+        S.Judgement("fine")
+
+
+def test_groups_by_layer_and_role() -> None:
+    class Site:
+        def __init__(self, name, layer, role):
+            self.name, self.layer, self.role = name, layer, role
+
+    sites = [Site(n, layer, role) for n, layer, role in model_sites(layers=2, roles=("a", "b"))]
+    sites.append(Site("embed", None, "embed"))
+    assert S.groups_by(sites, "layer") == [["L0.a", "L0.b"], ["L1.a", "L1.b"], ["embed"]]
+    assert S.groups_by(sites, "role") == [["L0.a", "L1.a"], ["L0.b", "L1.b"], ["embed"]]
+    with pytest.raises(DeadzoneError):
+        S.groups_by(sites, "shape")
+
+
+def test_where_costly_sites_are_common_it_tests_them_one_at_a_time() -> None:
+    sites = model_sites()
+    names = [n for n, *_ in sites]
+    costs = dict.fromkeys(names, 0.2)
+    switched = S.search(Oracle(costs, 0.002), by_layer(sites), max_seeds=3, joint=False)
+    halving = S.search(Oracle(costs, 0.002), by_layer(sites), max_seeds=3, joint=False,
+                       switch_prevalence=None)  # fmt: skip
+    for record in (switched, halving):
+        assert S.verdict_counts(record)["costly"] == len(names)
+    assert halving["judgements"] == 8 * 7  # a group of 4, its halves, its sites
+    assert switched["judgements"] < len(names) + 8
+    assert any(s["action"] == "singles" for s in switched["steps"])
