@@ -82,6 +82,7 @@ def test_a_parameter_frozen_mid_run_is_bit_identical_after_and_leaves_the_optimi
     # The record shows the trainable count and the optimizer state over time.
     counts = [p["trainable_params"] for p in result.curve]
     total = sum(p.numel() for p in loop.module.parameters())
+    assert result.total_params == total == result.trainable_params
     assert counts[:3] == [total] * 3 and counts[3:] == [total - param.numel()] * 4
     state_bytes = [p["optimizer_state_bytes"] for p in result.curve]
     assert state_bytes[0] == 0 and state_bytes[2] - state_bytes[3] == before - after

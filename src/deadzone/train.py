@@ -133,7 +133,7 @@ def _check_float(
 class RunResult:
     """What one SFT run produced. Losses are token-weighted means; None where not measured.
 
-    ``trainable_params`` is the count at the start; each point of ``curve`` after step 0 also
+    ``trainable_params`` is the count at the start, of ``total_params``; each point of ``curve`` after step 0 also
     holds the count during that step (``trainable_params``), the optimizer-state bytes after it
     (``optimizer_state_bytes``) and its wall time (``step_seconds``). ``peak_memory_bytes`` is the
     peak of ``torch.cuda.max_memory_allocated`` on CUDA, else the process's peak resident set.
@@ -142,6 +142,7 @@ class RunResult:
     status: str = "ok"
     error: str | None = None
     trainable_params: int = 0
+    total_params: int = 0
     seconds: float = 0.0
     step0_eval_loss: float | None = None
     final_train_loss: float | None = None
@@ -449,6 +450,7 @@ class SFTLoop:
         acc = self.accelerator
         result = RunResult(
             trainable_params=self.trainable_params,
+            total_params=sum(p.numel() for p in self.module.parameters()),
             device=str(acc.device),
             precision=str(acc.mixed_precision),
             processes=acc.num_processes,
