@@ -114,10 +114,15 @@ def test_unfrozen_parameter_starts_with_fresh_optimizer_state():
     assert not torch.equal(snaps[4][MATRIX], snaps[5][MATRIX])
 
 
-def test_frozen_prefix_is_never_reached_by_the_backward_pass():
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_frozen_prefix_is_never_reached_by_the_backward_pass(checkpointing):
     """Embeddings and every parameter of block 0 frozen: no gradient, and no autograd graph
-    below block 1 (its input does not require grad, so backward stops there)."""
+    below block 1 (its input does not require grad, so backward stops there) — also with
+    gradient checkpointing, whose hook would otherwise make the embeddings' output need grad."""
     model = tiny_gpt2()
+    if checkpointing:
+        model.activation_checkpointing_enable()
+        assert model._require_grads_hooks
     model.config.tie_word_embeddings = False  # (a tied head would freeze with the embeddings)
     model.lm_head.weight = torch.nn.Parameter(model.transformer.wte.weight.detach().clone())
     needs_grad: dict[str, list[bool]] = {"h0_in": [], "h0_out": [], "h1_out": []}

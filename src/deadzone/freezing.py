@@ -10,6 +10,12 @@ scale; each group carries ``lr_scale``, which the loop multiplies into its learn
 
 Only what the optimizer held at the start can be unfrozen: a parameter frozen before training
 (a strategy's ``frozen`` site) has no group to return to.
+
+Nothing may force a gradient upstream of a frozen prefix: Hugging Face's gradient checkpointing
+registers a hook that makes the input embeddings' output require grad (reentrant checkpointing
+needs it), which would run the backward pass through every frozen block. Once the input
+embeddings are frozen and the checkpointing is non-reentrant (the transformers 5 default), the
+freezer removes that hook.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class Freezer:
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model = model
         self.params: dict[str, torch.nn.Parameter] = dict(model.named_parameters())
         self.optimizer = optimizer
         groups = optimizer.param_groups
@@ -81,6 +88,7 @@ class Freezer:
             p.grad = None
             self.optimizer.state.pop(p, None)
         self._regroup()
+        release_input_grads(self.model)
         return [n for n, _ in todo]
 
     def unfreeze(self, names: Iterable[str]) -> list[str]:
@@ -127,3 +135,18 @@ class Freezer:
         self.optimizer.param_groups[:] = groups
         if bump:
             self.version += 1
+
+
+def release_input_grads(model: torch.nn.Module) -> bool:
+    """Remove Hugging Face's "inputs require grads" hook when it only costs: the input
+    embeddings are frozen and no module checkpoints reentrantly. True if removed."""
+    hooks = getattr(model, "_require_grads_hooks", None)
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if not hooks or embeddings is None or any(p.requires_grad for p in embeddings.parameters()):
+        return False
+    for module in model.modules():
+        func = getattr(module, "_gradient_checkpointing_func", None)
+        if func is not None and getattr(func, "keywords", {}).get("use_reentrant", True):
+            return False
+    model.disable_input_require_grads()
+    return True

@@ -133,10 +133,11 @@ def _check_float(
 class RunResult:
     """What one SFT run produced. Losses are token-weighted means; None where not measured.
 
-    ``trainable_params`` is the count at the start, of ``total_params``; each point of ``curve`` after step 0 also
-    holds the count during that step (``trainable_params``), the optimizer-state bytes after it
-    (``optimizer_state_bytes``) and its wall time (``step_seconds``). ``peak_memory_bytes`` is the
-    peak of ``torch.cuda.max_memory_allocated`` on CUDA, else the process's peak resident set.
+    ``trainable_params`` is the count at the start, of ``total_params``; each point of ``curve``
+    also holds the count during that step (``trainable_params``), the optimizer-state bytes
+    after it (``optimizer_state_bytes``) and its wall time (``step_seconds``; 0 at step 0).
+    ``peak_memory_bytes`` is the peak of ``torch.cuda.max_memory_allocated`` on CUDA, else the
+    process's peak resident set.
     """
 
     status: str = "ok"
