@@ -8,13 +8,24 @@ not ``-100`` in the step (all micro-batches, all processes), never a mean of bat
 
 A run that meets a non-finite loss or gradient stops and comes back with ``status="failed"`` and
 a reason; it does not raise, so the runs beside it go on.
+
+The trainable set may change during a run: :class:`Hook` objects are called at the start and end
+of every step, after the backward pass and after each evaluation, and may call
+:meth:`SFTLoop.freeze`, :meth:`SFTLoop.unfreeze` and :meth:`SFTLoop.set_lr_scales` (a schedule
+does; see ``deadzone.schedules``). A frozen parameter leaves the optimizer with its state; under
+several processes the model is wrapped in a fresh ``DistributedDataParallel`` before the next
+forward pass, since DDP's reducer expects a gradient for exactly the parameters that required one
+when it was built.
 """
 
 from __future__ import annotations
 
+import gc
 import math
+import resource
+import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 
@@ -25,6 +36,7 @@ from accelerate.utils import set_seed
 
 from deadzone.device import autocast_dtype, get_device
 from deadzone.errors import DeadzoneError
+from deadzone.freezing import LR_SCALE, Freezer, optimizer_state_bytes
 from deadzone.progress import make_progress
 
 Batch = dict[str, torch.Tensor]
@@ -119,11 +131,19 @@ def _check_float(
 
 @dataclass
 class RunResult:
-    """What one SFT run produced. Losses are token-weighted means; None where not measured."""
+    """What one SFT run produced. Losses are token-weighted means; None where not measured.
+
+    ``trainable_params`` is the count at the start, of ``total_params``; each point of ``curve``
+    also holds the count during that step (``trainable_params``), the optimizer-state bytes
+    after it (``optimizer_state_bytes``) and its wall time (``step_seconds``; 0 at step 0).
+    ``peak_memory_bytes`` is the peak of ``torch.cuda.max_memory_allocated`` on CUDA, else the
+    process's peak resident set.
+    """
 
     status: str = "ok"
     error: str | None = None
     trainable_params: int = 0
+    total_params: int = 0
     seconds: float = 0.0
     step0_eval_loss: float | None = None
     final_train_loss: float | None = None
@@ -135,6 +155,7 @@ class RunResult:
     device: str = ""
     precision: str = ""
     processes: int = 1
+    peak_memory_bytes: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -243,14 +264,44 @@ def deterministic(enabled: bool) -> Iterator[None]:
         fill.fill_uninitialized_memory = was_fill
 
 
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
 # --- the loop ---------------------------------------------------------------------------------
+
+
+class Hook:
+    """Called by :class:`SFTLoop` during a run; override what you need. ``step`` is 1-based.
+
+    ``on_step_start`` runs before the step's first micro-batch (freeze here: the step then
+    computes no gradient for what was frozen); ``on_after_backward`` once the gradients of the
+    step are complete and averaged over processes, before clipping and the optimizer step;
+    ``on_step_end`` after the optimizer step; ``on_evaluate`` after each evaluation (step 0 too).
+    """
+
+    def on_step_start(self, loop: SFTLoop, step: int) -> None:
+        pass
+
+    def on_after_backward(self, loop: SFTLoop, step: int) -> None:
+        pass
+
+    def on_step_end(self, loop: SFTLoop, step: int, loss: float) -> None:
+        pass
+
+    def on_evaluate(self, loop: SFTLoop, step: int, eval_loss: float) -> None:
+        pass
 
 
 class SFTLoop:
     """One SFT run of ``model`` (modified in place). ``run()`` returns a :class:`RunResult`.
 
-    The optimizer, scheduler and accelerator stay reachable as attributes, for callers that
-    inspect them (tests) or change the trainable set during training.
+    The optimizer, accelerator and freezer stay reachable as attributes, for callers that
+    inspect them (tests); hooks change the trainable set through :meth:`freeze`,
+    :meth:`unfreeze` and :meth:`set_lr_scales`, by parameter name (``named_parameters()`` of
+    the unwrapped model).
     """
 
     def __init__(
@@ -263,6 +314,7 @@ class SFTLoop:
         accelerator: Accelerator | None = None,
         description: str = "sft",
         show_progress: bool = True,
+        hooks: Sequence[Hook] = (),
     ) -> None:
         if not eval_batches:
             raise DeadzoneError("no evaluation batches")
@@ -272,13 +324,63 @@ class SFTLoop:
         self.trainable_params = sum(p.numel() for p in trainable_parameters(model))
         optimizer = build_optimizer(model, config)
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, config)
-        )
+        self.freezer = Freezer(acc.unwrap_model(self.model), self.optimizer)
+        self._wrapped_version = self.freezer.version
+        self.hooks = list(hooks)
+        self._set_lr(0)
         self.train_data = train_data
         self.eval_batches = eval_batches[acc.process_index :: acc.num_processes]
         self.description = description
         self.show_progress = show_progress and acc.is_main_process
+
+    # --- the trainable set, changed by hooks ---
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The model itself, unwrapped from DDP."""
+        return self.accelerator.unwrap_model(self.model)
+
+    def freeze(self, names: Iterable[str]) -> list[str]:
+        """Freeze parameters by name from the next forward pass on; returns those newly frozen."""
+        return self.freezer.freeze(names)
+
+    def unfreeze(self, names: Iterable[str]) -> list[str]:
+        """Train parameters again (fresh optimizer state); returns those newly unfrozen."""
+        return self.freezer.unfreeze(names)
+
+    def set_lr_scales(self, scales: dict[str, float]) -> None:
+        """Multiply the scheduled learning rate of each named parameter (others: 1.0)."""
+        self.freezer.set_lr_scales(scales)
+
+    def trainable_count(self) -> int:
+        return sum(p.numel() for p in trainable_parameters(self.module))
+
+    def _set_lr(self, step: int) -> None:
+        """Learning rate of optimizer step ``step`` (0-based) in every group, times its scale."""
+        lr = self.config.lr * lr_factor(step, self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get(LR_SCALE, 1.0)
+
+    def _rewrap_if_changed(self) -> None:
+        """Under DDP, a fresh wrapper (and reducer) for the current trainable set."""
+        acc = self.accelerator
+        if self.freezer.version == self._wrapped_version:
+            return
+        self._wrapped_version = self.freezer.version
+        if acc.num_processes == 1 or self.model is self.module:
+            return
+        old, module = self.model, self.module
+        acc._models = [m for m in acc._models if m is not old]
+        self.model = None
+        del old
+        gc.collect()  # the old reducer's autograd hooks go with it
+        self.model = acc.prepare_model(module)
+
+    def _call(self, event: str, *args) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)(self, *args)
+
+    # --- training ---
 
     def _to_device(self, batch: Batch) -> Batch:
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
@@ -311,6 +413,8 @@ class SFTLoop:
     def train_step(self, stream: Iterator[Batch], step: int) -> tuple[float, int]:
         """One optimizer step over ``grad_accum`` micro-batches: (train loss, tokens seen)."""
         acc = self.accelerator
+        self._rewrap_if_changed()
+        self._set_lr(step - 1)  # after the hooks, which may regroup (lr_factor is 0-based)
         micro = [self._to_device(next(stream)) for _ in range(self.config.grad_accum)]
         labelled = self._global_sum(
             sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
@@ -328,6 +432,7 @@ class SFTLoop:
         loss = float(self._global_sum(total) / labelled)
         if not math.isfinite(loss):
             raise RunFailed(f"non-finite train loss ({loss}) at step {step}")
+        self._call("on_after_backward", step)
         self._clip_and_step(step)
         tokens = int(self._global_sum(sum(count_tokens(b) for b in micro)))
         return loss, tokens
@@ -339,7 +444,6 @@ class SFTLoop:
             if not math.isfinite(float(norm)):
                 raise RunFailed(f"non-finite gradient norm ({float(norm)}) at step {step}")
         self.optimizer.step()
-        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     def run(self) -> RunResult:
@@ -347,10 +451,14 @@ class SFTLoop:
         acc = self.accelerator
         result = RunResult(
             trainable_params=self.trainable_params,
+            total_params=sum(p.numel() for p in self.module.parameters()),
             device=str(acc.device),
             precision=str(acc.mixed_precision),
             processes=acc.num_processes,
         )
+        cuda = acc.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(acc.device)
         start = time.perf_counter()
         with deterministic(self.config.deterministic):
             set_seed(self.config.seed)
@@ -360,12 +468,26 @@ class SFTLoop:
                 result.status, result.error = "failed", str(e)
                 result.final_train_loss = result.final_eval_loss = None
         result.seconds = time.perf_counter() - start
+        result.peak_memory_bytes = (
+            torch.cuda.max_memory_allocated(acc.device) if cuda else peak_rss_bytes()
+        )
         return result
+
+    def _measures(self, seconds: float, trainable: int | None = None) -> dict:
+        return {
+            "trainable_params": self.trainable_count() if trainable is None else trainable,
+            "optimizer_state_bytes": optimizer_state_bytes(self.optimizer),
+            "step_seconds": seconds,
+        }
 
     def _loop(self, result: RunResult) -> None:
         cfg = self.config
         result.step0_eval_loss = self.evaluate()
-        result.curve.append({"step": 0, "train_loss": None, "eval_loss": result.step0_eval_loss})
+        self._call("on_evaluate", 0, result.step0_eval_loss)
+        result.curve.append(
+            {"step": 0, "train_loss": None, "eval_loss": result.step0_eval_loss}
+            | self._measures(0.0)
+        )
         stream = batch_stream(
             self.train_data, self.accelerator.process_index, self.accelerator.num_processes
         )
@@ -379,15 +501,23 @@ class SFTLoop:
             task = bar.add_task(self.description, total=cfg.steps, loss=float("nan"), tps=0.0)
             for step in range(1, cfg.steps + 1):
                 t0 = time.perf_counter()
+                self._call("on_step_start", step)
+                trainable = self.trainable_count()
                 loss, tokens = self.train_step(stream, step)
-                train_seconds += time.perf_counter() - t0
+                self._call("on_step_end", step, loss)
+                seconds = time.perf_counter() - t0
+                train_seconds += seconds
                 losses.append(loss)
                 result.steps_done, result.train_tokens = step, result.train_tokens + tokens
                 result.tokens_per_second = result.train_tokens / max(train_seconds, 1e-9)
-                eval_loss = (
-                    self.evaluate() if step % cfg.eval_every == 0 or step == cfg.steps else None
+                eval_loss = None
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    eval_loss = self.evaluate()
+                    self._call("on_evaluate", step, eval_loss)
+                result.curve.append(
+                    {"step": step, "train_loss": loss, "eval_loss": eval_loss}
+                    | self._measures(seconds, trainable)
                 )
-                result.curve.append({"step": step, "train_loss": loss, "eval_loss": eval_loss})
                 bar.update(task, advance=1, loss=loss, tps=result.tokens_per_second)
         tail = max(1, math.ceil(0.1 * cfg.steps))
         result.final_train_loss = sum(losses[-tail:]) / tail

@@ -1,0 +1,146 @@
+"""What freezing saves per SFT step, on the builtin:tiny shape (GPT-2, 8 blocks x 96, vocab 4096,
+context 128), with deadzone's own loop.
+
+Variants, each frozen before the first step:
+
+- ``full``: everything trains;
+- ``scattered``: half of the block-matrix parameters frozen, spread over every block and role
+  (``attn.c_attn`` and ``mlp.c_fc`` in even blocks, ``attn.c_proj`` and ``mlp.c_proj`` in odd
+  ones): each saves its weight-gradient product, the gradient still flows through it
+  (target <= 0.88x of ``full``);
+- ``prefix``: the first half of the blocks frozen whole (biases and norms too) with the
+  embeddings, so no backward pass runs below block 4. The builtin model ties its head to the
+  token embedding, so the head is frozen with it (target <= 0.70x);
+- ``prefix-no-wte``: the same blocks and the position embedding, the tied token embedding (and
+  head) still training: its gradient needs the backward pass all the way down, so this saves
+  only the weight gradients of the frozen blocks — the price of a trainable embedding.
+
+Time is the process's CPU time of one optimizer step on one thread (other work on a shared
+machine does not count), the median over ``--repeats`` steps per variant after ``--warmup``;
+the variants alternate step by step in one process.
+
+    python bench/freeze.py                  # figures of docs/benchmarks.md
+    python bench/freeze.py --json out.json  # also write them
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from deadzone.freezing import optimizer_state_bytes
+from deadzone.presets import get_preset
+from deadzone.train import SFTConfig, SFTLoop, batch_stream
+
+EMBEDDINGS = ("transformer.wte.weight", "transformer.wpe.weight")
+
+
+def make_model(preset_name: str, activation: str = "gelu_new") -> GPT2LMHeadModel:
+    preset = get_preset(preset_name)
+    config = GPT2Config(
+        n_layer=preset.n_layer, n_embd=preset.n_embd, n_head=preset.n_head,
+        n_positions=preset.context, vocab_size=preset.vocab_size,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, activation_function=activation,
+    )  # fmt: skip
+    torch.manual_seed(preset.seed)
+    return GPT2LMHeadModel(config)
+
+
+def frozen_names(model: GPT2LMHeadModel, variant: str) -> list[str]:
+    n_layer = model.config.n_layer
+    names = [n for n, _ in model.named_parameters()]
+    if variant == "full":
+        return []
+    if variant == "scattered":
+        even, odd = ("attn.c_attn", "mlp.c_fc"), ("attn.c_proj", "mlp.c_proj")
+        return [
+            f"transformer.h.{i}.{path}.weight"
+            for i in range(n_layer)
+            for path in (even if i % 2 == 0 else odd)
+        ]
+    blocks = [
+        n for n in names if any(n.startswith(f"transformer.h.{i}.") for i in range(n_layer // 2))
+    ]
+    if variant == "prefix":
+        return [*EMBEDDINGS, *blocks]
+    if variant == "prefix-no-wte":
+        return ["transformer.wpe.weight", *blocks]
+    raise ValueError(variant)
+
+
+VARIANTS = ("full", "scattered", "prefix", "prefix-no-wte")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="tiny", help="model shape (default: tiny)")
+    parser.add_argument("--batch", type=int, default=16, help="examples per step (default: 16)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed steps (default: 15)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps (default: 2)")
+    parser.add_argument(
+        "--activation",
+        default="gelu_new",
+        help="GPT-2 activation_function: gelu_new as the builtin model is pretrained (five "
+        "elementwise kernels), or gelu_pytorch_tanh, the same function in one kernel "
+        "(default: gelu_new)",
+    )
+    parser.add_argument("--json", help="also write the figures to this file (default: none)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    preset = get_preset(args.preset)
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, preset.vocab_size, (args.batch, preset.context), generator=gen)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    steps = args.warmup + args.repeats
+    config = SFTConfig(steps=steps, lr=1e-4, warmup_steps=0, eval_every=steps, cpu=True)
+    loops, streams, times = {}, {}, {v: [] for v in VARIANTS}
+    for variant in VARIANTS:
+        loop = SFTLoop(
+            make_model(args.preset, args.activation), [batch], [batch], config, show_progress=False
+        )
+        loop.freeze(frozen_names(loop.module, variant))
+        loops[variant], streams[variant] = loop, batch_stream([batch])
+    for step in range(1, steps + 1):
+        for variant in VARIANTS:
+            t0 = time.process_time()
+            loops[variant].train_step(streams[variant], step)
+            if step > args.warmup:
+                times[variant].append(time.process_time() - t0)
+
+    full = statistics.median(times["full"])
+    rows = []
+    print(f"{'variant':<15} {'trainable':>10} {'CPU s/step':>11} {'vs full':>8} {'opt. state':>11}")
+    for variant in VARIANTS:
+        loop, median = loops[variant], statistics.median(times[variant])
+        row = {
+            "variant": variant,
+            "trainable_params": loop.trainable_count(),
+            "cpu_seconds_per_step": median,
+            "ratio_to_full": median / full,
+            "optimizer_state_bytes": optimizer_state_bytes(loop.optimizer),
+        }
+        rows.append(row)
+        print(
+            f"{variant:<15} {row['trainable_params']:>10,} {median:>11.4f} "
+            f"{row['ratio_to_full']:>7.3f}x {row['optimizer_state_bytes'] / 2**20:>8.2f} MiB"
+        )
+    if args.json:
+        meta = {
+            "preset": args.preset,
+            "activation": args.activation,
+            "batch": args.batch,
+            "repeats": args.repeats,
+            "threads": 1,
+        }
+        with open(args.json, "w") as f:
+            json.dump({"setup": meta, "variants": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

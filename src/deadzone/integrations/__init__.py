@@ -1,0 +1,1 @@
+"""What other trainers import: a ``TrainerCallback`` for Hugging Face ``Trainer`` and TRL."""
