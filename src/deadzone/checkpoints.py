@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from deadzone.errors import DeadzoneError
-from deadzone.sites import Site, discover, find_sites, site_matrix
+from deadzone.sites import FROM_CONFIG, Site, discover, find_sites, orientation, site_matrix
 
 BUILTIN = "builtin:"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -107,13 +107,15 @@ class Checkpoint:
     """The sites of a checkpoint and a way to read their matrices one at a time.
 
     Safetensors checkpoints are streamed: only one matrix is materialised at a time and the
-    model is never built. Other checkpoints are loaded as a model first.
+    model is never built. Other checkpoints are loaded as a model first. ``orientation`` says
+    how the layout of stored matrices is known (:func:`deadzone.sites.orientation`).
     """
 
     spec: str
     sites: list[Site]
     files: dict[str, Path]  # param name -> shard holding it; empty when a model is loaded
     model: torch.nn.Module | None = None
+    orientation: str = FROM_CONFIG
 
     def matrices(self, sites: list[Site] | None = None) -> Iterator[tuple[Site, torch.Tensor]]:
         """``(site, matrix out x in)`` for each site, shard by shard.
@@ -158,10 +160,12 @@ def open_checkpoint(spec: str) -> Checkpoint:
             raise DeadzoneError(
                 f"{shard} is not a valid safetensors file: {_first_line(e)}"
             ) from None
-    sites = discover(shapes, config.get("model_type", ""))
+    model_type = config.get("model_type")
+    conv1d, source = orientation(shapes, model_type if isinstance(model_type, str) else None)
+    sites = discover(shapes, "", conv1d=conv1d)
     if config.get("tie_word_embeddings", True) and any(s.name == "embed" for s in sites):
         sites = [s for s in sites if s.name != "lm_head"]
-    return Checkpoint(spec, sites, files)
+    return Checkpoint(spec, sites, files, orientation=source)
 
 
 def _read_config(directory: Path) -> dict:
