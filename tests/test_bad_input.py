@@ -71,3 +71,155 @@ def test_unknown_names_say_the_orientation_was_assumed(tmp_path, capsys):
     got, out = records(capsys, tmp_path / "w.safetensors", tmp_path)
     assert got["L0.mix"]["shape"] == [8, 5] and got["L0.mix"]["orientation"] == "assumed"
     assert "orientation assumed" in out
+
+
+# --- analyze: broken config, index and output paths ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "message"),
+    [
+        ("config.json", "[1, 2]", "config.json is not a JSON object"),
+        ("model.safetensors.index.json", "{not json", "is not valid JSON"),
+        ("model.safetensors.index.json", '{"metadata": {}}', "has no 'weight_map'"),
+        ("model.safetensors.index.json", '{"weight_map": [1]}', "has no 'weight_map'"),
+    ],
+)
+def test_broken_config_or_index_is_one_line(gpt2_dir, capsys, file, content, message):
+    path, _ = gpt2_dir
+    (path / file).write_text(content)
+    rc, _, err = analyze(capsys, str(path))
+    one_line_error(rc, err, message)
+
+
+@pytest.mark.parametrize("option", ["--json", "--csv", "--plot"])
+def test_output_path_that_is_a_directory_is_refused_before_analysis(
+    gpt2_dir, tmp_path, capsys, option
+):
+    path, _ = gpt2_dir
+    rc, out, err = analyze(capsys, str(path), option, str(tmp_path))
+    one_line_error(rc, err, f"{tmp_path} is a directory")
+    assert out == ""
+
+
+# --- crystallize --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    """A micro GPT-2 with its tokenizer, and a prompt/completion file."""
+    from deadzone.presets import get_preset
+    from deadzone.pretraining import build_model, train_tokenizer
+
+    root = tmp_path_factory.mktemp("micro")
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota"]
+    data = [
+        {"prompt": f"Say {words[i % 9]}:", "completion": f" {words[(2 * i) % 9]} {words[i % 9]}."}
+        for i in range(24)
+    ]
+    tokenizer = train_tokenizer([r["prompt"] + r["completion"] for r in data], 300)
+    model = build_model(get_preset("micro"), tokenizer)
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    path = root / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in data))
+    return root / "model", path
+
+
+def crystallize(capsys, model, data, out, *argv: str) -> tuple[int, str, str]:
+    argv = ("--target", "L1.attn.c_proj", "--steps", "1", "--seeds", "2", "--batch-size", "4",
+            "--max-length", "32", *argv)  # fmt: skip
+    rc = main(["crystallize", str(model), *argv, "--data", str(data), "--out", str(out)])
+    o, e = capsys.readouterr()
+    return rc, o, e
+
+
+def copy_model(micro, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(micro[0], model)
+    return model
+
+
+def corrupt(file, how: str) -> None:
+    if how == "truncated":
+        with file.open("r+b") as f:
+            f.truncate(file.stat().st_size // 2)
+    elif how == "garbage header":
+        data = bytearray(file.read_bytes())
+        data[8:40] = b"\xff" * 32
+        file.write_bytes(bytes(data))
+    else:  # a header length of 2**62
+        data = bytearray(file.read_bytes())
+        data[:8] = (2**62).to_bytes(8, "little")
+        file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage header", "huge header"])
+def test_crystallize_on_a_corrupt_safetensors_is_one_line(micro, tmp_path, capsys, how):
+    model = copy_model(micro, tmp_path)
+    corrupt(model / "model.safetensors", how)
+    rc, _, err = crystallize(capsys, model, micro[1], tmp_path / "o")
+    one_line_error(rc, err, "is not a valid safetensors file")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("target", [",", " , ,"])
+def test_a_target_list_naming_nothing_is_refused_before_any_run(micro, tmp_path, capsys, target):
+    rc = main(["crystallize", str(micro[0]), "--target", target, "--data", str(micro[1]),
+               "--out", str(tmp_path / "o")])  # fmt: skip
+    one_line_error(rc, capsys.readouterr().err, "no target site given")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("which", ["--data", "--eval-data"])
+def test_jsonl_that_is_not_utf8_is_one_line(micro, tmp_path, capsys, which):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"prompt": "caf\xe9", "completion": " ok"}\n')
+    data, extra = (bad, ()) if which == "--data" else (micro[1], ("--eval-data", str(bad)))
+    rc, _, err = crystallize(capsys, micro[0], data, tmp_path / "o", *extra)
+    one_line_error(rc, err, f"{bad}: line 1: not UTF-8 text")
+
+
+def test_a_nan_target_fails_the_crystal_runs_with_a_reason_and_the_others_go_on(micro, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from deadzone.experiments.crystallize import CrystallizeConfig
+    from deadzone.experiments.crystallize import crystallize as run_experiment
+    from deadzone.train import SFTConfig
+
+    model = AutoModelForCausalLM.from_pretrained(micro[0])
+    with torch.no_grad():
+        model.get_parameter("transformer.h.1.attn.c_proj.weight")[3, 5] = float("nan")
+    model.save_pretrained(tmp_path / "nan")
+    AutoTokenizer.from_pretrained(micro[0]).save_pretrained(tmp_path / "nan")
+    config = CrystallizeConfig(
+        model=str(tmp_path / "nan"), targets="L1.attn.c_proj", seeds=2, data=str(micro[1]),
+        strategies=("full", "crystal", "zero"), max_length=32,
+        sft=SFTConfig(steps=1, batch_size=4, eval_every=1),
+    )  # fmt: skip
+    results = run_experiment(config, tmp_path / "o", show_progress=False)
+    by = {(r["strategy"], r["seed"]): r for r in results["runs"]}
+    assert len(by) == 6
+    for seed in (0, 1):
+        crystal = by[("crystal", seed)]
+        assert crystal["status"] == "failed" and crystal["final_eval_loss"] is None
+        assert "crystal cannot be applied to L1.attn.c_proj" in crystal["error"]
+        assert "NaN or Inf" in crystal["error"]
+        assert by[("zero", seed)]["status"] == "ok"  # zero overwrites the NaN
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [r["status"] for r in saved["runs"]] == [r["status"] for r in results["runs"]]
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused_naming_both(micro, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    model = copy_model(micro, tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    embedding = len(tokenizer)
+    tokenizer.add_tokens([f"<extra{i}>" for i in range(40)])
+    tokenizer.save_pretrained(model)
+    rc, _, err = crystallize(capsys, model, micro[1], tmp_path / "o")
+    one_line_error(rc, err, f"tokenizer has {embedding + 40} tokens")
+    assert f"embedding has {embedding} rows" in err
+    assert not (tmp_path / "o").exists()

@@ -189,8 +189,12 @@ def _analyze(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from deadzone.analysis import analyze_checkpoint, summarize
+    from deadzone.fileio import check_file_path
     from deadzone.report import geometry as report
 
+    for path in (args.json, args.csv, args.plot):
+        if path:
+            check_file_path(path)  # before minutes of analysis, not after
     records = analyze_checkpoint(args.model, args.sites)
     if not records:
         raise DeadzoneError(f"{args.model} has no weight matrices to analyse")

@@ -25,6 +25,14 @@ def ensure_dir(path: str | Path) -> Path:
     return path
 
 
+def check_file_path(path: str | Path) -> Path:
+    """``path`` as a file to (over)write, or a one-line error if it is a directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise DeadzoneError(f"{path} is a directory; give a file name")
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -34,7 +42,7 @@ def _umask() -> int:
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` if the block succeeds."""
-    path = Path(path)
+    path = check_file_path(path)
     ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
