@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from conftest import tiny_llama
+from conftest import tiny_gpt2, tiny_llama
 
 from deadzone.cli import main
 
@@ -223,3 +223,103 @@ def test_a_tokenizer_larger_than_the_embedding_is_refused_naming_both(micro, tmp
     one_line_error(rc, err, f"tokenizer has {embedding + 40} tokens")
     assert f"embedding has {embedding} rows" in err
     assert not (tmp_path / "o").exists()
+
+
+# --- smaller defects ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("why", ["offline", "unreachable"])
+def test_a_data_name_that_is_no_file_fails_fast_and_quietly(
+    micro, tmp_path, capsys, monkeypatch, why
+):
+    import time
+
+    import huggingface_hub.constants
+
+    if why == "offline":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:  # a port nobody listens on: the connection is refused at once
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    start = time.monotonic()
+    rc, _, err = crystallize(capsys, micro[0], "mydata", tmp_path / "o")
+    assert time.monotonic() - start < 20
+    expected = "HF_HUB_OFFLINE is set" if why == "offline" else "127.0.0.1:9 is unreachable"
+    one_line_error(rc, err, "cannot load data set mydata:train from the Hugging Face hub")
+    assert expected in err
+
+
+def test_no_command_is_one_clean_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("deadzone: error: ")
+    assert "deadzone: error: deadzone:" not in err and "pretrain, crystallize, analyze" in err
+
+
+def test_lr_inf_names_the_interval_enforced(micro, tmp_path, capsys):
+    rc, _, err = crystallize(capsys, micro[0], micro[1], tmp_path / "o", "--lr", "inf")
+    one_line_error(rc, err, "lr must be in (0.0, inf), got inf")
+
+
+def test_a_resumed_experiment_says_what_it_reused(micro, tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ("--strategies", "full,frozen")
+    assert crystallize(capsys, micro[0], micro[1], out, *argv)[0] == 0
+    rc, stdout, _ = crystallize(capsys, micro[0], micro[1], out, *argv)
+    assert rc == 0
+    assert f"resumed {out}: 4 run(s) reused, 0 run now" in stdout
+    rc, stdout, _ = crystallize(capsys, micro[0], micro[1], out, *argv[:-1], "full,frozen,zero")
+    assert rc != 0 or "run now" not in stdout  # another configuration is refused, not resumed
+
+
+def test_without_a_terminal_sft_prints_plain_progress_lines(capsys, monkeypatch):
+    import torch
+
+    from deadzone import progress
+    from deadzone.train import SFTConfig, train
+
+    monkeypatch.setattr(progress, "INTERVAL", 0.0)  # a line at every step
+    model = tiny_gpt2()
+    ids = torch.randint(0, 96, (4, 16), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    result = train(model, [batch], [batch], SFTConfig(steps=3, eval_every=3), description="demo")
+    assert result.status == "ok"
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == ["demo: 1/3", "demo: 2/3", "demo: 3/3"]
+    assert all("elapsed" in line and "loss " in line and "tok/s" in line for line in lines)
+    assert not any("\x1b" in line or "\r" in line for line in lines)  # no terminal control
+
+
+def test_plain_progress_is_printed_at_a_steady_interval(capsys, monkeypatch):
+    from deadzone import progress
+
+    clock = iter(range(0, 1000, 10))  # ten seconds pass between updates
+    monkeypatch.setattr(progress, "INTERVAL", 30.0)
+    monkeypatch.setattr(progress, "_clock", lambda: next(clock))
+    with progress.make_progress() as bar:
+        task = bar.add_task("work", total=10)
+        for _ in range(10):
+            bar.update(task, advance=1)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == ["work: 3/10", "work: 6/10", "work: 9/10",
+                                                      "work: 10/10"]  # fmt: skip
+
+
+def test_files_written_by_pretrain_follow_the_umask(tmp_path, capsys, monkeypatch):
+    import os
+    import stat
+
+    from deadzone import progress
+    from deadzone.pretraining import pretrain
+
+    monkeypatch.setattr(progress, "INTERVAL", 0.0)
+    old = os.umask(0o022)
+    try:
+        pretrain("micro", tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "m").iterdir()}
+    assert modes and all(mode == 0o644 for mode in modes.values()), modes
+    assert "pretraining micro: 20/20" in capsys.readouterr().err  # plain progress, no terminal

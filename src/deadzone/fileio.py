@@ -39,6 +39,16 @@ def _umask() -> int:
     return mask
 
 
+def ordinary_permissions(path: str | Path) -> None:
+    """Give ``path`` and everything below it the modes of ordinary new files and directories
+    under the umask (``mkdtemp`` and ``mkstemp`` create them private)."""
+    path = Path(path)
+    mask = _umask()
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` if the block succeeds."""

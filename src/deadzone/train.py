@@ -113,7 +113,8 @@ def _check_float(
     ok = ok and (value > low if low_open else value >= low)
     ok = ok and (value < high if high_open else value <= high)
     if not ok:
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        lo = "(" if low_open else "["
+        hi = ")" if high_open or math.isinf(high) else "]"  # infinities are never allowed
         raise DeadzoneError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}")
 
 
