@@ -105,13 +105,11 @@ def test_output_path_that_is_a_directory_is_refused_before_analysis(
 # --- crystallize --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    """A micro GPT-2 with its tokenizer, and a prompt/completion file."""
+def build_micro(root):
+    """A micro GPT-2 with its tokenizer in ``root / "model"``, and a prompt/completion file."""
     from deadzone.presets import get_preset
     from deadzone.pretraining import build_model, train_tokenizer
 
-    root = tmp_path_factory.mktemp("micro")
     words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota"]
     data = [
         {"prompt": f"Say {words[i % 9]}:", "completion": f" {words[(2 * i) % 9]} {words[i % 9]}."}
@@ -124,6 +122,11 @@ def micro(tmp_path_factory):
     path = root / "data.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in data))
     return root / "model", path
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    return build_micro(tmp_path_factory.mktemp("micro"))
 
 
 def crystallize(capsys, model, data, out, *argv: str) -> tuple[int, str, str]:

@@ -61,6 +61,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # as an ordinary new file, not mkstemp's 0600
         os.replace(tmp_path, path)
+    except OSError as e:  # a full disk, a quota: the file at ``path`` is left as it was
+        raise DeadzoneError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         tmp_path.unlink(missing_ok=True)
 
