@@ -26,7 +26,8 @@ CONV1D_MODEL_TYPES = frozenset({"gpt2", "openai-gpt", "imagegpt", "decision_tran
 # Where a checkpoint's orientation comes from: its config's ``model_type``, tensor names (and
 # shapes) that tell the architecture, or nothing (read as ``out x in``, the nn.Linear layout).
 FROM_CONFIG, FROM_NAMES, ASSUMED = "config", "tensor names", "assumed"
-# GPT-2 family naming of the fused attention input (a Conv1D in every model that uses the name).
+# GPT-2's name for the fused attention input: a Conv1D there, an nn.Linear in GPTBigCode (its
+# shape against the embedding width tells which).
 _GPT2_QKV = re.compile(r"(?:^|\.)h\.\d+\.attn\.c_attn\.weight$")
 _GPT2_PATHS = ("c_attn", "c_proj", "c_fc")
 

@@ -142,7 +142,8 @@ class RunResult:
 
 
 class RunFailed(Exception):
-    """Internal: a run met a non-finite number and stops."""
+    """A run cannot go on (it met a non-finite number, or a strategy cannot be applied): it is
+    recorded ``failed`` with this message, and the runs beside it go on."""
 
 
 # --- building blocks --------------------------------------------------------------------------
