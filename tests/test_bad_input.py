@@ -251,6 +251,21 @@ def test_a_data_name_that_is_no_file_fails_fast_and_quietly(
     assert expected in err
 
 
+def test_the_hub_probe_goes_through_a_configured_proxy(monkeypatch):
+    import socket
+
+    from deadzone.data import sources
+
+    server = socket.create_server(("127.0.0.1", 0))  # a "proxy": the kernel completes connects
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.setenv("no_proxy", "")
+    try:
+        assert sources._offline_reason() is None  # huggingface.co itself is not asked
+    finally:
+        server.close()
+
+
 def test_no_command_is_one_clean_line(capsys):
     with pytest.raises(SystemExit) as e:
         main([])

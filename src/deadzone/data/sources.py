@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 from deadzone.errors import DeadzoneError
 
@@ -244,6 +245,9 @@ def _offline_reason() -> str | None:
     if hub.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
     url = urlsplit(hub.ENDPOINT)
+    proxy = getproxies().get(url.scheme)
+    if proxy and not proxy_bypass(url.hostname or ""):
+        url = urlsplit(proxy if "://" in proxy else f"http://{proxy}")  # the hub is behind it
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         socket.create_connection((url.hostname, port), timeout=HUB_PROBE_SECONDS).close()
