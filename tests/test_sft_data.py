@@ -503,3 +503,10 @@ def test_a_conversation_opening_with_an_assistant_turn_loads(tmp_path, tokenizer
     )
     trained = [t for t in example.labels if t != IGNORE_INDEX]
     assert trained == ids(tokenizer, "Four.<|end|>jumps over the lazy dog.<|end|>")
+
+
+def test_a_csv_with_a_byte_order_mark_loads(tmp_path, tokenizer):
+    path = tmp_path / "excel.csv"
+    path.write_bytes('text\n"Hello world, hello tokenizer."\n'.encode("utf-8-sig"))
+    (example,) = load_sft_data(str(path), tokenizer, eval_fraction=0).train
+    assert example.input_ids[:-1] == ids(tokenizer, "Hello world, hello tokenizer.")

@@ -164,13 +164,15 @@ def update_hash(hasher: hashlib._Hash, table: Table) -> None:
 
 
 def _csv_options(path: Path) -> dict:
-    """Read every CSV column as a string and keep empty fields as ``""`` (not NaN)."""
+    """Read every CSV column as a string and keep empty fields as ``""`` (not NaN); a leading
+    byte-order mark is dropped."""
     import datasets
 
-    with path.open(newline="", encoding="utf-8", errors="replace") as f:
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
         header = next(csv.reader(f), [])
     features = datasets.Features({name: datasets.Value("string") for name in header})
-    return {"features": features, "na_filter": False}
+    # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the header
+    return {"features": features, "na_filter": False, "encoding": "utf-8-sig"}
 
 
 def _check_utf8(path: Path) -> None:
