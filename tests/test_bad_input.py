@@ -174,13 +174,24 @@ def test_a_target_list_naming_nothing_is_refused_before_any_run(micro, tmp_path,
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("which", ["--data", "--eval-data"])
-def test_jsonl_that_is_not_utf8_is_one_line(micro, tmp_path, capsys, which):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_bytes(b'{"prompt": "caf\xe9", "completion": " ok"}\n')
+@pytest.mark.parametrize(
+    ("which", "name", "content"),
+    [
+        ("--data", "bad.jsonl", b'{"prompt": "caf\xe9", "completion": " ok"}\n'),
+        ("--eval-data", "bad.jsonl", b'{"prompt": "caf\xe9", "completion": " ok"}\n'),
+        ("--data", "bad.csv", b"prompt,completion\ncaf\xe9,ok\n"),
+        ("--data", "bad.txt", b"caf\xe9\n"),
+    ],
+)
+def test_text_that_is_not_utf8_is_one_line_naming_the_line(
+    micro, tmp_path, capsys, which, name, content
+):
+    bad = tmp_path / name
+    bad.write_bytes(content)
     data, extra = (bad, ()) if which == "--data" else (micro[1], ("--eval-data", str(bad)))
     rc, _, err = crystallize(capsys, micro[0], data, tmp_path / "o", *extra)
-    one_line_error(rc, err, f"{bad}: line 1: not UTF-8 text")
+    line = 2 if name.endswith(".csv") else 1
+    one_line_error(rc, err, f"{bad}: line {line}: not UTF-8 text")
 
 
 def test_a_nan_target_fails_the_crystal_runs_with_a_reason_and_the_others_go_on(micro, tmp_path):
