@@ -510,3 +510,26 @@ def test_a_csv_with_a_byte_order_mark_loads(tmp_path, tokenizer):
     path.write_bytes('text\n"Hello world, hello tokenizer."\n'.encode("utf-8-sig"))
     (example,) = load_sft_data(str(path), tokenizer, eval_fraction=0).train
     assert example.input_ids[:-1] == ids(tokenizer, "Hello world, hello tokenizer.")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "completion"),
+    [
+        ("def f(x):\n", "    return x"),
+        ("def f(x):", "\n    if x:\n        return x"),
+        ("Write f:\n", CODE[0]),
+        ("x = 1;", "    y = 2  # two"),
+    ],
+)
+def test_prompt_completion_labels_match_trl(tmp_path, prompt, completion):
+    """TRL's SFTTrainer trains from where the tokenized prompt and prompt + completion diverge
+    (``trl.data_utils.common_prefix_length``); deadzone's character spans give the same tokens."""
+    trl_data = pytest.importorskip("trl.data_utils")
+    tok = trimming_tokenizer()
+    prompt_ids = tok(prompt)["input_ids"]
+    full = tok(prompt + completion)["input_ids"]
+    start = trl_data.common_prefix_length(prompt_ids, full)
+    path = write(tmp_path / "pc.jsonl", [{"prompt": prompt, "completion": completion}])
+    (example,) = load_sft_data(str(path), tok, eval_fraction=0).train
+    assert example.input_ids[: len(full)] == full
+    assert example.labels[: len(full)] == [IGNORE_INDEX] * start + full[start:]
