@@ -333,22 +333,3 @@ def test_plain_progress_is_printed_at_a_steady_interval(capsys, monkeypatch):
     lines = capsys.readouterr().err.splitlines()
     assert [line.split(",")[0] for line in lines] == ["work: 3/10", "work: 6/10", "work: 9/10",
                                                       "work: 10/10"]  # fmt: skip
-
-
-def test_files_written_by_pretrain_follow_the_umask(tmp_path, capsys, monkeypatch):
-    import os
-    import stat
-
-    from deadzone import progress
-    from deadzone.pretraining import pretrain
-
-    monkeypatch.setattr(progress, "INTERVAL", 0.0)
-    old = os.umask(0o022)
-    try:
-        pretrain("micro", tmp_path / "m")
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o755
-    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "m").iterdir()}
-    assert modes and all(mode == 0o644 for mode in modes.values()), modes
-    assert "pretraining micro: 20/20" in capsys.readouterr().err  # plain progress, no terminal
