@@ -65,6 +65,7 @@ def test_streaming_from_shards_equals_in_memory(tmp_path, build) -> None:
     model.save_pretrained(tmp_path, max_shard_size="20KB")
     assert len(list(tmp_path.glob("*.safetensors"))) > 2
     streamed = analysis.analyze_checkpoint(str(tmp_path), progress=False)
+    assert {r.pop("orientation") for r in streamed} == {"config"}
     assert streamed == in_memory(model)
 
 

@@ -114,3 +114,4 @@ def test_help_states_every_default(capsys) -> None:
     for option in ("--sites", "--json", "--csv", "--plot"):
         assert option in text
     assert text.count("(default:") == 4
+    assert "(default: None)" not in text

@@ -71,3 +71,15 @@ def test_console_script_unknown_preset_is_one_line_without_traceback():
     assert proc.returncode == 2
     expected = "deadzone: error: unknown preset 'huge'; choose one of: tiny, paper, micro\n"
     assert proc.stderr == expected
+
+
+def test_files_written_by_pretrain_have_ordinary_permissions(micro):
+    """As any new file under the umask, not the private modes of a temporary directory."""
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(micro.out.stat().st_mode) == 0o777 & ~mask
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in micro.out.iterdir()}
+    assert modes and set(modes.values()) == {0o666 & ~mask}, modes

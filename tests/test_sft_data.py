@@ -468,3 +468,68 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch, tokenizer):
     text = str(caught.value)
     assert "\n" not in text
     assert "cannot load data set someone/some-sft-data:train from the Hugging Face hub" in text
+
+
+def test_a_whitespace_token_trimmed_to_a_prompt_character_still_carries_its_completion_spaces(
+    tmp_path,
+):
+    """``"def f(x):\\n" + "    return x"``: the token ``"\\n   "`` holds the prompt's newline and
+    three completion spaces; the post-processor trims its offsets to the newline alone."""
+    tok = trimming_tokenizer()
+    prompt, completion = "def f(x):\n", "    return x"
+    enc = tok(prompt + completion, return_offsets_mapping=True)
+    tokens = tok.convert_ids_to_tokens(enc["input_ids"])
+    i = tokens.index("\u010a\u0120\u0120\u0120")  # byte-level "\n   ", one token
+    assert enc["offset_mapping"][i] == (len(prompt) - 1, len(prompt))  # trimmed, not empty
+    path = write(tmp_path / "pc.jsonl", [{"prompt": prompt, "completion": completion}])
+    (example,) = load_sft_data(str(path), tok, eval_fraction=0).train
+    assert example.labels[i] == example.input_ids[i]  # it holds completion characters
+    assert example.labels[:i] == [IGNORE_INDEX] * i
+    assert example.labels[i:] == example.input_ids[i:]
+    # A prompt token followed by the completion's leading space stays masked.
+    path = write(tmp_path / "say.jsonl", [{"prompt": "def f(x):", "completion": " return x"}])
+    (example,) = load_sft_data(str(path), tok, eval_fraction=0).train
+    n_prompt = len(tok("def f(x):")["input_ids"])
+    assert example.labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert example.labels[n_prompt:] == example.input_ids[n_prompt:]
+
+
+def test_a_conversation_opening_with_an_assistant_turn_loads(tmp_path, tokenizer):
+    messages = [CONVERSATION[2], CONVERSATION[3], CONVERSATION[4]]  # assistant, user, assistant
+    path = write(tmp_path / "chat.jsonl", [{"messages": messages}])
+    (example,) = load_sft_data(str(path), tokenizer, eval_fraction=0).train
+    assert example.input_ids == ids(
+        tokenizer, tokenizer.apply_chat_template(messages, tokenize=False)
+    )
+    trained = [t for t in example.labels if t != IGNORE_INDEX]
+    assert trained == ids(tokenizer, "Four.<|end|>jumps over the lazy dog.<|end|>")
+
+
+def test_a_csv_with_a_byte_order_mark_loads(tmp_path, tokenizer):
+    path = tmp_path / "excel.csv"
+    path.write_bytes('text\n"Hello world, hello tokenizer."\n'.encode("utf-8-sig"))
+    (example,) = load_sft_data(str(path), tokenizer, eval_fraction=0).train
+    assert example.input_ids[:-1] == ids(tokenizer, "Hello world, hello tokenizer.")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "completion"),
+    [
+        ("def f(x):\n", "    return x"),
+        ("def f(x):", "\n    if x:\n        return x"),
+        ("Write f:\n", CODE[0]),
+        ("x = 1;", "    y = 2  # two"),
+    ],
+)
+def test_prompt_completion_labels_match_trl(tmp_path, prompt, completion):
+    """TRL's SFTTrainer trains from where the tokenized prompt and prompt + completion diverge
+    (``trl.data_utils.common_prefix_length``); deadzone's character spans give the same tokens."""
+    trl_data = pytest.importorskip("trl.data_utils")
+    tok = trimming_tokenizer()
+    prompt_ids = tok(prompt)["input_ids"]
+    full = tok(prompt + completion)["input_ids"]
+    start = trl_data.common_prefix_length(prompt_ids, full)
+    path = write(tmp_path / "pc.jsonl", [{"prompt": prompt, "completion": completion}])
+    (example,) = load_sft_data(str(path), tok, eval_fraction=0).train
+    assert example.input_ids[: len(full)] == full
+    assert example.labels[: len(full)] == [IGNORE_INDEX] * start + full[start:]

@@ -170,13 +170,16 @@ def analyze_checkpoint(spec: str, pattern: str | None = None, **options) -> list
     """Records of the sites of checkpoint ``spec`` matching ``pattern`` (default: all).
 
     Safetensors checkpoints are streamed one matrix at a time, without building the model.
+    Each record also says how the orientation of its stored matrix is known (``orientation``:
+    ``"config"``, ``"tensor names"`` or ``"assumed"``, see :func:`deadzone.sites.orientation`).
     ``options`` go to :func:`analyze`.
     """
     from deadzone.checkpoints import open_checkpoint
 
     checkpoint = open_checkpoint(spec)
     chosen = select(checkpoint.sites, pattern)
-    return analyze(checkpoint.matrices(chosen), total=len(chosen), **options)
+    records = analyze(checkpoint.matrices(chosen), total=len(chosen), **options)
+    return [{**r, "orientation": checkpoint.orientation} for r in records]
 
 
 def _per_layer_pr(records: list[dict], roles: tuple[str, ...]) -> dict[int, float]:

@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from deadzone.errors import DeadzoneError
-from deadzone.sites import Site, discover, find_sites, site_matrix
+from deadzone.sites import FROM_CONFIG, Site, discover, find_sites, orientation, site_matrix
 
 BUILTIN = "builtin:"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -84,6 +84,7 @@ def load_model(spec: str, *, dtype: torch.dtype | None = None):
     path = resolve(spec)
     if path.is_file():
         raise DeadzoneError(f"{spec} is a bare .safetensors file; training needs a model directory")
+    check_checkpoint(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
     except (OSError, ValueError, KeyError) as e:
@@ -107,13 +108,15 @@ class Checkpoint:
     """The sites of a checkpoint and a way to read their matrices one at a time.
 
     Safetensors checkpoints are streamed: only one matrix is materialised at a time and the
-    model is never built. Other checkpoints are loaded as a model first.
+    model is never built. Other checkpoints are loaded as a model first. ``orientation`` says
+    how the layout of stored matrices is known (:func:`deadzone.sites.orientation`).
     """
 
     spec: str
     sites: list[Site]
     files: dict[str, Path]  # param name -> shard holding it; empty when a model is loaded
     model: torch.nn.Module | None = None
+    orientation: str = FROM_CONFIG
 
     def matrices(self, sites: list[Site] | None = None) -> Iterator[tuple[Site, torch.Tensor]]:
         """``(site, matrix out x in)`` for each site, shard by shard.
@@ -149,35 +152,63 @@ def open_checkpoint(spec: str) -> Checkpoint:
     files: dict[str, Path] = {}
     shapes: list[tuple[str, tuple[int, ...]]] = []
     for shard in shards:
-        try:
-            with safe_open(shard, framework="pt") as f:
-                for key in f.keys():  # noqa: SIM118 (safe_open has keys(), not __iter__)
-                    files[key] = shard
-                    shapes.append((key, tuple(f.get_slice(key).get_shape())))
-        except (SafetensorError, OSError) as e:
-            raise DeadzoneError(
-                f"{shard} is not a valid safetensors file: {_first_line(e)}"
-            ) from None
-    sites = discover(shapes, config.get("model_type", ""))
+        for key, shape in _read_shapes(shard):
+            files[key] = shard
+            shapes.append((key, shape))
+    model_type = config.get("model_type")
+    conv1d, source = orientation(shapes, model_type if isinstance(model_type, str) else None)
+    sites = discover(shapes, "", conv1d=conv1d)
     if config.get("tie_word_embeddings", True) and any(s.name == "embed" for s in sites):
         sites = [s for s in sites if s.name != "lm_head"]
-    return Checkpoint(spec, sites, files)
+    return Checkpoint(spec, sites, files, orientation=source)
+
+
+def check_checkpoint(path: Path) -> None:
+    """Fail in one line unless the config (if any) is a JSON object and every safetensors file
+    of ``path`` (a model directory or one file) has a valid header covering the whole file."""
+    if path.is_dir():
+        _read_config(path)
+    for shard in [path] if path.is_file() else _shards(path):
+        _read_shapes(shard)
+
+
+def _read_shapes(shard: Path) -> list[tuple[str, tuple[int, ...]]]:
+    """``(name, stored shape)`` of every tensor in ``shard``, from its header alone."""
+    try:
+        with safe_open(shard, framework="pt") as f:
+            return [(key, tuple(f.get_slice(key).get_shape())) for key in f.keys()]  # noqa: SIM118
+    except (SafetensorError, OSError) as e:
+        raise DeadzoneError(f"{shard} is not a valid safetensors file: {_first_line(e)}") from None
+
+
+def _read_json(file: Path) -> object:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DeadzoneError(f"{file} is not valid JSON: {e}") from None
+    except OSError as e:
+        raise DeadzoneError(f"cannot read {file}: {e.strerror or e}") from None
 
 
 def _read_config(directory: Path) -> dict:
     file = directory / "config.json"
     if not file.is_file():
         return {}
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DeadzoneError(f"{file} is not valid JSON: {e}") from None
-    return {**config.get("text_config", {}), **config}
+    config = _read_json(file)
+    if not isinstance(config, dict):
+        raise DeadzoneError(f"{file} is not a JSON object")
+    text_config = config.get("text_config")
+    return {**(text_config if isinstance(text_config, dict) else {}), **config}
 
 
 def _shards(directory: Path) -> list[Path]:
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        weight_map = _read_json(index)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(name, str) for name in weight_map.values()
+        ):
+            raise DeadzoneError(f"{index} has no 'weight_map' object of tensor -> file names")
         return sorted({directory / name for name in weight_map.values()})
     return sorted(directory.glob("*.safetensors"))

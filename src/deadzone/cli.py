@@ -32,7 +32,11 @@ class Parser(argparse.ArgumentParser):
     """argparse with usage errors as one line, like every other deadzone error."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"deadzone: error: {self.prog}: {message} (see --help)\n")
+        if self.prog == "deadzone" and "required: COMMAND" in message:
+            names = ", ".join(add.__name__.removeprefix("add_") for add in COMMANDS)
+            message = f"no command given; choose one of {names}"
+        where = "" if self.prog == "deadzone" else f"{self.prog}: "
+        self.exit(2, f"deadzone: error: {where}{message} (see --help)\n")
 
 
 def _parser(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
@@ -146,7 +150,13 @@ def _crystallize(args: argparse.Namespace) -> int | None:
             "every verdict will be undetermined",
             file=sys.stderr,
         )
+    before = _recorded_keys(args.out)
     results = crystallize(config, args.out)
+    reused = sum(r["key"] in before for r in results["runs"])
+    if reused and main_process:
+        print(
+            f"resumed {args.out}: {reused} run(s) reused, {len(results['runs']) - reused} run now"
+        )
     baseline = [r for r in results["runs"] if r["strategy"] == BASELINE]
     if main_process:
         report, curves = write_report(args.out)
@@ -160,6 +170,18 @@ def _crystallize(args: argparse.Namespace) -> int | None:
             f"see {args.out}/results.json"
         )
     return None
+
+
+def _recorded_keys(out: str) -> set[str]:
+    """Keys of the runs already in ``out``'s results file (none if it cannot be read)."""
+    from deadzone.experiments.runs import RESULTS
+    from deadzone.fileio import read_json
+
+    try:
+        runs = read_json(f"{out}/{RESULTS}").get("runs", [])
+        return {r["key"] for r in runs if isinstance(r, dict) and isinstance(r.get("key"), str)}
+    except (OSError, ValueError, AttributeError):
+        return set()
 
 
 def add_analyze(sub: argparse._SubParsersAction) -> None:
@@ -189,8 +211,12 @@ def _analyze(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from deadzone.analysis import analyze_checkpoint, summarize
+    from deadzone.fileio import check_file_path
     from deadzone.report import geometry as report
 
+    for path in (args.json, args.csv, args.plot):
+        if path:
+            check_file_path(path)  # before minutes of analysis, not after
     records = analyze_checkpoint(args.model, args.sites)
     if not records:
         raise DeadzoneError(f"{args.model} has no weight matrices to analyse")

@@ -25,16 +25,34 @@ def ensure_dir(path: str | Path) -> Path:
     return path
 
 
+def check_file_path(path: str | Path) -> Path:
+    """``path`` as a file to (over)write, or a one-line error if it is a directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise DeadzoneError(f"{path} is a directory; give a file name")
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
+def ordinary_permissions(path: str | Path) -> None:
+    """Give ``path`` and everything below it the modes of ordinary new files and directories
+    under the umask (``mkdtemp`` and ``mkstemp`` create them private)."""
+    path = Path(path)
+    mask = _umask()
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` if the block succeeds."""
-    path = Path(path)
+    path = check_file_path(path)
     ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -43,6 +61,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # as an ordinary new file, not mkstemp's 0600
         os.replace(tmp_path, path)
+    except OSError as e:  # a full disk, a quota: the file at ``path`` is left as it was
+        raise DeadzoneError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         tmp_path.unlink(missing_ok=True)
 

@@ -15,7 +15,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from deadzone.data import corpus
 from deadzone.errors import DeadzoneError
-from deadzone.fileio import ensure_dir, write_json
+from deadzone.fileio import ensure_dir, ordinary_permissions, write_json
 from deadzone.presets import Preset, builtin_dir, get_preset
 from deadzone.provenance import versions
 from deadzone.train import SFTConfig, train
@@ -132,6 +132,7 @@ def _save(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, record: di
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / MARKER, record)
+        ordinary_permissions(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

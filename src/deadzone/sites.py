@@ -23,6 +23,14 @@ from deadzone.errors import DeadzoneError
 # Model types whose block matrices are GPT-2 ``Conv1D`` modules, stored ``in x out``.
 CONV1D_MODEL_TYPES = frozenset({"gpt2", "openai-gpt", "imagegpt", "decision_transformer"})
 
+# Where a checkpoint's orientation comes from: its config's ``model_type``, tensor names (and
+# shapes) that tell the architecture, or nothing (read as ``out x in``, the nn.Linear layout).
+FROM_CONFIG, FROM_NAMES, ASSUMED = "config", "tensor names", "assumed"
+# GPT-2's name for the fused attention input: a Conv1D there, an nn.Linear in GPTBigCode (its
+# shape against the embedding width tells which).
+_GPT2_QKV = re.compile(r"(?:^|\.)h\.\d+\.attn\.c_attn\.weight$")
+_GPT2_PATHS = ("c_attn", "c_proj", "c_fc")
+
 # Role of a matrix by its path inside the block (the last two name components).
 ROLES: dict[str, str] = {
     # GPT-2
@@ -107,12 +115,21 @@ def _classify(param_name: str) -> tuple[str, int | None, str] | None:
     return None
 
 
-def discover(named_shapes: Iterable[tuple[str, tuple[int, ...]]], model_type: str) -> list[Site]:
+def discover(
+    named_shapes: Iterable[tuple[str, tuple[int, ...]]],
+    model_type: str,
+    *,
+    conv1d: bool | None = None,
+) -> list[Site]:
     """Sites from ``(parameter name, stored shape)`` pairs and the config's ``model_type``.
 
-    Only 2-D ``*.weight`` tensors become sites. A head whose weight is tied to the embedding
-    must already be absent from ``named_shapes`` (tied weights are listed once, as ``embed``).
+    Block matrices are stored ``in x out`` when ``conv1d`` says so, or, when it is None, when
+    ``model_type`` is a GPT-2 family type. Only 2-D ``*.weight`` tensors become sites. A head
+    whose weight is tied to the embedding must already be absent from ``named_shapes`` (tied
+    weights are listed once, as ``embed``).
     """
+    if conv1d is None:
+        conv1d = model_type in CONV1D_MODEL_TYPES
     sites: list[Site] = []
     for param_name, shape in named_shapes:
         if len(shape) != 2 or not param_name.endswith(".weight"):
@@ -121,7 +138,7 @@ def discover(named_shapes: Iterable[tuple[str, tuple[int, ...]]], model_type: st
         if found is None:
             continue
         name, layer, role = found
-        transposed = layer is not None and model_type in CONV1D_MODEL_TYPES
+        transposed = layer is not None and conv1d
         out_in = (shape[1], shape[0]) if transposed else (shape[0], shape[1])
         sites.append(
             Site(name, param_name, layer, role, (int(out_in[0]), int(out_in[1])), transposed)
@@ -132,6 +149,38 @@ def discover(named_shapes: Iterable[tuple[str, tuple[int, ...]]], model_type: st
     if dupes:
         raise DeadzoneError(f"ambiguous site names in this model: {', '.join(sorted(dupes))}")
     return sites
+
+
+def orientation(
+    named_shapes: list[tuple[str, tuple[int, ...]]], model_type: str | None
+) -> tuple[bool, str]:
+    """``(conv1d, source)``: whether block matrices are stored ``in x out``, and how that is known.
+
+    From ``model_type`` when there is one (:data:`FROM_CONFIG`). Without it, from the tensors
+    (:data:`FROM_NAMES`): GPT-2's ``h.N.attn.c_attn`` is a Conv1D, stored ``in x out`` when its
+    first dimension is the embedding width and its second is not (the fused q, k, v output),
+    ``out x in`` the other way round (GPTBigCode uses the name for an nn.Linear); the other
+    block names of :data:`ROLES` belong to architectures built of nn.Linear. When neither
+    tells, block matrices are read ``out x in`` and the source is :data:`ASSUMED`.
+    """
+    if model_type:
+        return model_type in CONV1D_MODEL_TYPES, FROM_CONFIG
+    shapes = [(n, s) for n, s in named_shapes if len(s) == 2]
+    qkv = [s for n, s in shapes if _GPT2_QKV.search(n)]
+    if qkv:
+        width = next((s[1] for n, s in shapes if _classify(n) and _classify(n)[2] == "embed"), None)
+        rows, cols = qkv[0]
+        if width is not None and rows == width != cols:
+            return True, FROM_NAMES
+        if width is not None and cols == width != rows:
+            return False, FROM_NAMES
+        return False, ASSUMED
+    for name, _ in shapes:
+        found = _classify(name) if name.endswith(".weight") else None
+        linear = found and found[1] is not None and found[2] != "other"
+        if linear and not found[0].split(".")[-1].startswith(_GPT2_PATHS):
+            return False, FROM_NAMES
+    return False, ASSUMED
 
 
 def _order(site: Site) -> tuple[int, int, int, str]:

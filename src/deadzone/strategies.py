@@ -21,6 +21,12 @@ import torch
 
 from deadzone.errors import DeadzoneError
 from deadzone.sites import Site, get_parameter
+from deadzone.train import RunFailed
+
+
+class StrategyFailed(RunFailed):
+    """A strategy cannot be applied to a site (its matrix holds NaN, its SVD failed): the run
+    that asked for it fails with this reason, and the runs beside it go on."""
 
 
 @dataclass
@@ -62,7 +68,13 @@ def crystal(model: torch.nn.Module, site: Site, ctx: StrategyContext) -> None:
     """Replaced by its best rank-k approximation (truncated SVD, Eckart-Young), then frozen."""
     check_rank(site, ctx.rank)
     w = site.matrix(get_parameter(model, site).detach()).to("cpu", torch.float64)  # (out, in)
-    _overwrite(model, site, low_rank(w, ctx.rank))
+    if not torch.isfinite(w).all():
+        raise StrategyFailed(f"crystal cannot be applied to {site.name}: it holds NaN or Inf")
+    try:
+        approx = low_rank(w, ctx.rank)
+    except torch.linalg.LinAlgError as e:
+        raise StrategyFailed(f"crystal cannot be applied to {site.name}: {e}") from None
+    _overwrite(model, site, approx)
     _freeze(model, site)
 
 

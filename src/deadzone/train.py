@@ -125,7 +125,8 @@ def _check_float(
     ok = ok and (value > low if low_open else value >= low)
     ok = ok and (value < high if high_open else value <= high)
     if not ok:
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        lo = "(" if low_open else "["
+        hi = ")" if high_open or math.isinf(high) else "]"  # infinities are never allowed
         raise DeadzoneError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}")
 
 
@@ -162,7 +163,8 @@ class RunResult:
 
 
 class RunFailed(Exception):
-    """Internal: a run met a non-finite number and stops."""
+    """A run cannot go on (it met a non-finite number, or a strategy cannot be applied): it is
+    recorded ``failed`` with this message, and the runs beside it go on."""
 
 
 # --- building blocks --------------------------------------------------------------------------

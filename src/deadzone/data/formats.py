@@ -91,15 +91,22 @@ def _render_messages(messages: list[dict], tokenizer: Any, where: str) -> Render
 
     Turn ``i`` spans from the end of ``messages[:i]`` rendered with the generation prompt to
     the end of ``messages[:i + 1]``; this needs a template that renders a conversation's
-    prefixes as prefixes of its text, as ordinary chat templates do.
+    prefixes as prefixes of its text, as ordinary chat templates do. An opening assistant turn
+    has no prefix to render (templates refuse an empty conversation): it spans from where its
+    content first appears in its rendering, and carries no loss if the content is not there.
     """
     text = _chat(tokenizer, messages, False, where)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        head = _chat(tokenizer, messages[:i], True, where)
         upto = _chat(tokenizer, messages[: i + 1], False, where)
+        if i == 0:  # no prefix to render: the turn starts where its content does
+            start = upto.find(message["content"]) if message["content"] else -1
+            if start >= 0:
+                spans.append((start, len(upto)))
+            continue
+        head = _chat(tokenizer, messages[:i], True, where)
         _check_prefix(head, upto, where)
         _check_prefix(upto, text, where)
         spans.append((len(head), len(upto)))

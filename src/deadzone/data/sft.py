@@ -1,12 +1,14 @@
 """SFT data: a ``--data`` spec and a tokenizer in, tokenized train and eval examples out.
 
 Rows are read by :mod:`deadzone.data.sources` and rendered by :mod:`deadzone.data.formats`;
-this module turns them into :class:`Example` s with TRL ``SFTTrainer``'s defaults:
+this module turns them into :class:`Example` s with TRL ``SFTTrainer``'s defaults, but one:
+for ``messages`` rows only the assistant turns carry loss, where ``SFTTrainer``'s default
+(``assistant_only_loss=False``) trains every token of the conversation:
 
 - labels are the input ids where a token carries loss and ``-100`` elsewhere (a token carries
   loss if its characters overlap a completion, an assistant turn, or, for ``text`` rows, the
-  text; a whitespace token whose offsets the tokenizer trimmed to nothing still does, and
-  special tokens the tokenizer adds never do); the model shifts labels itself;
+  text, counting the spaces a byte-level post-processor trimmed off its offsets; special
+  tokens the tokenizer adds never do); the model shifts labels itself;
 - EOS is appended to ``text`` and ``prompt`` + ``completion`` rows when the tokenized row does
   not already end with it, and is trained; conversations end as their chat template ends them;
 - examples longer than ``max_length`` are truncated, keeping the start;
@@ -228,7 +230,8 @@ def _tokenize(
             counts["truncated"] += 1
             ids, offsets, special = ids[:max_length], offsets[:max_length], special[:max_length]
             add_eos = False
-        carries = _carries_loss(offsets, special, row.spans)
+        tokens = tokenizer.convert_ids_to_tokens(ids)
+        carries = _carries_loss(_untrimmed(offsets, tokens), special, row.spans)
         labels = [t if c else IGNORE_INDEX for t, c in zip(ids, carries, strict=True)]
         example = Example([*ids, eos_id], [*labels, eos_id]) if add_eos else Example(ids, labels)
         if example.trained_tokens == 0:
@@ -236,6 +239,44 @@ def _tokenize(
         else:
             examples.append(example)
     return examples
+
+
+BYTE_LEVEL_SPACE = "\u0120"  # how a byte-level vocabulary writes the space byte ("Ġ")
+
+
+def _trimmable(c: str) -> bool:
+    return c == BYTE_LEVEL_SPACE or c.isspace()
+
+
+def _untrimmed(offsets: list[tuple[int, int]], tokens: list[str]) -> list[tuple[int, int]]:
+    """Offsets with the spaces a byte-level post-processor (``trim_offsets=True``) took off
+    each end of a token given back, never past its neighbours' offsets.
+
+    The trimming counts the token's leading and trailing spaces; a token of spaces alone is
+    trimmed to nothing and is left so (:func:`_carries_loss` places it). For tokenizers that
+    do not trim, offsets touch their neighbours and nothing changes.
+    """
+    n = len(offsets)
+    before, after = [0] * n, [0] * n  # end of the last token before i, start of the next after
+    last = 0
+    for i, (start, end) in enumerate(offsets):
+        before[i] = last
+        last = max(last, end) if start < end else last
+    nxt = None
+    for i in range(n - 1, -1, -1):
+        after[i] = nxt if nxt is not None else -1
+        start, end = offsets[i]
+        nxt = start if start < end else nxt
+    out = list(offsets)
+    for i, ((start, end), token) in enumerate(zip(offsets, tokens, strict=True)):
+        if start >= end or not token:
+            continue
+        lead = next((j for j, c in enumerate(token) if not _trimmable(c)), len(token))
+        trail = next((j for j, c in enumerate(reversed(token)) if not _trimmable(c)), len(token))
+        if lead or trail:
+            limit = end + trail if after[i] < 0 else max(after[i], end)
+            out[i] = (max(start - lead, min(before[i], start)), min(end + trail, limit))
+    return out
 
 
 def _carries_loss(

@@ -21,11 +21,15 @@ import csv
 import hashlib
 import json
 import logging
+import os
 import re
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 from deadzone.errors import DeadzoneError
 
@@ -111,6 +115,8 @@ def read_file(path: Path) -> Table:
         raise DeadzoneError(f"{path}: unsupported data file type (expected one of {kinds})")
     if path.stat().st_size == 0:
         return Table(str(path), [], [])
+    if builder != "parquet":  # text formats: name the line of a byte that is not UTF-8
+        _check_utf8(path)
     options: dict = {}
     if builder == "text":
         options = {"sample_by": "paragraph"}
@@ -132,16 +138,20 @@ def read_file(path: Path) -> Table:
 
 
 def read_hub(hub_id: str, split: str) -> Table:
+    """A hub split; offline (``HF_HUB_OFFLINE``) or with the hub unreachable, only the local
+    ``datasets`` cache is tried, so that an unknown name fails at once, not after retries."""
     source = f"{hub_id}:{split}"
+    why_offline = _offline_reason()
     try:
-        with _quiet_datasets():
+        with _quiet_datasets(), _offline(why_offline is not None):
             import datasets
 
             dataset = datasets.load_dataset(hub_id, split=split)
     except Exception as e:
+        reason = f"{why_offline}, and it is not in the local cache" if why_offline else None
         raise DeadzoneError(
             f"cannot load data set {source} from the Hugging Face hub (no local file or "
-            f"directory has that name): {_innermost(e)}"
+            f"directory has that name): {reason or _innermost(e)}"
         ) from None
     return Table(source, list(dataset.column_names), dataset.to_list())
 
@@ -154,13 +164,28 @@ def update_hash(hasher: hashlib._Hash, table: Table) -> None:
 
 
 def _csv_options(path: Path) -> dict:
-    """Read every CSV column as a string and keep empty fields as ``""`` (not NaN)."""
+    """Read every CSV column as a string and keep empty fields as ``""`` (not NaN); a leading
+    byte-order mark is dropped."""
     import datasets
 
-    with path.open(newline="", encoding="utf-8", errors="replace") as f:
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
         header = next(csv.reader(f), [])
     features = datasets.Features({name: datasets.Value("string") for name in header})
-    return {"features": features, "na_filter": False}
+    # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the header
+    return {"features": features, "na_filter": False, "encoding": "utf-8-sig"}
+
+
+def _check_utf8(path: Path) -> None:
+    """A one-line error naming the line of the first byte that is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DeadzoneError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); "
+            "save the file as UTF-8"
+        ) from None
 
 
 def _json_lines(path: Path, n_rows: int) -> list[int] | None:
@@ -208,18 +233,61 @@ def _innermost(error: BaseException) -> str:
     return message if len(message) <= 300 else message[:297] + "..."
 
 
+HUB_PROBE_SECONDS = 3.0
+_TRUE = ("1", "on", "yes", "true")
+
+
+def _offline_reason() -> str | None:
+    """Why the hub cannot be asked: offline mode is set, or its host does not answer at once."""
+    import huggingface_hub.constants as hub
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(name, "").strip().lower() in _TRUE:
+            return f"{name} is set"
+    if hub.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlsplit(hub.ENDPOINT)
+    proxy = getproxies().get(url.scheme)
+    if proxy and not proxy_bypass(url.hostname or ""):
+        url = urlsplit(proxy if "://" in proxy else f"http://{proxy}")  # the hub is behind it
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_SECONDS).close()
+    except (OSError, ValueError) as e:
+        return f"the hub at {hub.ENDPOINT} is unreachable ({getattr(e, 'strerror', None) or e})"
+    return None
+
+
+@contextmanager
+def _offline(enabled: bool) -> Iterator[None]:
+    """``datasets`` and ``huggingface_hub`` in offline mode inside the block, if ``enabled``."""
+    import datasets
+    import huggingface_hub.constants as hub
+
+    before = datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE
+    if enabled:
+        datasets.config.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = before
+
+
 @contextmanager
 def _quiet_datasets() -> Iterator[None]:
-    """Silence ``datasets``' progress bars and logged errors: failures are reported by us."""
+    """Silence the progress bars and logged errors and retries of ``datasets`` and
+    ``huggingface_hub``: failures are reported by us."""
     import datasets
 
-    logger = logging.getLogger("datasets")
-    level, bars_off = logger.level, datasets.are_progress_bars_disabled()
-    logger.setLevel(logging.CRITICAL)
+    loggers = [logging.getLogger(name) for name in ("datasets", "huggingface_hub")]
+    levels, bars_off = [lg.level for lg in loggers], datasets.are_progress_bars_disabled()
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     datasets.disable_progress_bars()
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
         if not bars_off:
             datasets.enable_progress_bars()

@@ -75,8 +75,8 @@ class CrystallizeConfig:
             raise DeadzoneError(f"seeds must be an integer >= 1, got {self.seeds!r}")
         if not isinstance(self.rank, int) or self.rank < 1:
             raise DeadzoneError(f"rank must be an integer >= 1, got {self.rank!r}")
-        if not self.targets or not self.targets.strip():
-            raise DeadzoneError("no target site given")
+        if not self.targets or not any(t.strip() for t in self.targets.split(",")):
+            raise DeadzoneError(f"no target site given (--target {self.targets!r})")
 
 
 def plan_runs(
@@ -110,6 +110,7 @@ def crystallize(
     model, tokenizer = load_model(config.model)
     if tokenizer is None:
         raise DeadzoneError(f"{config.model} has no tokenizer; SFT needs one")
+    check_vocabulary(model, tokenizer)
     all_sites = sites_mod.find_sites(model)
     targets = sites_mod.select(all_sites, config.targets)
     if "crystal" in config.strategies:
@@ -138,6 +139,16 @@ def crystallize(
     results.save()
     state.wait_for_everyone()  # the file is complete before any process reads it
     return results.document()
+
+
+def check_vocabulary(model, tokenizer) -> None:
+    """Every token id the tokenizer can produce has a row in the model's input embedding."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise DeadzoneError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has {rows} "
+            "rows: they do not belong together"
+        )
 
 
 def context_length(model) -> int | None:

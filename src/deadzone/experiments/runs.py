@@ -26,7 +26,7 @@ from deadzone.data.sft import SFTData, eval_batches, train_batches
 from deadzone.errors import DeadzoneError
 from deadzone.provenance import git_state, versions
 from deadzone.sites import Site
-from deadzone.train import Batch, SFTConfig, SFTLoop, make_accelerator
+from deadzone.train import Batch, RunFailed, RunResult, SFTConfig, SFTLoop, make_accelerator
 
 RESULTS = "results.json"
 
@@ -76,7 +76,11 @@ def run_one(inputs: RunInputs, spec: RunSpec, *, accelerator=None, show_progress
     """Train one run and return its record: ``labels``, the run result and the site records."""
     model = copy.deepcopy(inputs.model)
     plan = {inputs.sites[name]: strategy for name, strategy in spec.plan.items()}
-    site_records = strategies.apply_strategies(model, plan, rank=spec.rank, seed=spec.seed)
+    try:
+        site_records = strategies.apply_strategies(model, plan, rank=spec.rank, seed=spec.seed)
+    except RunFailed as e:  # a strategy that cannot be applied fails this run only
+        failed = RunResult(status="failed", error=str(e)).to_dict()
+        return {**spec.labels, "key": spec.key, **failed, "sites": []}
     config = replace(inputs.config, seed=spec.seed)
     loop = SFTLoop(
         model,

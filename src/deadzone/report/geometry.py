@@ -14,6 +14,7 @@ from rich.table import Table
 
 from deadzone import fileio
 from deadzone.report import pyplot, save_png
+from deadzone.sites import ASSUMED
 from deadzone.spectral import METRICS
 
 # Column title and format of each metric shown in the terminal table.
@@ -38,6 +39,13 @@ def _cell(record: dict, metric: str) -> str:
 def table(records: list[dict]) -> Table:
     """Site, shape, params, PR, PC1 %, stable rank, effective rank, amplitude PR per site."""
     t = Table(title="Geometry of each matrix (out x in)", title_justify="left")
+    if any(r.get("orientation") == ASSUMED for r in records):
+        t.caption = (
+            "orientation assumed: no config model_type and no tensor name tells the layout, so "
+            "stored matrices were read as out x in (nn.Linear); a GPT-2 style Conv1D would be "
+            "the transpose"
+        )
+        t.caption_justify = "left"
     t.add_column("site", no_wrap=True)
     t.add_column("shape", justify="right", no_wrap=True)
     t.add_column("params", justify="right", no_wrap=True)
@@ -83,7 +91,7 @@ def summary_text(summary: dict) -> str:
     return "\n".join(lines)
 
 
-CSV_FIELDS = ("site", "layer", "role", "out", "in", "params", "finite", *METRICS)
+CSV_FIELDS = ("site", "layer", "role", "out", "in", "params", "finite", *METRICS, "orientation")
 
 
 def csv_text(records: list[dict]) -> str:
