@@ -552,3 +552,107 @@ def test_two_processes_write_every_run_once(setup, tmp_path):
     assert len(results["runs"]) == 4
     assert all(r["status"] == "ok" and r["processes"] == 2 for r in results["runs"])
     assert [s["n"] for s in results["summary"]["arms"]] == [2, 2]
+
+
+# --- verdicts on real runs ---------------------------------------------------------------------
+
+
+def test_a_strategy_identical_to_full_costs_exactly_zero_and_is_negligible(
+    setup, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(strategies.STRATEGIES, "zero", strategies.full)  # "zero" trains it
+    results = crystallize(config(setup, strategies=("full", "zero")), tmp_path, show_progress=False)
+    same = results["summary"]["arms"][1]
+    assert same["seeds"] == [0, 1]
+    for unit in ("nats", "pct", "share_of_gain"):
+        cost = same["cost"][unit]
+        assert cost["mean"] == 0.0 and cost["interval"] == [0.0, 0.0] == cost["adjusted"]
+    assert same["verdict"] == "negligible" and same["seeds_needed"] is None
+
+
+@pytest.fixture(scope="module")
+def trained(setup, tmp_path_factory):
+    """The micro model of ``setup`` trained for 150 steps on its data, saved."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from deadzone.data.batching import eval_batches, train_batches
+    from deadzone.data.sft import load_sft_data, pad_id_for
+    from deadzone.train import train
+
+    source, data = setup
+    model = AutoModelForCausalLM.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    sft = load_sft_data(data, tokenizer, max_length=48)
+    pad = pad_id_for(tokenizer)
+    result = train(
+        model,
+        train_batches(sft.train, 8, seed=0, pad_id=pad),
+        eval_batches(sft.eval, 8, pad_id=pad),
+        SFTConfig(steps=150, lr=3e-3, batch_size=8, eval_every=150),
+        show_progress=False,
+    )
+    assert result.final_eval_loss < result.step0_eval_loss - 1.0  # it learnt the task
+    out = tmp_path_factory.mktemp("trained") / "model"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out), data
+
+
+def test_zeroing_the_attention_of_a_trained_model_is_costly(trained, tmp_path):
+    # The completions copy words from the prompt, which needs layer 0's attention.
+    cfg = config(trained, targets="L0.attn.c_attn", strategies=("full", "frozen", "zero"), seeds=3)
+    cfg.sft.lr = 3e-4  # fine-tuning, not retraining: the trained model is the starting point
+    summary = crystallize(cfg, tmp_path, show_progress=False)["summary"]
+    arms = {a["arm"]: a for a in summary["arms"]}
+    assert arms["zero"]["verdict"] == "costly", arms["zero"]["cost"]
+    low = arms["zero"]["cost"][summary["unit"]]["adjusted"][0]
+    assert low > summary["margin_used"]
+
+
+def rank_k_model(source: str, out, k: int) -> torch.Tensor:
+    """Save the model of ``source`` with ``L1.attn.c_proj`` replaced by an exactly rank-k
+    matrix of the same Frobenius norm; return that matrix (out x in)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(source)
+    conv = model.transformer.h[1].attn.c_proj  # Conv1D: weight stored (in, out)
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(32, k, generator=g), torch.randn(k, 32, generator=g)
+    w = a @ b  # (out, in), rank k
+    w *= conv.weight.norm() / w.norm()
+    with torch.no_grad():
+        conv.weight.copy_(w.T)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    return w
+
+
+def test_crystal_at_a_rank_at_least_the_true_rank_reproduces_the_matrix_and_frozen(setup, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from deadzone.sites import find_sites
+
+    source, data = setup
+    w = rank_k_model(source, tmp_path / "model", 2)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    site = next(s for s in find_sites(model) if s.name == "L1.attn.c_proj")
+    stored = site.matrix(strategies.get_parameter(model, site).detach())
+    for k in (1, 2, 3, 8):
+        copy = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+        strategies.apply_strategies(copy, {site: "crystal"}, rank=k)
+        crystal = site.matrix(strategies.get_parameter(copy, site).detach())
+        error = (crystal - stored).abs().max() / stored.abs().max()
+        assert (error < 1e-6) == (k >= 2), (k, error)  # float32 rounding: eps = 1.2e-7
+    assert torch.allclose(stored, w, atol=1e-6)
+
+    cfg = config((str(tmp_path / "model"), data), strategies=("full", "frozen", "crystal"))
+    cfg.ranks = (1, 2, 3)
+    results = crystallize(cfg, tmp_path / "out", show_progress=False)
+    by = {(r["key"].split("/")[0], r["seed"]): r for r in results["runs"]}
+    for seed in (0, 1):
+        frozen = by["frozen", seed]
+        for k in (1, 2, 3):
+            crystal = by[f"crystal@{k}", seed]
+            for key in ("step0_eval_loss", "final_eval_loss", "final_train_loss"):
+                close = math.isclose(crystal[key], frozen[key], rel_tol=1e-5)
+                assert close == (k >= 2), (k, key, crystal[key], frozen[key])
