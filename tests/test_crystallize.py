@@ -656,3 +656,13 @@ def test_crystal_at_a_rank_at_least_the_true_rank_reproduces_the_matrix_and_froz
             for key in ("step0_eval_loss", "final_eval_loss", "final_train_loss"):
                 close = math.isclose(crystal[key], frozen[key], rel_tol=1e-5)
                 assert close == (k >= 2), (k, key, crystal[key], frozen[key])
+
+
+def test_another_margin_rejudges_the_same_runs_without_training_again(setup, tmp_path):
+    first = crystallize(config(setup, strategies=("full", "frozen")), tmp_path, show_progress=False)
+    ran = []
+    strict = config(setup, strategies=("full", "frozen"), margin=1e-9, margin_nats=1e-9)
+    again = crystallize(strict, tmp_path, show_progress=False, on_record=ran.append)
+    assert ran == [] and again["runs"] == first["runs"]
+    assert again["summary"]["margin_used"] == 1e-9 and first["summary"]["margin_used"] != 1e-9
+    assert fileio.read_json(tmp_path / "results.json")["summary"] == again["summary"]
