@@ -280,7 +280,8 @@ def _arm_of(run: dict) -> tuple[str, int | None]:
 
 
 def _gain(full: dict[int, dict]) -> dict:
-    """Per seed, ``full``'s step-0 eval loss minus its final one; clear if its interval is > 0."""
+    """Per seed, ``full``'s step-0 eval loss minus its final one; clear if its interval lies
+    above zero and every seed gained (else a share of it is no unit to judge in)."""
     seeds = sorted(s for s, r in full.items() if r.get("step0_eval_loss") is not None)
     values = [full[s]["step0_eval_loss"] - full[s]["final_eval_loss"] for s in seeds]
     mean, sd = stats.mean_sd(values)
@@ -291,7 +292,7 @@ def _gain(full: dict[int, dict]) -> dict:
         "mean": mean,
         "sd": sd,
         "interval": list(interval) if interval else None,
-        "clear": interval is not None and interval[0] > 0,
+        "clear": interval is not None and interval[0] > 0 and all(v > 0 for v in values),
     }
 
 
