@@ -69,7 +69,7 @@ def add_crystallize(sub: argparse._SubParsersAction) -> None:
         sub,
         "crystallize",
         "Fine-tune while target matrices are trained, frozen, crystallized to rank k, "
-        "re-initialised or zeroed; compare over seeds with paired confidence intervals.",
+        "re-initialised or zeroed; judge each cost, paired over seeds, against a margin.",
     )
     p.add_argument("model", metavar="MODEL", help="model directory, hub id or builtin:tiny")
     p.add_argument(

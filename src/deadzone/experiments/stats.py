@@ -146,9 +146,10 @@ def seeds_needed(
     """Seeds for the ``1 - level`` interval to exclude the margin with probability ``power``,
     if the true mean and SD of the differences were the observed ones.
 
-    The smallest n with ``(t_{1-level/2, n-1} + t_{power, n-1}) * sd / sqrt(n) < |mean - margin|``,
-    found by fixed-point iteration on the degrees of freedom from the normal approximation;
-    None when the mean is the margin or the answer passes ``MAX_SEEDS``.
+    The smallest n with ``(t_{1-level/2, n-1} + t_{power, n-1}) * sd / sqrt(n) < |mean - margin|``:
+    the left side falls as n grows, and exceeds its normal approximation (z for t), so the search
+    walks the degrees of freedom up from the normal approximation's answer, a few steps. None
+    when the mean is the margin or the answer passes ``MAX_SEEDS``.
     """
     delta = abs(mean - margin)
     if delta == 0:
@@ -157,19 +158,13 @@ def seeds_needed(
         return 2
 
     def enough(n: int) -> bool:
-        df = n - 1
-        return (sps.t.ppf(1 - level / 2, df) + sps.t.ppf(power, df)) * sd / math.sqrt(n) < delta
+        t = sps.t.ppf(1 - level / 2, n - 1) + sps.t.ppf(power, n - 1)
+        return t * sd / math.sqrt(n) < delta
 
     z = sps.norm.ppf(1 - level / 2) + sps.norm.ppf(power)
-    n = max(2, math.ceil((z * sd / delta) ** 2))
-    while not enough(n):  # t's quantiles exceed the normal's: n only grows, by whole steps
-        if n > MAX_SEEDS:
-            return None
-        df = n - 1
-        t = sps.t.ppf(1 - level / 2, df) + sps.t.ppf(power, df)
-        n = max(n + 1, math.ceil((t * sd / delta) ** 2))
-    while n > 2 and enough(n - 1):  # the normal start may overshoot by one
-        n -= 1
+    n = max(2, math.floor((z * sd / delta) ** 2))
+    while n <= MAX_SEEDS and not enough(n):
+        n += 1
     return n if n <= MAX_SEEDS else None
 
 
