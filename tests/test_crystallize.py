@@ -380,7 +380,10 @@ def test_report_is_built_from_results_alone(tmp_path):
     assert f"Zeroing it costs +10.00% [{100 * zero[0]:+.2f}%, {100 * zero[1]:+.2f}%]" in text
     assert "of the gain: costly." in text
     assert "better than full SFT" in text and "about " in text and "seeds would decide it" in text
-    assert "Random values: undetermined (1 paired seed(s); an interval needs at least 2)." in text
+    assert (
+        "Replacing it by random values: undetermined (1 paired seed(s); an interval needs at "
+        "least 2)." in text
+    )
     assert "Crystallization rank: 2" in text and "384 parameters" in text and "9,216" in text
     assert "1 run(s) failed" in text and "Holm-adjusted over the 4 comparisons" in text
     assert "shares its storage" not in text

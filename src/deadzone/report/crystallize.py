@@ -31,7 +31,7 @@ DONE = {
 COST = {
     "frozen": "freezing {it}",
     "crystal": "crystallizing {it} to rank {rank}",
-    "random": "random values",
+    "random": "replacing {it} by random values",
     "zero": "zeroing {it}",
 }
 
@@ -172,7 +172,7 @@ def _crystallization(summary: dict, ranks: list[int]) -> str:
     found = summary.get("crystallization_rank")
     if found is None:
         tried = ", ".join(map(str, ranks))
-        return f"No rank tried ({tried}) has a negligible cost: no crystallization rank."
+        return f"No rank tried ({tried}) costs less than the margin: no crystallization rank."
     k = found["rank"]
     if found["factor_params"] is None:
         return f"Crystallization rank: {k}."
