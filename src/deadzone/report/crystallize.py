@@ -259,13 +259,16 @@ def plot_verdicts(results: dict, path: str | Path) -> None:
     unit, scale = summary["unit"], 100.0 if summary["unit"] == "share_of_gain" else 1.0
     arms = [s for s in summary["arms"] if s["verdict"] != "baseline"]
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * max(1, len(arms))), constrained_layout=True)
-    ax.axvspan(0, scale * summary["margin_used"], color="C2", alpha=0.15, label="margin")
+    ax.axvspan(0, scale * summary["margin_used"], color="C2", alpha=0.15, label="0 to the margin")
     ax.axvline(0, color="k", lw=1)
     for y, s in enumerate(reversed(arms)):
         cost = s["cost"][unit]
         if cost["mean"] is None:
             continue
-        styles = ((cost["adjusted"], "Holm-adjusted", 6, 0.4), (cost["interval"], "95%", 1.5, 1))
+        styles = (
+            (cost["adjusted"], "Holm-adjusted", 6, 0.4),
+            (cost["interval"], "unadjusted 95%", 1.5, 1),
+        )
         for interval, name, lw, alpha in styles:
             if interval is not None:
                 ax.plot([scale * v for v in interval], [y, y], color="C0", lw=lw, alpha=alpha,
@@ -278,7 +281,7 @@ def plot_verdicts(results: dict, path: str | Path) -> None:
     ax.set_ylim(-0.7, len(arms) - 0.3)
     ax.set_xlabel("cost, % of the fine-tuning gain" if unit == "share_of_gain" else "cost, nats")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncols=3, frameon=False)
     ax.set_title(f"{_names(results['targets'])}: cost vs full SFT, {len(results['seeds'])} seeds")
     save_png(fig, path)
 
