@@ -154,6 +154,8 @@ def _said(s: dict, summary: dict, target: str, n_targets: int) -> str:
         return f"{what}: undetermined ({s['reason']})."
     size = f"{_in_unit(judged['mean'], unit)} {_interval(judged['adjusted'], unit)}"
     size += " of the gain" if unit == "share_of_gain" else " nats"
+    if s["verdict"] == "negligible" and s["strategy"] == "crystal":
+        return f"{what} costs {size}: negligible — rank {s['rank']} suffices for {target}."
     if s["verdict"] == "negligible":
         return (
             f"{what} costs {size}: negligible — {target} is redundant when "
