@@ -73,7 +73,7 @@ def add_crystallize(sub: argparse._SubParsersAction) -> None:
         sub,
         "crystallize",
         "Fine-tune while target matrices are trained, frozen, crystallized to rank k, "
-        "re-initialised or zeroed; compare over seeds with paired confidence intervals.",
+        "re-initialised or zeroed; judge each cost, paired over seeds, against a margin.",
     )
     p.add_argument("model", metavar="MODEL", help="model directory, hub id or builtin:tiny")
     p.add_argument(
@@ -86,7 +86,24 @@ def add_crystallize(sub: argparse._SubParsersAction) -> None:
         default="full,frozen,crystal,random",
         help="comma-separated: full, frozen, crystal, random, zero (full is the baseline)",
     )
-    p.add_argument("--rank", type=int, default=1, help="rank k of the crystal approximation")
+    p.add_argument(
+        "--rank",
+        default="1",
+        help="rank(s) k of the crystal approximation, comma-separated for a sweep (1,2,4,8): "
+        "crystal runs once per rank",
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.02,
+        help="largest cost called negligible, as a share of the fine-tuning gain, in (0, 1)",
+    )
+    p.add_argument(
+        "--margin-nats",
+        type=float,
+        default=0.01,
+        help="the margin in nats of eval loss, used instead when the gain is not clearly positive",
+    )
     p.add_argument("--steps", type=int, default=50, help="SFT optimizer steps per run")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..S-1) per strategy")
     p.add_argument(
@@ -122,7 +139,8 @@ def _crystallize(args: argparse.Namespace) -> int | None:
     from accelerate import PartialState
 
     from deadzone.experiments.crystallize import BASELINE, CrystallizeConfig, crystallize
-    from deadzone.report.crystallize import conclusion, table, write_report
+    from deadzone.report.crystallize import conclusion, table_model, write_report
+    from deadzone.report.table import to_text
     from deadzone.train import SFTConfig
 
     sft = SFTConfig(
@@ -136,8 +154,10 @@ def _crystallize(args: argparse.Namespace) -> int | None:
         model=args.model,
         targets=args.target,
         strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
-        rank=args.rank,
+        ranks=_ranks(args.rank),
         seeds=args.seeds,
+        margin=args.margin,
+        margin_nats=args.margin_nats,
         data=args.data,
         eval_data=args.eval_data,
         max_length=args.max_length,
@@ -159,9 +179,9 @@ def _crystallize(args: argparse.Namespace) -> int | None:
         )
     baseline = [r for r in results["runs"] if r["strategy"] == BASELINE]
     if main_process:
-        report, curves = write_report(args.out)
-        print(f"{table(results)}\n\n{conclusion(results)}")
-        print(f"wrote {report.with_name('results.json')}, {report}, {curves}")
+        report, verdicts, curves = write_report(args.out)
+        print(f"{to_text(table_model(results))}\n\n{conclusion(results)}")
+        print(f"wrote {report.with_name('results.json')}, {report}, {verdicts}, {curves}")
     if baseline and all(r["status"] != "ok" for r in baseline):
         if not main_process:
             return 2  # the main process says why
@@ -182,6 +202,16 @@ def _recorded_keys(out: str) -> set[str]:
         return {r["key"] for r in runs if isinstance(r, dict) and isinstance(r.get("key"), str)}
     except (OSError, ValueError, AttributeError):
         return set()
+
+
+def _ranks(text: str) -> tuple[int, ...]:
+    ranks = []
+    for part in text.split(","):
+        try:
+            ranks.append(int(part))
+        except ValueError:
+            raise DeadzoneError(f"rank must be an integer >= 1, got {part.strip()!r}") from None
+    return tuple(ranks)
 
 
 def add_analyze(sub: argparse._SubParsersAction) -> None:

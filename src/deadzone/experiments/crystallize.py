@@ -2,12 +2,11 @@
 randomized or zeroed during SFT, over several seeds, with the noise measured.
 
 Every strategy is applied to all targets at once; every other site trains. Each strategy runs
-once per seed; for a seed, all strategies see the same batches (the paired design), so the
-per-seed differences against ``full`` give a paired 95% confidence interval, and a verdict:
-``better`` or ``worse`` when the interval excludes zero, ``within noise`` when it does not,
-``undetermined`` when fewer than two seeds finished for both, and ``baseline`` for ``full``.
-The reported difference (``delta_eval_pct``) is the mean of those same per-seed differences,
-so it always lies inside its interval.
+once per seed (``crystal`` once per seed and rank of ``ranks``); for a seed, all runs see the
+same batches (the paired design), so the per-seed differences against ``full`` are paired.
+:func:`summarize` turns them into costs (in nats, in % of ``full``'s eval loss and as a share
+of the fine-tuning gain) and verdicts (:mod:`deadzone.experiments.stats`): ``negligible``,
+``costly``, ``better`` or ``undetermined``, and ``baseline`` for ``full``.
 
 Under ``accelerate launch`` every process runs every run on its shard of the batches; only the
 main process writes ``results.json``.
@@ -15,10 +14,9 @@ main process writes ``results.json``.
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from accelerate import PartialState
@@ -27,6 +25,7 @@ from deadzone import __version__
 from deadzone import sites as sites_mod
 from deadzone.data.sft import load_sft_data, pad_id_for
 from deadzone.errors import DeadzoneError
+from deadzone.experiments import stats
 from deadzone.experiments.runs import (
     ResultsDir,
     RunInputs,
@@ -35,29 +34,36 @@ from deadzone.experiments.runs import (
     model_fingerprint,
     provenance,
 )
+from deadzone.schema import SCHEMA_VERSION
 from deadzone.strategies import STRATEGIES, check_rank
 from deadzone.train import SFTConfig
 
 EXPERIMENT = "crystallize"
 BASELINE = "full"
 DEFAULT_STRATEGIES = ("full", "frozen", "crystal", "random")
+DEFAULT_MARGIN = 0.02  # of the fine-tuning gain
+DEFAULT_MARGIN_NATS = 0.01  # of eval loss per token: a 1% change in perplexity
 
 
 @dataclass
 class CrystallizeConfig:
     """What to crystallize, how, and on which data. ``seeds`` is the number of seeds (0..S-1);
     ``sft.seed`` is ignored (each run takes its own). ``max_length`` is capped at the model's
-    context length."""
+    context length. ``ranks`` are the ranks ``crystal`` runs at; ``margin`` is the largest cost
+    called negligible, as a share of the fine-tuning gain, and ``margin_nats`` the same in nats,
+    used when the gain itself is not clearly positive."""
 
     model: str
     targets: str
     strategies: tuple[str, ...] = DEFAULT_STRATEGIES
-    rank: int = 1
+    ranks: tuple[int, ...] = (1,)
     seeds: int = 3
     data: str = "builtin:docstrings"
     eval_data: str | None = None
     eval_fraction: float = 0.1
     max_length: int = 256
+    margin: float = DEFAULT_MARGIN
+    margin_nats: float = DEFAULT_MARGIN_NATS
     sft: SFTConfig = field(default_factory=SFTConfig)
 
     def __post_init__(self) -> None:
@@ -73,26 +79,65 @@ class CrystallizeConfig:
             raise DeadzoneError("the strategies must include full, the baseline of the comparison")
         if not isinstance(self.seeds, int) or self.seeds < 1:
             raise DeadzoneError(f"seeds must be an integer >= 1, got {self.seeds!r}")
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise DeadzoneError(f"rank must be an integer >= 1, got {self.rank!r}")
+        self.ranks = tuple(self.ranks)
+        _check_ranks(self.ranks)
+        if len(self.ranks) > 1 and "crystal" not in self.strategies:
+            raise DeadzoneError(
+                f"a rank sweep ({','.join(map(str, self.ranks))}) needs crystal among the "
+                "strategies"
+            )
+        if not _is_number(self.margin) or not 0 < self.margin < 1:
+            raise DeadzoneError(
+                f"margin must be a share of the gain in (0, 1), got {self.margin!r}"
+            )
+        if not _is_number(self.margin_nats) or not self.margin_nats > 0:
+            raise DeadzoneError(f"margin-nats must be > 0, got {self.margin_nats!r}")
         if not self.targets or not any(t.strip() for t in self.targets.split(",")):
             raise DeadzoneError(f"no target site given (--target {self.targets!r})")
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+
+def _check_ranks(ranks: tuple[int, ...]) -> None:
+    if not ranks:
+        raise DeadzoneError("no rank given")
+    for rank in ranks:
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+            raise DeadzoneError(f"rank must be an integer >= 1, got {rank!r}")
+    if len(set(ranks)) != len(ranks):
+        raise DeadzoneError(f"a rank is listed twice: {','.join(map(str, ranks))}")
+
+
+def arm(strategy: str, rank: int | None) -> str:
+    """The name of one arm of the comparison: the strategy, and ``@rank`` for ``crystal``."""
+    return f"{strategy}@{rank}" if strategy == "crystal" and rank is not None else strategy
+
+
 def plan_runs(
-    strategies: tuple[str, ...], targets: list[str], seeds: int, rank: int = 1
+    strategies: tuple[str, ...], targets: list[str], seeds: int, ranks: tuple[int, ...] = (1,)
 ) -> list[RunSpec]:
-    """Seed-major order, so that an interrupted experiment already holds complete pairs."""
+    """Seed-major order, so that an interrupted experiment already holds complete pairs.
+
+    ``crystal`` runs once per rank (key ``crystal@K/seedN``), the others once (``NAME/seedN``,
+    rank None in their labels).
+    """
+    arms = [
+        (strategy, rank)
+        for strategy in strategies
+        for rank in (ranks if strategy == "crystal" else (None,))
+    ]
     return [
         RunSpec(
-            key=f"{strategy}/seed{seed}",
+            key=f"{arm(strategy, rank)}/seed{seed}",
             plan={t: strategy for t in targets},
             seed=seed,
-            rank=rank,
-            labels={"strategy": strategy, "seed": seed},
+            rank=rank or 1,
+            labels={"strategy": strategy, "rank": rank, "seed": seed},
         )
         for seed in range(seeds)
-        for strategy in strategies
+        for strategy, rank in arms
     ]
 
 
@@ -115,7 +160,8 @@ def crystallize(
     targets = sites_mod.select(all_sites, config.targets)
     if "crystal" in config.strategies:
         for site in targets:
-            check_rank(site, config.rank)
+            for rank in config.ranks:
+                check_rank(site, rank)
     data = load_sft_data(
         config.data,
         tokenizer,
@@ -127,11 +173,18 @@ def crystallize(
         model, {s.name: s for s in all_sites}, data, pad_id_for(tokenizer), config.sft
     )
     identity = _identity(config, model, targets, data.info)
-    results = ResultsDir(out, identity, provenance(), summarize, writer=state.is_main_process)
+    summary = partial(
+        summarize,
+        margin=config.margin,
+        margin_nats=config.margin_nats,
+        shapes={s.name: list(s.shape) for s in targets},
+    )
+    header = {"schema_version": SCHEMA_VERSION, **provenance()}
+    results = ResultsDir(out, identity, header, summary, writer=state.is_main_process)
     state.wait_for_everyone()  # all have read results.json before the first run rewrites it
     execute(
         inputs,
-        plan_runs(config.strategies, [s.name for s in targets], config.seeds, config.rank),
+        plan_runs(config.strategies, [s.name for s in targets], config.seeds, config.ranks),
         results,
         on_record=on_record,
         show_progress=show_progress,
@@ -175,7 +228,7 @@ def _identity(config: CrystallizeConfig, model, targets: list, data_info: dict) 
         "targets": [s.name for s in targets],
         "target_params": sum(s.params for s in targets),
         "strategies": list(config.strategies),
-        "rank": config.rank,
+        "ranks": list(config.ranks),
         "steps": config.sft.steps,
         "seeds": list(range(config.seeds)),
         "data": data_info,
@@ -183,95 +236,157 @@ def _identity(config: CrystallizeConfig, model, targets: list, data_info: dict) 
     }
 
 
-# --- summary: means, paired intervals, verdicts -----------------------------------------------
+# --- summary: costs in three units, verdicts, crystallization rank -----------------------------
 
-# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom.
-_T975 = (
-    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
-    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
-    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
-)  # fmt: skip
+UNITS = ("nats", "pct", "share_of_gain")  # of each arm's cost, paired per seed against full
 
 
-def t975(df: int) -> float:
-    """The 97.5% quantile of Student's t with ``df`` degrees of freedom."""
-    if df < 1:
-        raise ValueError("df must be >= 1")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959964  # Cornish-Fisher expansion around the normal quantile; error < 1e-4 past 30
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+def summarize(
+    runs: list[dict],
+    *,
+    margin: float = DEFAULT_MARGIN,
+    margin_nats: float = DEFAULT_MARGIN_NATS,
+    shapes: dict[str, list[int]] | None = None,
+) -> dict:
+    """Costs and verdicts of every arm against ``full``, from the run records alone.
 
-
-def paired_ci(diffs: list[float]) -> tuple[float, float] | None:
-    """95% interval of the mean of paired differences, or None for fewer than two."""
-    if len(diffs) < 2:
-        return None
-    mean = statistics.fmean(diffs)
-    half = t975(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return mean - half, mean + half
-
-
-def verdict(ci: tuple[float, float] | None) -> str:
-    """Lower loss is better: ``better`` if the whole interval is below zero, ``worse`` above."""
-    if ci is None:
-        return "undetermined"
-    if ci[1] < 0:
-        return "better"
-    if ci[0] > 0:
-        return "worse"
-    return "within noise"
-
-
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
-
-
-def _pct(value: float | None, base: float | None) -> float | None:
-    return None if value is None or not base else 100.0 * (value - base) / base
-
-
-def _paired_pct(mine: list[dict], base: dict[int, dict], key: str) -> list[float]:
-    """Per seed where both finished, the difference of ``key`` against the baseline, in %."""
-    return [_pct(r[key], base[r["seed"]][key]) for r in mine if r["seed"] in base]
-
-
-def summarize(runs: list[dict]) -> list[dict]:
-    """One record per strategy, in the order strategies first appear, ``full`` first.
-
-    ``delta_train_pct`` and ``delta_eval_pct`` are means of the per-seed (paired) differences
-    against ``full``, over the seeds where both finished; ``ci95_eval_pct`` is the interval of
-    the same eval differences. Means and standard deviations of the losses are over every run
-    that finished.
+    Per seed where both finished, an arm's cost is its final eval loss minus ``full``'s: in
+    nats, in % of ``full``'s, and as a share of that seed's fine-tuning gain (``full``'s step-0
+    eval loss minus its final one). Verdicts are judged on the share of the gain against
+    ``margin`` — or, when the gain's own interval does not lie above zero, in nats against
+    ``margin_nats`` — with Holm over the arms (:func:`stats.judge`). ``shapes`` (target name ->
+    ``[out, in]``) sizes the factors of the crystallization rank.
     """
     ok = [r for r in runs if r.get("status") == "ok"]
-    by_seed = {r["seed"]: r for r in ok if r["strategy"] == BASELINE}
-    order = sorted(dict.fromkeys(r["strategy"] for r in runs), key=lambda s: s != BASELINE)
-    summary = []
-    for strategy in order:
-        mine = [r for r in ok if r["strategy"] == strategy]
-        train_mean, train_std = _mean_std([r["final_train_loss"] for r in mine])
-        eval_mean, eval_std = _mean_std([r["final_eval_loss"] for r in mine])
-        diffs = _paired_pct(mine, by_seed, "final_eval_loss")
-        delta_train, _ = _mean_std(_paired_pct(mine, by_seed, "final_train_loss"))
-        delta_eval, _ = _mean_std(diffs)
-        ci = paired_ci(diffs)
-        summary.append(
-            {
-                "strategy": strategy,
-                "n": len(mine),
-                "failed": sum(r["strategy"] == strategy and r.get("status") != "ok" for r in runs),
-                "trainable_params": mine[0]["trainable_params"] if mine else None,
-                "train_loss_mean": train_mean,
-                "train_loss_std": train_std,
-                "eval_loss_mean": eval_mean,
-                "eval_loss_std": eval_std,
-                "delta_train_pct": delta_train,
-                "delta_eval_pct": delta_eval,
-                "ci95_eval_pct": list(ci) if ci else None,
-                "verdict": "baseline" if strategy == BASELINE else verdict(ci),
-            }
-        )
-    return summary
+    full = {r["seed"]: r for r in ok if r["strategy"] == BASELINE}
+    gain = _gain(full)
+    unit, used = ("share_of_gain", margin) if gain["clear"] else ("nats", margin_nats)
+    arms = _arms(runs)
+    costs = {a: _costs([r for r in ok if _arm_of(r) == a], full) for a in arms}
+    compared = [a for a in arms if a[0] != BASELINE]
+    judged = stats.judge({arm(*a): costs[a][unit] for a in compared}, used)
+    records = [_record(a, runs, ok, costs[a], judged.get(arm(*a))) for a in arms]
+    return {
+        "alpha": stats.ALPHA,
+        "unit": unit,
+        "margin": margin,
+        "margin_nats": margin_nats,
+        "margin_used": used,
+        "gain": gain,
+        "arms": records,
+        "crystallization_rank": _crystallization_rank(records, shapes),
+    }
+
+
+def _arms(runs: list[dict]) -> list[tuple[str, int | None]]:
+    """``(strategy, rank)`` of every arm: ``full`` first, then strategies in the order they
+    first appear, a strategy's ranks in increasing order."""
+    strategies = sorted(dict.fromkeys(r["strategy"] for r in runs), key=lambda s: s != BASELINE)
+    found = {_arm_of(r) for r in runs}
+    return [a for s in strategies for a in sorted(a for a in found if a[0] == s)]
+
+
+def _arm_of(run: dict) -> tuple[str, int | None]:
+    return run["strategy"], run.get("rank")
+
+
+def _gain(full: dict[int, dict]) -> dict:
+    """Per seed, ``full``'s step-0 eval loss minus its final one; clear if its interval lies
+    above zero and every seed gained (else a share of it is no unit to judge in)."""
+    seeds = sorted(s for s, r in full.items() if r.get("step0_eval_loss") is not None)
+    values = [full[s]["step0_eval_loss"] - full[s]["final_eval_loss"] for s in seeds]
+    mean, sd = stats.mean_sd(values)
+    interval = stats.t_interval(values)
+    return {
+        "seeds": seeds,
+        "per_seed": values,
+        "mean": mean,
+        "sd": sd,
+        "interval": list(interval) if interval else None,
+        "clear": interval is not None and interval[0] > 0 and all(v > 0 for v in values),
+    }
+
+
+def _costs(mine: list[dict], full: dict[int, dict]) -> dict:
+    """An arm's per-seed paired differences against ``full``, in each unit, and their seeds."""
+    pairs = sorted(
+        ((r["seed"], r, full[r["seed"]]) for r in mine if r["seed"] in full), key=lambda p: p[0]
+    )
+    nats = [r["final_eval_loss"] - f["final_eval_loss"] for _, r, f in pairs]
+    gains = [(f.get("step0_eval_loss") or 0.0) - f["final_eval_loss"] for _, _, f in pairs]
+    return {
+        "seeds": [s for s, _, _ in pairs],
+        "nats": nats,
+        "pct": [100 * d / f["final_eval_loss"] for d, (_, _, f) in zip(nats, pairs, strict=True)],
+        # Not defined unless every paired seed gained: then the verdict is in nats.
+        "share_of_gain": (
+            [d / g for d, g in zip(nats, gains, strict=True)] if all(g > 0 for g in gains) else []
+        ),
+        "train_pct": [
+            100 * (r["final_train_loss"] / f["final_train_loss"] - 1) for _, r, f in pairs
+        ],
+    }
+
+
+def _cost(values: list[float], level: float | None) -> dict:
+    """Mean, SD, unadjusted interval and the interval at the comparison's Holm level."""
+    mean, sd = stats.mean_sd(values)
+    interval = stats.t_interval(values)
+    adjusted = stats.t_interval(values, level) if level is not None else None
+    return {
+        "mean": mean,
+        "sd": sd,
+        "interval": list(interval) if interval else None,
+        "adjusted": list(adjusted) if adjusted else None,
+    }
+
+
+def _record(a: tuple, runs: list[dict], ok: list[dict], costs: dict, judged) -> dict:
+    strategy, rank = a
+    mine = [r for r in ok if _arm_of(r) == a]
+    train_mean, train_std = stats.mean_sd([r["final_train_loss"] for r in mine])
+    eval_mean, eval_std = stats.mean_sd([r["final_eval_loss"] for r in mine])
+    record = {
+        "arm": arm(strategy, rank),
+        "strategy": strategy,
+        "rank": rank,
+        "n": len(mine),
+        "failed": sum(_arm_of(r) == a and r.get("status") != "ok" for r in runs),
+        "trainable_params": mine[0]["trainable_params"] if mine else None,
+        "train_loss_mean": train_mean,
+        "train_loss_std": train_std,
+        "eval_loss_mean": eval_mean,
+        "eval_loss_std": eval_std,
+        "delta_train_pct": stats.mean_sd(costs["train_pct"])[0],
+        "delta_eval_pct": stats.mean_sd(costs["pct"])[0],
+        "seeds": costs["seeds"],
+    }
+    if judged is None:  # the baseline
+        return record | {"verdict": "baseline", "cost": None}
+    return record | {
+        "cost": {unit: _cost(costs[unit], judged.level) for unit in UNITS},
+        "p_value": judged.p_value,
+        "level": judged.level,
+        "verdict": judged.verdict,
+        "reason": judged.reason,
+        "seeds_needed": judged.seeds_needed,
+    }
+
+
+def _crystallization_rank(records: list[dict], shapes: dict[str, list[int]] | None) -> dict | None:
+    """The smallest crystal rank whose cost is below the margin (negligible or better)."""
+    fits = [
+        r["rank"]
+        for r in records
+        if r["strategy"] == "crystal" and r["verdict"] in ("negligible", "better")
+    ]
+    if not fits:
+        return None
+    k = min(fits)
+    if not shapes:
+        return {"rank": k, "factor_params": None, "dense_params": None}
+    return {
+        "rank": k,
+        "factor_params": sum(k * (o + i) for o, i in shapes.values()),
+        "dense_params": sum(o * i for o, i in shapes.values()),
+    }

@@ -19,10 +19,10 @@ from pathlib import Path
 from deadzone import fileio
 from deadzone.errors import DeadzoneError
 from deadzone.report import crystallize as crystallize_md
-from deadzone.report.html import Cell, Claim, Image, Page, Paragraph, Section, Table, write
+from deadzone.report.html import Claim, Image, Page, Paragraph, Section, Table, from_table, write
+from deadzone.schema import SCHEMA_VERSION
 
 # The newest results-file layout this deadzone reads. A file without ``schema_version`` is 1.
-SCHEMA_VERSION = 2
 RESULTS = "results.json"
 HTML = "report.html"
 
@@ -53,78 +53,56 @@ STUDY_CRYSTALLIZE = {
 }
 # Which comparison verdicts settle each kind of claim; any other leaves it undetermined.
 CONFIRMS = {NO_COST: {"negligible", "better"}, BETTER: {"better"}}
-REFUTES = {NO_COST: {"worse", "costly"}, BETTER: {"worse", "costly"}}
-
-
-def _slug(word: str) -> str:
-    return "-".join(word.lower().split())
-
-
-def _num(value: float | None, form: str) -> Cell:
-    return Cell("—" if value is None else format(value, form), "num")
-
-
-def _mean_std(mean: float | None, std: float | None) -> Cell:
-    if mean is None:
-        return Cell("—", "num")
-    return Cell(f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else ""), "num")
-
-
-def _ci(ci: list[float] | None) -> str:
-    return "—" if ci is None else f"[{ci[0]:+.2f}%, {ci[1]:+.2f}%]"
+REFUTES = {NO_COST: {"costly"}, BETTER: {"costly"}}
 
 
 def crystallize_table(results: dict) -> Table:
-    """The summary: each strategy's losses, paired difference against full, interval, verdict."""
-    rows = []
-    for s in results["summary"]:
-        base = s["verdict"] == "baseline"
-        failed = f", {s['failed']} failed" if s.get("failed") else ""
-        rows.append(
-            [
-                crystallize_md.label(s["strategy"], results["rank"]),
-                Cell(f"{s['n']}{failed}", "num"),
-                _mean_std(s["train_loss_mean"], s["train_loss_std"]),
-                Cell("baseline", "baseline") if base else _num(s["delta_train_pct"], "+.2f"),
-                _mean_std(s["eval_loss_mean"], s["eval_loss_std"]),
-                Cell("baseline", "baseline") if base else _num(s["delta_eval_pct"], "+.2f"),
-                Cell("—" if base else _ci(s["ci95_eval_pct"]), "num"),
-                Cell(s["verdict"], _slug(s["verdict"])),
-                _num(s["trainable_params"], ","),
-            ]
-        )
-    headers = ["Strategy", "Seeds", "Final train loss", "vs full (%)", "Final eval loss",
-               "vs full (%)", "95% CI (eval, paired)", "Verdict", "Trainable params"]  # fmt: skip
-    return Table(headers, rows)
+    """The crystallize table model (``report.crystallize.table_model``) as an HTML table."""
+    return from_table(crystallize_md.table_model(results))
+
+
+def _claim_numbers(results: dict, arm: dict, where: str) -> str:
+    unit = results["summary"]["unit"]
+    cost = arm["cost"][unit] if arm.get("cost") else None
+    if not cost or cost["mean"] is None:
+        return f"Here{where}: no paired comparison ({arm['n']} seed(s) finished)."
+    size = crystallize_md.cost_text(cost, unit)
+    numbers = f"Here{where}: {arm['verdict']}, {size}, {arm['n']} seeds, {results['steps']} steps."
+    if arm["verdict"] == "undetermined" and arm.get("seeds_needed"):
+        numbers += f" About {arm['seeds_needed']:,} seeds would decide."
+    if arm["strategy"] == "crystal" and arm.get("rank") != 1:
+        numbers += f" Tested at rank {arm['rank']}."
+    return numbers
+
+
+def _judge_claim(kind: str, arm: dict, unit: str) -> str:
+    """confirmed, refuted or undetermined; a claim of "better" is also refuted by an interval
+    wholly above zero, even one below the margin."""
+    verdict = arm["verdict"]
+    if verdict in CONFIRMS[kind]:
+        return "confirmed"
+    interval = (arm.get("cost") or {}).get(unit, {}).get("adjusted")
+    if verdict in REFUTES[kind] or (kind == BETTER and interval and interval[0] > 0):
+        return "refuted"
+    return "undetermined"
 
 
 def crystallize_claims(results: dict) -> list[Claim]:
     """The study's crystallize claims that this experiment tested, each with its verdict."""
     where = "" if results["targets"] == [STUDY_TARGET] else f" on {', '.join(results['targets'])}"
     claims = []
-    for s in results["summary"]:
-        if s["strategy"] not in STUDY_CRYSTALLIZE:
+    arms = results["summary"]["arms"]
+    for arm in arms:
+        if arm["strategy"] not in STUDY_CRYSTALLIZE:
             continue
-        found, claim, kind = STUDY_CRYSTALLIZE[s["strategy"]]
-        verdict = s["verdict"]
-        judged = (
-            "confirmed"
-            if verdict in CONFIRMS[kind]
-            else "refuted"
-            if verdict in REFUTES[kind]
-            else "undetermined"
-        )
-        delta = "—" if s["delta_eval_pct"] is None else f"{s['delta_eval_pct']:+.2f}%"
-        numbers = (
-            f"Here{where}: eval loss {delta} vs full {_ci(s['ci95_eval_pct'])}, "
-            f"{s['n']} seed(s), {results['steps']} steps: {verdict}."
-        )
-        if verdict == "within noise" and kind == NO_COST:
-            numbers += " An interval that holds zero is no proof of no cost."
-        if s["strategy"] == "crystal" and results["rank"] != 1:
-            numbers += f" Tested at rank {results['rank']}."
+        if arm["strategy"] == "crystal" and arm.get("rank") != min(
+            a["rank"] for a in arms if a["strategy"] == "crystal"
+        ):
+            continue  # the study's claim is about its lowest rank
+        found, claim, kind = STUDY_CRYSTALLIZE[arm["strategy"]]
+        judged = _judge_claim(kind, arm, results["summary"]["unit"])
         study = f"{found:+.1f}% final loss vs full ({STUDY_SETUP})"
-        claims.append(Claim(claim, study, judged, numbers))
+        claims.append(Claim(claim, study, judged, _claim_numbers(results, arm, where)))
     return claims
 
 
@@ -133,7 +111,7 @@ def _setup(results: dict) -> str:
     counts = data.get("counts", {})
     return (
         f"{results['steps']} SFT steps (lr {cfg['lr']:g}, batch {cfg['batch_size']} × "
-        f"{cfg['grad_accum']}), rank {results['rank']}, seeds "
+        f"{cfg['grad_accum']}), ranks {', '.join(map(str, results['ranks']))}, seeds "
         f"{', '.join(str(s) for s in results['seeds'])}; data `{data['spec']}` "
         f"({counts.get('train_examples', '?')} train / {counts.get('eval_examples', '?')} eval "
         f"examples, sha256 {data['content_hash'][:12]})."

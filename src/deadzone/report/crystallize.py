@@ -8,6 +8,8 @@ from pathlib import Path
 from deadzone import fileio
 from deadzone.errors import DeadzoneError
 from deadzone.report import pyplot, save_png
+from deadzone.report.table import Table, to_markdown
+from deadzone.schema import SCHEMA_VERSION
 
 LABELS = {
     "full": "Full SFT (all params)",
@@ -28,12 +30,12 @@ DONE = {
 COST = {
     "frozen": "freezing {it}",
     "crystal": "crystallizing {it} to rank {rank}",
-    "random": "random values",
+    "random": "replacing {it} by random values",
     "zero": "zeroing {it}",
 }
 
 
-def label(strategy: str, rank: int) -> str:
+def label(strategy: str, rank: int | None) -> str:
     return LABELS.get(strategy, strategy).format(rank=rank)
 
 
@@ -47,85 +49,164 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:+.2f}%"
 
 
-def _ci(ci: list[float] | None) -> str:
-    return "—" if ci is None else f"[{ci[0]:+.2f}%, {ci[1]:+.2f}%]"
+def _in_unit(value: float, unit: str) -> str:
+    """A cost in the summary's unit: a share of the gain as %, nats as nats."""
+    return f"{100 * value:+.2f}%" if unit == "share_of_gain" else f"{value:+.4f}"
+
+
+def _interval(interval: list[float] | None, unit: str) -> str:
+    if interval is None:
+        return "—"
+    return f"[{_in_unit(interval[0], unit)}, {_in_unit(interval[1], unit)}]"
+
+
+def cost_text(cost: dict, unit: str) -> str:
+    """``+1.23% [+0.50%, +1.96%] of the gain`` (or in nats): a cost with its adjusted interval."""
+    size = f"{_in_unit(cost['mean'], unit)} {_interval(cost['adjusted'], unit)}"
+    return size + (" of the gain" if unit == "share_of_gain" else " nats")
+
+
+def _unit_name(summary: dict) -> str:
+    return "share of gain" if summary["unit"] == "share_of_gain" else "nats"
+
+
+def _verdict(record: dict) -> str:
+    if record.get("seeds_needed"):
+        return f"{record['verdict']} (~{record['seeds_needed']:,} seeds would decide)"
+    return record["verdict"]
+
+
+def table_model(results: dict) -> Table:
+    """The study's columns (strategy, final loss, vs full), then the cost in nats and in the
+    verdict's unit with its Holm-adjusted interval, and the verdict."""
+    summary = results["summary"]
+    unit = summary["unit"]
+    columns = [
+        "Strategy", "Final train loss", "vs full", "Final eval loss", "vs full",
+        "Cost (nats)", f"Cost ({_unit_name(summary)})", "Holm-adjusted 95% CI", "Verdict",
+        "Trainable params",
+    ]  # fmt: skip
+    rows = []
+    for s in summary["arms"]:
+        base = s["verdict"] == "baseline"
+        n = f" (n={s['n']}" + (f", {s['failed']} failed)" if s["failed"] else ")")
+        params = "—" if s["trainable_params"] is None else f"{s['trainable_params']:,}"
+        cost = None if base else s["cost"]
+        judged = cost[unit] if cost else None
+        rows.append(
+            [
+                label(s["strategy"], s["rank"]) + n,
+                _loss(s["train_loss_mean"], s["train_loss_std"]),
+                "baseline" if base else _pct(s["delta_train_pct"]),
+                _loss(s["eval_loss_mean"], s["eval_loss_std"]),
+                "baseline" if base else _pct(s["delta_eval_pct"]),
+                "—" if not cost or cost["nats"]["mean"] is None else f"{cost['nats']['mean']:+.4f}",
+                "—" if not judged or judged["mean"] is None else _in_unit(judged["mean"], unit),
+                "—" if not judged else _interval(judged["adjusted"], unit),
+                _verdict(s),
+                params,
+            ]
+        )
+    return Table(columns, rows, right=frozenset({1, 2, 3, 4, 5, 6, 9}))
 
 
 def table(results: dict) -> str:
-    """The study's table (strategy, final loss, vs full) plus eval loss, CI and verdict."""
-    rows = [
-        "| Strategy | Final train loss | vs full | Final eval loss | vs full | "
-        "95% CI (eval, paired) | Verdict | Trainable params |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for s in results["summary"]:
-        base = s["strategy"] == "full"
-        n = f" (n={s['n']}" + (f", {s['failed']} failed)" if s["failed"] else ")")
-        params = "—" if s["trainable_params"] is None else f"{s['trainable_params']:,}"
-        rows.append(
-            f"| {label(s['strategy'], results['rank'])}{n} "
-            f"| {_loss(s['train_loss_mean'], s['train_loss_std'])} "
-            f"| {'baseline' if base else _pct(s['delta_train_pct'])} "
-            f"| {_loss(s['eval_loss_mean'], s['eval_loss_std'])} "
-            f"| {'baseline' if base else _pct(s['delta_eval_pct'])} "
-            f"| {'—' if base else _ci(s['ci95_eval_pct'])} | {s['verdict']} | {params} |"
-        )
-    return "\n".join(rows)
+    """The table in Markdown."""
+    return to_markdown(table_model(results))
 
 
 def _names(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _done(strategy: str, rank: int) -> str:
+def _done(strategy: str, rank: int | None) -> str:
     return DONE.get(strategy, f"given strategy {strategy}").format(rank=rank)
 
 
-def _cost(strategy: str, rank: int, n_targets: int) -> str:
+def _cost(strategy: str, rank: int | None, n_targets: int) -> str:
     it = "it" if n_targets == 1 else "them"
     return COST.get(strategy, f"strategy {strategy}").format(rank=rank, it=it)
 
 
+def _margin(summary: dict) -> str:
+    """The margin the verdicts used, in words."""
+    gain = summary["gain"]
+    if summary["unit"] == "share_of_gain":
+        return (
+            f"Fine-tuning lowered the eval loss by {gain['mean']:.4f} nats "
+            f"[{gain['interval'][0]:.4f}, {gain['interval'][1]:.4f}] (the gain); a cost is "
+            f"judged as a share of it, against a margin of {100 * summary['margin']:g}% of the "
+            f"gain ({summary['margin'] * gain['mean']:.4f} nats)."
+        )
+    why = (
+        "could not be measured (fewer than two seeds of full SFT)"
+        if gain["interval"] is None
+        else f"is not clearly positive ({gain['mean']:+.4f} nats "
+        f"[{gain['interval'][0]:+.4f}, {gain['interval'][1]:+.4f}])"
+    )
+    return (
+        f"The fine-tuning gain {why}, so a cost is judged in nats, against a margin of "
+        f"{summary['margin_nats']:g} nats."
+    )
+
+
+def _said(s: dict, summary: dict, target: str, n_targets: int) -> str:
+    """One sentence on one arm's cost and verdict."""
+    unit, cost = summary["unit"], s["cost"]
+    what = _cost(s["strategy"], s["rank"], n_targets).capitalize()
+    judged = cost[unit]
+    if judged["adjusted"] is None:
+        return f"{what}: undetermined ({s['reason']})."
+    size = cost_text(judged, unit)
+    if s["verdict"] == "negligible" and s["strategy"] == "crystal":
+        return f"{what} costs {size}: negligible — rank {s['rank']} suffices for {target}."
+    if s["verdict"] == "negligible":
+        return (
+            f"{what} costs {size}: negligible — {target} is redundant when "
+            f"{_done(s['strategy'], s['rank'])}."
+        )
+    if s["verdict"] == "better":
+        return f"{what} lowers the eval loss, {size}: better than full SFT."
+    if s["verdict"] == "costly":
+        return f"{what} costs {size}: costly."
+    needed = s.get("seeds_needed")
+    more = f"; about {needed:,} seeds would decide it" if needed else ""
+    return f"{what} costs {size}: undetermined (the interval straddles the margin{more})."
+
+
+def _crystallization(summary: dict, ranks: list[int]) -> str:
+    found = summary.get("crystallization_rank")
+    if found is None:
+        tried = ", ".join(map(str, ranks))
+        return f"No rank tried ({tried}) costs less than the margin: no crystallization rank."
+    k = found["rank"]
+    if found["factor_params"] is None:
+        return f"Crystallization rank: {k}."
+    return (
+        f"Crystallization rank: {k}, the smallest rank whose cost is below the margin; its "
+        f"factors take {found['factor_params']:,} parameters (k·(out + in)) against "
+        f"{found['dense_params']:,} dense (out·in)."
+    )
+
+
 def conclusion(results: dict) -> str:
-    """The result in plain words, strategy by strategy, from the verdicts and intervals."""
-    compared = [s for s in results["summary"] if s["verdict"] != "baseline"]
-    target, rank = _names(results["targets"]), results["rank"]
-    said = []
-    free = [s for s in compared if s["verdict"] == "within noise"]
-    if free:
-        bounds = _names([f"{s['ci95_eval_pct'][1]:+.2f}%" for s in free])
-        said.append(
-            f"{target} can be {_or([_done(s['strategy'], rank) for s in free])} at no "
-            f"measurable cost (eval loss within {bounds} of full SFT"
-            f"{' respectively' if len(free) > 1 else ''}, upper 95% bound)."
-        )
-    for s in compared:
-        if s["verdict"] in ("better", "worse"):
-            lo, hi = s["ci95_eval_pct"]
-            cost = _cost(s["strategy"], rank, len(results["targets"])).capitalize()
-            size = f"{s['delta_eval_pct']:+.2f}% [{lo:+.2f}%, {hi:+.2f}%]"
-            if s["verdict"] == "worse":
-                said.append(f"{cost} cost {size} in eval loss.")
-            else:
-                said.append(f"{cost} lowered the eval loss: {size}.")
-    undetermined = [s["strategy"] for s in compared if s["verdict"] == "undetermined"]
-    if undetermined:
-        said.append(
-            f"For {_names(undetermined)}, fewer than two seeds finished beside full SFT: "
-            "no verdict."
-        )
-    failed = sum(s["failed"] for s in results["summary"])
+    """The result in plain words, arm by arm, from the verdicts and adjusted intervals."""
+    summary = results["summary"]
+    compared = [s for s in summary["arms"] if s["verdict"] != "baseline"]
+    target, n_targets = _names(results["targets"]), len(results["targets"])
+    said = [_margin(summary)] + [_said(s, summary, target, n_targets) for s in compared]
+    if any(s["strategy"] == "crystal" for s in compared):
+        said.append(_crystallization(summary, results["ranks"]))
+    failed = sum(s["failed"] for s in summary["arms"])
     if failed:
         said.append(f"{failed} run(s) failed; see `results.json` for the reasons.")
-    tested = sum(s["verdict"] != "undetermined" for s in compared)
+    tested = sum(s["level"] is not None for s in compared)
     if tested > 1:
-        said.append(f"These are {tested} separate 95% comparisons, not corrected for multiplicity.")
-    seeds = len(results["seeds"])
-    return f"Over {seeds} seed(s): " + " ".join(said)
-
-
-def _or(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+        said.append(
+            f"The intervals are Holm-adjusted over the {tested} comparisons (family-wise "
+            f"error {100 * summary['alpha']:g}%)."
+        )
+    return f"Over {len(results['seeds'])} seed(s): " + " ".join(said)
 
 
 def shared_note(results: dict) -> str:
@@ -149,24 +230,66 @@ def markdown(results: dict) -> str:
     return (
         f"# Crystallize {_names(results['targets'])} of `{results['model']}`\n\n"
         f"{results['steps']} SFT steps (lr {cfg['lr']:g}, batch {cfg['batch_size']}"
-        f" × {cfg['grad_accum']}), rank {results['rank']}, seeds "
-        f"{', '.join(str(s) for s in results['seeds'])}; data `{data['spec']}` "
+        f" × {cfg['grad_accum']}), crystal rank(s) {', '.join(map(str, results['ranks']))}, "
+        f"seeds {', '.join(str(s) for s in results['seeds'])}; data `{data['spec']}` "
         f"({counts.get('train_examples', '?')} train / {counts.get('eval_examples', '?')} eval "
         f"examples, sha256 {data['content_hash'][:12]}).\n\n"
         f"{table(results)}\n\n"
-        "Final train loss: mean training loss over the last 10% of steps; final eval loss: on the "
-        "held-out set after the last step; both token-weighted, mean ± standard deviation over "
-        "seeds. *vs full* is the mean of the per-seed (paired) differences against full SFT, "
-        "which saw the same batches, over the seeds where both finished; the 95% interval is "
-        "Student's t interval of the same eval-loss differences. The verdict is *better* or "
-        "*worse* when the interval excludes zero, *within noise* when it contains it, and "
-        "*undetermined* when fewer than two seeds finished for both (no interval can be "
-        "drawn). Each strategy is a separate comparison against full SFT; the intervals are "
-        "not corrected for multiplicity.\n\n"
+        f"{EXPLAINED}\n\n"
         f"{shared_note(results)}"
         f"**Conclusion.** {conclusion(results)}\n\n"
+        "![verdicts](verdicts.png)\n\n"
         "![loss curves](curves.png)\n"
     )
+
+
+EXPLAINED = (
+    "Final train loss: mean training loss over the last 10% of steps; final eval loss: on the "
+    "held-out set after the last step; both token-weighted, mean ± standard deviation over "
+    "seeds. *vs full* and the costs are means of the per-seed (paired) differences against full "
+    "SFT, which saw the same batches, over the seeds where both finished. The share of the gain "
+    "divides each seed's cost by that seed's fine-tuning gain (full SFT's step-0 eval loss minus "
+    "its final one). The interval is Student's t interval of the paired costs at the level "
+    "Holm's step-down procedure tested the comparison at (the unadjusted 95% intervals are in "
+    "`results.json`). Verdict: *better* if the whole interval is below zero, else *negligible* "
+    "if it is below the margin, *costly* if it is above it, *undetermined* if it straddles it "
+    "(with the seeds that would likely decide it) or if fewer than two seeds were paired."
+)
+
+
+def plot_verdicts(results: dict, path: str | Path) -> None:
+    """A forest plot: per arm its mean cost with the Holm-adjusted (thick, light) and unadjusted
+    (thin) intervals, the margin as a band from zero, zero as a line."""
+    plt = pyplot()
+    summary = results["summary"]
+    unit, scale = summary["unit"], 100.0 if summary["unit"] == "share_of_gain" else 1.0
+    arms = [s for s in summary["arms"] if s["verdict"] != "baseline"]
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * max(1, len(arms))), constrained_layout=True)
+    ax.axvspan(0, scale * summary["margin_used"], color="C2", alpha=0.15, label="0 to the margin")
+    ax.axvline(0, color="k", lw=1)
+    for y, s in enumerate(reversed(arms)):
+        cost = s["cost"][unit]
+        if cost["mean"] is None:
+            continue
+        styles = (
+            (cost["adjusted"], "Holm-adjusted", 6, 0.4),
+            (cost["interval"], "unadjusted 95%", 1.5, 1),
+        )
+        for interval, name, lw, alpha in styles:
+            if interval is not None:
+                ax.plot([scale * v for v in interval], [y, y], color="C0", lw=lw, alpha=alpha,
+                        label=None if y else name)  # fmt: skip
+        ax.plot(scale * cost["mean"], y, "o", color="C0")
+        ax.annotate(
+            s["verdict"], (1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=9
+        )
+    ax.set_yticks(range(len(arms)), [label(s["strategy"], s["rank"]) for s in reversed(arms)])
+    ax.set_ylim(-0.7, len(arms) - 0.3)
+    ax.set_xlabel("cost, % of the fine-tuning gain" if unit == "share_of_gain" else "cost, nats")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncols=3, frameon=False)
+    ax.set_title(f"{_names(results['targets'])}: cost vs full SFT, {len(results['seeds'])} seeds")
+    save_png(fig, path)
 
 
 def _series(runs: list[dict], key: str) -> tuple[list[int], list[float], list[float]]:
@@ -214,11 +337,12 @@ def plot_curves(results: dict, path: str | Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
     ok = [r for r in results["runs"] if r["status"] == "ok"]
     full = {r["seed"]: r for r in ok if r["strategy"] == "full"}
-    for i, strategy in enumerate(s["strategy"] for s in results["summary"]):
-        runs = [r for r in ok if r["strategy"] == strategy]
+    for i, a in enumerate(results["summary"]["arms"]):
+        strategy = a["strategy"]
+        runs = [r for r in ok if (r["strategy"], r.get("rank")) == (strategy, a["rank"])]
         if not runs:
             continue
-        style = {"label": label(strategy, results["rank"]), "color": f"C{i}"}
+        style = {"label": label(strategy, a["rank"]), "color": f"C{i}"}
         _band(axes[0], *_series(runs, "train_loss"), **style)
         _band(axes[1], *_series(runs, "eval_loss"), **style)
         if strategy != "full":
@@ -234,8 +358,9 @@ def plot_curves(results: dict, path: str | Path) -> None:
     save_png(fig, path)
 
 
-def write_report(out: str | Path) -> tuple[Path, Path]:
-    """Write ``report.md`` and ``curves.png`` in ``out`` from ``out/results.json``."""
+def write_report(out: str | Path) -> tuple[Path, Path, Path]:
+    """Write ``report.md``, ``verdicts.png`` and ``curves.png`` in ``out`` from
+    ``out/results.json``."""
     out = Path(out)
     try:
         results = fileio.read_json(out / "results.json")
@@ -243,6 +368,12 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
         raise DeadzoneError(f"cannot read {out / 'results.json'}: {e}") from None
     if not isinstance(results, dict) or results.get("experiment") != "crystallize":
         raise DeadzoneError(f"{out / 'results.json'} is not a crystallize results file")
+    if results.get("schema_version", 1) != SCHEMA_VERSION:
+        raise DeadzoneError(
+            f"{out / 'results.json'} has schema version {results.get('schema_version', 1)}; "
+            f"this deadzone reads version {SCHEMA_VERSION}: rerun the experiment"
+        )
     fileio.write_text(out / "report.md", markdown(results))
+    plot_verdicts(results, out / "verdicts.png")
     plot_curves(results, out / "curves.png")
-    return out / "report.md", out / "curves.png"
+    return out / "report.md", out / "verdicts.png", out / "curves.png"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from deadzone import fileio
 from deadzone.errors import DeadzoneError
+from deadzone.report import table
 
 CLAIM_VERDICTS = ("confirmed", "refuted", "undetermined")
 _CLASS = re.compile(r"[a-z][a-z0-9-]*")
@@ -45,6 +46,23 @@ class Table:
         for row in self.rows:
             if len(row) != len(self.headers):
                 raise ValueError(f"a row has {len(row)} cells for {len(self.headers)} headers")
+
+
+VERDICTS = ("baseline", "better", "negligible", "costly", "undetermined")
+
+
+def from_table(model: table.Table) -> Table:
+    """A table model (the one the terminal and Markdown render) as an HTML table: its
+    right-aligned columns as numbers, a cell that opens with a verdict word coloured by it."""
+    rows = []
+    for row in model.rows:
+        cells: list[str | Cell] = []
+        for i, text in enumerate(row):
+            word = text.split(" ", 1)[0]
+            cls = word if word in VERDICTS else "num" if i in model.right else None
+            cells.append(Cell(text, cls))
+        rows.append(cells)
+    return Table(list(model.columns), rows)
 
 
 @dataclass(frozen=True)
@@ -105,8 +123,8 @@ overflow-wrap:normal}
 th{background:#f6f6f6}
 td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
 .confirmed,.better,.negligible{background:#e3f4e1;color:#17611b;font-weight:600}
-.refuted,.worse,.costly{background:#fbe4e2;color:#8c1d13;font-weight:600}
-.undetermined,.within-noise{background:#fdf3d8;color:#6b4f00;font-weight:600}
+.refuted,.costly{background:#fbe4e2;color:#8c1d13;font-weight:600}
+.undetermined{background:#fdf3d8;color:#6b4f00;font-weight:600}
 .baseline{color:#555}
 img{max-width:100%;height:auto;display:block;margin:1rem 0}
 @media (max-width:40rem){table.cards,table.cards tbody,table.cards tr,table.cards td{display:block}
