@@ -9,8 +9,9 @@ per-seed differences against ``full`` give a paired 95% confidence interval, and
 The reported difference (``delta_eval_pct``) is the mean of those same per-seed differences,
 so it always lies inside its interval.
 
-Under ``accelerate launch`` every process runs every run on its shard of the batches; only the
-main process writes ``results.json``.
+The runs go to an executor (in this process, a process pool or Ray: see
+``deadzone.experiments.execute``). Under ``accelerate launch`` every process runs every run on
+its shard of the batches; only the main process writes ``results.json``.
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ from deadzone import __version__
 from deadzone import sites as sites_mod
 from deadzone.data.sft import load_sft_data, pad_id_for
 from deadzone.errors import DeadzoneError
-from deadzone.experiments.runs import (
-    ResultsDir,
-    RunInputs,
-    RunSpec,
+from deadzone.experiments.execute import (
+    DataRef,
+    Executor,
+    InProcess,
+    ModelRef,
+    RunTask,
     execute,
-    model_fingerprint,
-    provenance,
+    prime,
 )
+from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, provenance
 from deadzone.strategies import STRATEGIES, check_rank
 from deadzone.train import SFTConfig
 
@@ -100,13 +103,20 @@ def crystallize(
     config: CrystallizeConfig,
     out: str | Path,
     *,
+    executor: Executor | None = None,
     show_progress: bool = True,
     on_record: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Run (or resume) the experiment into ``out`` and return the ``results.json`` document."""
-    from deadzone.checkpoints import load_model
+    """Run (or resume, or extend) the experiment into ``out``; return the ``results.json`` document.
 
+    ``executor`` runs the runs (default: :class:`InProcess`, here, one after another).
+    """
+    from deadzone.checkpoints import context_length, load_model, model_fingerprint, resolve
+
+    executor = executor or InProcess(show_progress=show_progress)
     state = PartialState(cpu=config.sft.cpu)  # the processes of this launch, if several
+    if state.num_processes > 1 and not isinstance(executor, InProcess):
+        raise DeadzoneError("under accelerate launch, runs execute in process (no --workers)")
     model, tokenizer = load_model(config.model)
     if tokenizer is None:
         raise DeadzoneError(f"{config.model} has no tokenizer; SFT needs one")
@@ -115,41 +125,41 @@ def crystallize(
     if "crystal" in config.strategies:
         for site in targets:
             check_rank(site, config.rank)
+    max_length = min(config.max_length, context_length(model) or config.max_length)
     data = load_sft_data(
         config.data,
         tokenizer,
-        max_length=min(config.max_length, context_length(model) or config.max_length),
+        max_length=max_length,
         eval_spec=config.eval_data,
         eval_fraction=config.eval_fraction,
     )
     inputs = RunInputs(
         model, {s.name: s for s in all_sites}, data, pad_id_for(tokenizer), config.sft
     )
-    identity = _identity(config, model, targets, data.info)
-    results = ResultsDir(out, identity, provenance(), summarize, writer=state.is_main_process)
-    state.wait_for_everyone()  # all have read results.json before the first run rewrites it
-    execute(
-        inputs,
-        plan_runs(config.strategies, [s.name for s in targets], config.seeds, config.rank),
-        results,
-        on_record=on_record,
-        show_progress=show_progress,
+    model_ref = ModelRef(config.model, model_fingerprint(resolve(config.model)))
+    data_ref = DataRef(
+        config.data, config.eval_data, config.eval_fraction, max_length, data.info["content_hash"]
     )
-    results.save()
+    specs = plan_runs(config.strategies, [s.name for s in targets], config.seeds, config.rank)
+    tasks = [RunTask(model_ref, data_ref, config.sft, spec, executor.threads) for spec in specs]
+    prime(tasks[0], inputs)  # runs in this process use the model and data loaded here
+    identity = _identity(config, model, model_ref, targets, data.info)
+    runset = {"strategies": list(config.strategies), "seeds": list(range(config.seeds))}
+    with ResultsDir(
+        out, identity, provenance(), summarize, runset=runset, writer=state.is_main_process
+    ) as results:
+        state.wait_for_everyone()  # all have read results.json before the first run rewrites it
+        execute(tasks, results, executor, on_record=on_record)
+        results.save()
     state.wait_for_everyone()  # the file is complete before any process reads it
     return results.document()
 
 
-def context_length(model) -> int | None:
-    """The longest sequence the model's position embeddings allow, if the config says."""
-    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(model.config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+def _identity(config: CrystallizeConfig, model, model_ref, targets: list, data_info: dict) -> dict:
+    """What the finished runs computed: a rerun that changes any of it is refused.
 
-
-def _identity(config: CrystallizeConfig, model, targets: list, data_info: dict) -> dict:
+    The strategies and seeds are not part of it: a rerun may add some (``runset``).
+    """
     sft = config.sft.to_dict()
     sft.pop("seed")
     return {
@@ -159,14 +169,12 @@ def _identity(config: CrystallizeConfig, model, targets: list, data_info: dict) 
         "model_info": {
             "model_type": getattr(model.config, "model_type", None),
             "params": sum(p.numel() for p in model.parameters()),
-            "fingerprint": model_fingerprint(model.name_or_path),
+            "fingerprint": model_ref.fingerprint,
         },
         "targets": [s.name for s in targets],
         "target_params": sum(s.params for s in targets),
-        "strategies": list(config.strategies),
         "rank": config.rank,
         "steps": config.sft.steps,
-        "seeds": list(range(config.seeds)),
         "data": data_info,
         "config": sft,
     }
