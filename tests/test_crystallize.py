@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from deadzone import fileio, strategies
+from deadzone.checkpoints import model_fingerprint
 from deadzone.cli import build_parser, main
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.crystallize import (
@@ -21,7 +22,6 @@ from deadzone.experiments.crystallize import (
     t975,
     verdict,
 )
-from deadzone.checkpoints import model_fingerprint
 from deadzone.presets import get_preset
 from deadzone.pretraining import build_model, train_tokenizer
 from deadzone.report.crystallize import markdown, write_report
@@ -153,7 +153,7 @@ def test_a_different_config_or_experiment_is_refused(setup, tmp_path):
             tmp_path,
             show_progress=False,
         )
-    with pytest.raises(DeadzoneError, match="experiment with targets \\[\"L1.attn.c_proj\"\\]"):
+    with pytest.raises(DeadzoneError, match='experiment with targets \\["L1.attn.c_proj"\\]'):
         crystallize(config(setup, strategies=("full",), seeds=1, targets="L1.mlp.c_fc"), tmp_path)
     assert (tmp_path / "results.json").read_text() == before
 
