@@ -366,9 +366,10 @@ def test_help_gives_every_option_its_default_or_says_it_is_required(capsys):
     defaults = {
         "--strategies": "full,frozen,crystal,random", "--rank": "1", "--steps": "50",
         "--seeds": "3", "--data": "builtin:docstrings", "--lr": "0.0003", "--batch-size": "8",
-        "--grad-accum": "1", "--eval-every": "10", "--max-length": "256",
+        "--grad-accum": "1", "--eval-every": "10", "--max-length": "256", "--backend": "local",
     }  # fmt: skip
-    assert set(helps) == {"-h", "--target", "--eval-data", "--out", *defaults}
+    explained = {"--eval-data", "--workers", "--ray-address"}
+    assert set(helps) == {"-h", "--target", "--out", *explained, *defaults}
     for option, default in defaults.items():
         assert helps[option].endswith(f"(default: {default})"), helps[option]
     assert helps["--target"].endswith("(required)") and helps["--out"].endswith("(required)")
@@ -377,6 +378,8 @@ def test_help_gives_every_option_its_default_or_says_it_is_required(capsys):
         in (helps["--eval-data"])
     )
     assert "capped at the model's context length" in helps["--max-length"]
+    assert helps["--workers"].endswith("(default: one run after another in this process)")
+    assert helps["--ray-address"].endswith("(default: start a local cluster on this machine)")
     for form in (".txt", ".jsonl", ".json", ".csv", ".parquet", "directory", "hub id"):
         assert form in helps["--data"], form
     assert "None" not in options
