@@ -132,6 +132,28 @@ def check_loading_info(spec: str, info: dict) -> None:
         raise DeadzoneError(f"{spec} does not match its architecture: {'; '.join(problems)}")
 
 
+def absent_sites(checkpoint: Checkpoint) -> list[str]:
+    """Names of the sites the checkpoint's config architecture has but its weights lack.
+
+    The architecture is built on the meta device (no memory, no weights). Empty when there is
+    no ``config.json`` or transformers cannot build a causal LM from it.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve(checkpoint.spec)
+    directory = path.parent if path.is_file() else path
+    if checkpoint.model is not None or not (directory / "config.json").is_file():
+        return []  # a loaded model is complete (load_model refuses one that is not)
+    try:
+        config = AutoConfig.from_pretrained(directory)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    present = {s.name for s in checkpoint.sites}
+    return [s.name for s in find_sites(model) if s.name not in present]
+
+
 # --- what identifies a model, and what it allows ------------------------------------------------
 
 # Files of a model directory that decide what a run computes, besides the weights. (Not
