@@ -30,6 +30,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per run, in every process
 
 import torch  # noqa: E402
+import transformers  # noqa: E402
 
 from deadzone.experiments.crystallize import CrystallizeConfig, crystallize  # noqa: E402
 from deadzone.experiments.execute import Pool, Ray, import_ray  # noqa: E402
@@ -81,6 +82,8 @@ def main() -> None:
     if args.quick:
         args.steps, args.seeds = 3, 1
     torch.set_num_threads(1)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     ray = import_ray()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -149,7 +149,7 @@ def crystallize(
         out, identity, provenance(), summarize, runset=runset, writer=state.is_main_process
     ) as results:
         state.wait_for_everyone()  # all have read results.json before the first run rewrites it
-        execute(tasks, results, executor, on_record=on_record)
+        execute(tasks, results, executor, on_record=on_record, show_progress=show_progress)
         results.save()
     state.wait_for_everyone()  # the file is complete before any process reads it
     return results.document()

@@ -35,6 +35,7 @@ import torch
 
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, failed_record, run_one
+from deadzone.progress import make_progress
 from deadzone.train import SFTConfig, make_accelerator
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,10 @@ def work(task: RunTask) -> tuple[str, object]:
     A :class:`DeadzoneError` (the model or data differ there) travels back as a message, for
     the driver to stop the experiment with; a crash is the executor's to notice.
     """
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # as the CLI does in the driver
+    transformers.logging.disable_progress_bar()
     try:
         return "ok", run_task(task)
     except DeadzoneError as e:
@@ -436,12 +441,22 @@ def execute(
     executor: Executor,
     *,
     on_record: OnRecord | None = None,
+    show_progress: bool = True,
 ) -> None:
-    """Run every task not already finished in ``results``; the driver saves after each one."""
+    """Run every task not already finished in ``results``; the driver saves after each one.
 
-    def finished(record: dict) -> None:
-        results.add(record)  # every process keeps it; only the writer saves it
-        if on_record is not None:
-            on_record(record)
+    Runs elsewhere (a pool, Ray) show one bar here, advanced as each record arrives; runs in
+    this process show their own.
+    """
+    pending = [t for t in tasks if not results.finished(t.key)]
+    quiet = not show_progress or isinstance(executor, InProcess) or not pending
+    with make_progress(disable=quiet) as bar:
+        runs = bar.add_task(f"runs ({executor.name})", total=len(pending))
 
-    executor.run([t for t in tasks if not results.finished(t.key)], finished)
+        def finished(record: dict) -> None:
+            results.add(record)  # every process keeps it; only the writer saves it
+            bar.advance(runs)
+            if on_record is not None:
+                on_record(record)
+
+        executor.run(pending, finished)
