@@ -252,7 +252,7 @@ class Pool:
                 busy = [w for w in pool if w.task]
                 wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
                 for w in busy:
-                    pool = self._collect(w, pool, queue, attempts, on_record, ctx)
+                    pool = self._collect(w, pool, queue, attempts, on_record)
         finally:
             for w in pool:
                 _stop(w)
@@ -260,11 +260,14 @@ class Pool:
     def _assign(self, w: _Worker, task: RunTask, attempts: dict) -> None:
         w.task = task
         attempts[task.key] += 1
-        w.conn.send(task)
+        try:
+            w.conn.send(task)
+        except OSError:  # it died between two tasks: _collect sees it and retries the task
+            return
         if self.on_start is not None:
             self.on_start(task, w.process.pid)
 
-    def _collect(self, w, pool, queue, attempts, on_record, ctx) -> list[_Worker]:
+    def _collect(self, w, pool, queue, attempts, on_record) -> list[_Worker]:
         """Take ``w``'s answer if it has one; replace ``w`` if it died. Returns the pool."""
         task = w.task
         try:
