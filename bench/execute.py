@@ -13,7 +13,7 @@ Efficiency = in-process wall time / (2 x parallel wall time): 1.0 when two worke
 time. Targets on 2 cores: >= 0.85 for the pool, >= 0.80 for Ray (without its start-up). The
 three give the same records (less their timings), which the script checks.
 
-    python bench/execute.py               # 8 runs of 30 steps
+    python bench/execute.py               # 8 runs of 50 steps
     python bench/execute.py --quick       # 4 runs of 3 steps: does it work
     python bench/execute.py --json out.json
 """
@@ -73,7 +73,7 @@ def timed(fn) -> tuple[float, object]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--steps", type=int, default=30, help="SFT steps per run (default: 30)")
+    p.add_argument("--steps", type=int, default=50, help="SFT steps per run (default: 50)")
     p.add_argument("--seeds", type=int, default=2, help="seeds; 4 runs each (default: 2)")
     p.add_argument("--quick", action="store_true", help="3 steps, 1 seed: a smoke test")
     p.add_argument("--model", help="model spec (default: builtin:tiny or a model of its shape)")

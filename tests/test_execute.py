@@ -65,6 +65,7 @@ def test_the_pool_and_a_local_ray_cluster_give_the_records_of_the_in_process_run
     assert by_key(on_ray) == reference
     saved = fileio.read_json(tmp_path / "ray" / "results.json")
     assert by_key(saved) == reference and saved["summary"] == pooled["summary"]
+    assert [r["key"] for r in saved["runs"]] == list(reference)  # the plan's order
 
 
 def test_a_killed_worker_is_retried_then_its_run_fails_and_the_others_go_on(

@@ -136,7 +136,8 @@ def crystallize(
     inputs = RunInputs(
         model, {s.name: s for s in all_sites}, data, pad_id_for(tokenizer), config.sft
     )
-    model_ref = ModelRef(config.model, model_fingerprint(resolve(config.model)))
+    path = resolve(config.model)
+    model_ref = ModelRef(config.model, model_fingerprint(path), str(path))
     data_ref = DataRef(
         config.data, config.eval_data, config.eval_fraction, max_length, data.info["content_hash"]
     )

@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from multiprocessing.connection import wait
+from pathlib import Path
 
 import torch
 
@@ -47,10 +48,16 @@ OnRecord = Callable[[dict], None]
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A model as a worker finds it: its spec (path, hub id or builtin) and fingerprint."""
+    """A model as a worker finds it: its spec (path, hub id or builtin) and fingerprint.
+
+    ``path`` is where the driver found it; a worker that sees the same directory there (same
+    machine, or a shared file system) loads it from there without resolving ``spec`` again
+    (which, for a builtin, would rebuild the corpus to find its hash).
+    """
 
     spec: str
     fingerprint: str
+    path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,12 +118,14 @@ def _load(task: RunTask) -> RunInputs:
     from deadzone.data.sft import load_sft_data, pad_id_for
 
     spec, d = task.model.spec, task.data
-    if model_fingerprint(resolve(spec)) != task.model.fingerprint:
+    here = task.model.path
+    path = Path(here) if here and Path(here).is_dir() else resolve(spec)
+    if model_fingerprint(path) != task.model.fingerprint:
         raise DeadzoneError(
             f"{spec} on {socket.gethostname()} is not the model the experiment was planned on "
             "(another fingerprint)"
         )
-    model, tokenizer = load_model(spec)
+    model, tokenizer = load_model(str(path))
     if tokenizer is None:
         raise DeadzoneError(f"{spec} has no tokenizer; SFT needs one")
     data = load_sft_data(
@@ -451,6 +460,8 @@ def execute(
     Runs elsewhere (a pool, Ray) show one bar here, advanced as each record arrives; runs in
     this process show their own.
     """
+    tasks = list(tasks)
+    results.order_by([t.key for t in tasks])
     pending = [t for t in tasks if not results.finished(t.key)]
     quiet = not show_progress or isinstance(executor, InProcess) or not pending
     with make_progress(disable=quiet) as bar:

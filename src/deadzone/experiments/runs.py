@@ -146,6 +146,7 @@ class ResultsDir:
         self.runset = _normalise(runset or {})
         self.header = _normalise(header or {})
         self.summarize = summarize
+        self._order: dict[str, int] = {}
         if self.out.is_file():
             raise DeadzoneError(f"output directory {self.out} is a file")
         self._stack = ExitStack()
@@ -194,8 +195,14 @@ class ResultsDir:
         self.runs[record["key"]] = _normalise(record)
         self.save()
 
+    def order_by(self, keys: list[str]) -> None:
+        """Keep the records in the order of ``keys`` (the plan), whatever order they finish in;
+        records of other keys (from an earlier, larger plan) follow in the order they came."""
+        self._order = {key: i for i, key in enumerate(keys)}
+
     def document(self) -> dict:
-        runs = list(self.runs.values())
+        last = len(self._order)
+        runs = sorted(self.runs.values(), key=lambda r: self._order.get(r["key"], last))
         doc = {**self.identity, **self.runset, **self.header, "runs": runs}
         if self.summarize is not None:
             doc["summary"] = self.summarize(runs)
