@@ -135,12 +135,13 @@ def test_a_killed_driver_resumes_losing_and_repeating_nothing(setup, reference, 
     assert by_key(resumed) == reference
 
 
-def test_ctrl_c_keeps_finished_runs_and_exits_130_with_one_line(setup, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["inprocess", "pool"])
+def test_ctrl_c_keeps_finished_runs_and_exits_130_with_one_line(setup, tmp_path, workers):  # noqa: F811
     model, data = setup
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "deadzone.cli", "crystallize", model, "--target",
             "L1.attn.c_proj", "--steps", "12", "--seeds", "2", "--data", data, "--batch-size",
-            "4", "--out", str(out)]  # fmt: skip
+            "4", *workers, "--out", str(out)]  # fmt: skip
     driver = subprocess.Popen(argv, env=env(), stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and driver.poll() is None:
@@ -150,7 +151,7 @@ def test_ctrl_c_keeps_finished_runs_and_exits_130_with_one_line(setup, tmp_path)
     driver.send_signal(signal.SIGINT)
     _, err = driver.communicate(timeout=60)
     assert driver.returncode == 130, err
-    assert err.splitlines()[-1] == "deadzone: interrupted; finished runs are kept"
+    assert err.splitlines()[-1] == "deadzone: interrupted; finished runs are kept", err
     assert "Traceback" not in err
     runs = fileio.read_json(out / "results.json")["runs"]
     assert 1 <= len(runs) < 8 and all(r["status"] == "ok" for r in runs)

@@ -220,6 +220,7 @@ class _Worker:
 def _worker_main(conn, threads: int) -> None:
     """A pool worker: take tasks from ``conn`` until ``None``, send back ``work``'s answer."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what Ctrl-C ends
+    _no_process_locks()
     torch.set_num_threads(threads)
     while (task := conn.recv()) is not None:
         conn.send(work(task))
@@ -313,10 +314,28 @@ def _death(exitcode: int | None) -> str:
     return f"exited with status {exitcode}"
 
 
+def _no_process_locks() -> None:
+    """tqdm (behind transformers' bars) guards its bars with a multiprocessing lock, a named
+    semaphore that a worker killed mid-run would leave behind (and the driver warn about at
+    exit); a worker's bars are off, and a thread lock does."""
+    import threading
+
+    import tqdm
+
+    tqdm.tqdm.set_lock(threading.RLock())
+
+
 def _stop(w: _Worker) -> None:
+    """End ``w``: an idle worker is told to stop, a busy one (Ctrl-C, an error) is killed."""
+    try:
+        if w.task is None:
+            w.conn.send(None)
+            w.process.join(timeout=10)
+    except OSError:
+        pass
     if w.process.is_alive():
         w.process.kill()
-    w.process.join(timeout=10)
+        w.process.join(timeout=10)
     w.conn.close()
 
 
