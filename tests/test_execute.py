@@ -20,7 +20,7 @@ from deadzone.cli import main
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.crystallize import crystallize
 from deadzone.experiments.execute import Pool, Ray, RunTask, make_executor, threads_per_run
-from deadzone.experiments.runs import ResultsDir
+from deadzone.experiments.runs import writing
 from deadzone.locks import file_lock
 from deadzone.train import RunFailed
 
@@ -155,7 +155,7 @@ def test_ctrl_c_keeps_finished_runs_and_exits_130_with_one_line(setup, tmp_path,
     assert "Traceback" not in err
     runs = fileio.read_json(out / "results.json")["runs"]
     assert 1 <= len(runs) < 8 and all(r["status"] == "ok" for r in runs)
-    with ResultsDir(out, {"experiment": "crystallize"}):  # the lock was let go
+    with writing(out):  # the lock was let go
         pass
 
 

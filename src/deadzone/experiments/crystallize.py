@@ -37,7 +37,7 @@ from deadzone.experiments.execute import (
     execute,
     prime,
 )
-from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, provenance
+from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, provenance, writing
 from deadzone.strategies import STRATEGIES, check_rank
 from deadzone.train import SFTConfig
 
@@ -111,12 +111,28 @@ def crystallize(
 
     ``executor`` runs the runs (default: :class:`InProcess`, here, one after another).
     """
-    from deadzone.checkpoints import context_length, load_model, model_fingerprint, resolve
-
     executor = executor or InProcess(show_progress=show_progress)
     state = PartialState(cpu=config.sft.cpu)  # the processes of this launch, if several
     if state.num_processes > 1 and not isinstance(executor, InProcess):
         raise DeadzoneError("under accelerate launch, runs execute in process (no --workers)")
+    with writing(out, state.is_main_process):
+        tasks, inputs, identity = _plan(config, executor.threads)
+        prime(tasks[0], inputs)  # runs in this process use the model and data loaded here
+        runset = {"strategies": list(config.strategies), "seeds": list(range(config.seeds))}
+        results = ResultsDir(
+            out, identity, provenance(), summarize, runset=runset, writer=state.is_main_process
+        )
+        state.wait_for_everyone()  # all have read results.json before the first run rewrites it
+        execute(tasks, results, executor, on_record=on_record, show_progress=show_progress)
+        results.save()
+    state.wait_for_everyone()  # the file is complete before any process reads it
+    return results.document()
+
+
+def _plan(config: CrystallizeConfig, threads: int) -> tuple[list[RunTask], RunInputs, dict]:
+    """Load the model and data once here: the run tasks, their inputs, and the identity."""
+    from deadzone.checkpoints import context_length, load_model, model_fingerprint, resolve
+
     model, tokenizer = load_model(config.model)
     if tokenizer is None:
         raise DeadzoneError(f"{config.model} has no tokenizer; SFT needs one")
@@ -142,18 +158,8 @@ def crystallize(
         config.data, config.eval_data, config.eval_fraction, max_length, data.info["content_hash"]
     )
     specs = plan_runs(config.strategies, [s.name for s in targets], config.seeds, config.rank)
-    tasks = [RunTask(model_ref, data_ref, config.sft, spec, executor.threads) for spec in specs]
-    prime(tasks[0], inputs)  # runs in this process use the model and data loaded here
-    identity = _identity(config, model, model_ref, targets, data.info)
-    runset = {"strategies": list(config.strategies), "seeds": list(range(config.seeds))}
-    with ResultsDir(
-        out, identity, provenance(), summarize, runset=runset, writer=state.is_main_process
-    ) as results:
-        state.wait_for_everyone()  # all have read results.json before the first run rewrites it
-        execute(tasks, results, executor, on_record=on_record, show_progress=show_progress)
-        results.save()
-    state.wait_for_everyone()  # the file is complete before any process reads it
-    return results.document()
+    tasks = [RunTask(model_ref, data_ref, config.sft, spec, threads) for spec in specs]
+    return tasks, inputs, _identity(config, model, model_ref, targets, data.info)
 
 
 def _identity(config: CrystallizeConfig, model, model_ref, targets: list, data_info: dict) -> dict:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -113,6 +113,24 @@ def failed_record(spec: RunSpec, reason: str, **extra) -> dict:
 LOCK = ".deadzone.lock"
 
 
+@contextmanager
+def writing(out: str | Path, writer: bool = True) -> Iterator[None]:
+    """Hold ``out/.deadzone.lock`` inside the block, when ``writer`` (the main process).
+
+    A second live writer is refused at once, naming the first (pid, host, command); a dead
+    one's lock is free. Take it before loading anything, so that a refusal comes at once.
+    """
+    if not writer:
+        yield
+        return
+    out = Path(out)
+    if out.is_file():
+        raise DeadzoneError(f"output directory {out} is a file")
+    fileio.ensure_dir(out)
+    with locks.file_lock(out / LOCK, wait=False, what=f"output directory {out}"):
+        yield
+
+
 class ResultsDir:
     """``results.json`` in ``out``: a header identifying the experiment, then run records.
 
@@ -123,10 +141,9 @@ class ResultsDir:
     (versions, git state). ``summarize`` turns the records into the ``summary`` saved beside
     them.
 
-    Only a ``writer`` (the main process of a multi-process launch) writes the file, and holds
-    ``out/.deadzone.lock`` from construction until :meth:`close` (or the end of a ``with``
-    block): a second live writer is refused at once, naming the first; a dead one's lock is
-    free. The others keep their records in memory, never overwriting the file with a stale copy.
+    Only a ``writer`` (the main process of a multi-process launch) writes the file; the others
+    keep their records in memory, never overwriting it with a stale copy. A writer works inside
+    :func:`writing`, which keeps other writers out.
     """
 
     def __init__(
@@ -149,27 +166,9 @@ class ResultsDir:
         self._order: dict[str, int] = {}
         if self.out.is_file():
             raise DeadzoneError(f"output directory {self.out} is a file")
-        self._stack = ExitStack()
         if writer:
             fileio.ensure_dir(self.out)  # fail now, not after the first run
-            self._stack.enter_context(
-                locks.file_lock(self.out / LOCK, wait=False, what=f"output directory {self.out}")
-            )
-        try:
-            self.runs: dict[str, dict] = self._load()
-        except BaseException:
-            self.close()
-            raise
-
-    def __enter__(self) -> ResultsDir:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Let go of the lock; the records stay readable."""
-        self._stack.close()
+        self.runs: dict[str, dict] = self._load()
 
     def _load(self) -> dict[str, dict]:
         if not self.path.exists():
