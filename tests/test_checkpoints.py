@@ -2,7 +2,7 @@ import pytest
 import torch
 from conftest import tiny_gpt2, tiny_llama
 
-from deadzone.checkpoints import load_model, open_checkpoint, resolve
+from deadzone.checkpoints import absent_sites, load_model, open_checkpoint, resolve
 from deadzone.errors import DeadzoneError
 from deadzone.sites import find_sites, site_matrix
 
@@ -65,3 +65,72 @@ def test_hub_id_offline_is_one_clear_error(monkeypatch, tmp_path):
 def test_unknown_builtin_preset():
     with pytest.raises(DeadzoneError, match="unknown preset 'huge'"):
         resolve("builtin:huge")
+
+
+def test_a_checkpoint_with_missing_or_unexpected_weights_is_refused_naming_them(gpt2_dir):
+    import safetensors.torch
+
+    path, _ = gpt2_dir
+    weights = safetensors.torch.load_file(path / "model.safetensors")
+    del weights["transformer.h.0.attn.c_proj.weight"]
+    weights["transformer.h.0.attn.surplus"] = torch.zeros(2)
+    safetensors.torch.save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(DeadzoneError) as refused:
+        load_model(str(path))
+    message = str(refused.value)
+    assert "does not match its architecture" in message and "\n" not in message
+    assert "missing weight(s) transformer.h.0.attn.c_proj.weight" in message
+    assert "unexpected weight(s) transformer.h.0.attn.surplus" in message
+
+
+FIRST_USE = """
+import logging
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+from deadzone.checkpoints import resolve
+print(resolve("builtin:micro"))
+"""
+
+
+@pytest.mark.slow
+def test_two_concurrent_first_uses_of_a_builtin_pretrain_it_once(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "PYTHONPATH": src}
+    env["OMP_NUM_THREADS"] = "1"
+    users = [
+        subprocess.Popen(
+            [sys.executable, "-c", FIRST_USE],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    answers = [u.communicate(timeout=900) for u in users]
+    assert [u.returncode for u in users] == [0, 0], answers
+    paths = {out.strip() for out, _ in answers}
+    assert len(paths) == 1 and (Path(paths.pop()) / "config.json").is_file()
+    said = sum(err.count("pretraining builtin:micro once") for _, err in answers)
+    assert said == 1, [err for _, err in answers]
+
+
+def test_analysis_of_a_checkpoint_lacking_a_matrix_names_it(gpt2_dir, caplog):
+    import safetensors.torch
+
+    from deadzone.analysis import analyze_checkpoint
+
+    path, _ = gpt2_dir
+    assert absent_sites(open_checkpoint(str(path))) == []
+    weights = safetensors.torch.load_file(path / "model.safetensors")
+    del weights["transformer.h.1.mlp.c_fc.weight"]
+    safetensors.torch.save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    assert absent_sites(open_checkpoint(str(path))) == ["L1.mlp.c_fc"]
+    with caplog.at_level("WARNING", logger="deadzone"):
+        records = analyze_checkpoint(str(path), "L1.mlp.*")
+    assert [r["site"] for r in records] == ["L1.mlp.c_proj"]
+    assert "lacks 1 matrix(es) of its architecture: L1.mlp.c_fc" in caplog.text

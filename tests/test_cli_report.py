@@ -43,7 +43,9 @@ def test_report_rebuilds_from_results_alone_and_twice_gives_the_same_bytes(
     assert "Freezing L4 c_proj during SFT costs nothing" in page
     assert "Here on L1.attn.c_proj" in page
     assert "data:image/png;base64," in page
-    assert any(f'<td class="{v}">' in page for v in ("negligible", "better", "costly", "undetermined"))
+    assert any(
+        f'<td class="{v}">' in page for v in ("negligible", "better", "costly", "undetermined")
+    )
     assert 'src="http' not in page and 'href="http' not in page and "<script" not in page
 
     assert main(["report", str(exp)]) == 0

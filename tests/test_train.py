@@ -10,7 +10,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from deadzone import sites, strategies
 from deadzone.errors import DeadzoneError
-from deadzone.train import SFTConfig, SFTLoop, batch_stream, lr_factor, train
+from deadzone.train import SFTConfig, SFTLoop, batch_stream, computed, lr_factor, train
 
 VOCAB, SEQ = 96, 16
 
@@ -109,9 +109,7 @@ def test_final_train_loss_is_the_mean_over_the_last_tenth_of_steps():
 
 def untimed(result) -> dict:
     """A run's record without the clocks and the memory peak, which vary from run to run."""
-    clocks = {"seconds": 0, "tokens_per_second": 0, "peak_memory_bytes": 0}
-    curve = [{k: v for k, v in p.items() if k != "step_seconds"} for p in result.curve]
-    return result.to_dict() | clocks | {"curve": curve}
+    return computed(result.to_dict())
 
 
 def test_full_and_frozen_share_step0_and_same_seed_repeats_exactly():

@@ -12,6 +12,7 @@ matrix is ``None``; ``finite`` is false when the matrix held NaN or Inf, and the
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from collections import deque
@@ -27,6 +28,8 @@ from deadzone.device import get_device
 from deadzone.errors import DeadzoneError
 from deadzone.progress import make_progress
 from deadzone.sites import Site, select
+
+log = logging.getLogger(__name__)
 
 # Roles of the attention input projections (GPT-2 ``c_attn``, Llama ``q/k/v_proj``).
 ATTN_IN_ROLES = ("attn_qkv", "attn_q", "attn_k", "attn_v")
@@ -174,9 +177,13 @@ def analyze_checkpoint(spec: str, pattern: str | None = None, **options) -> list
     ``"config"``, ``"tensor names"`` or ``"assumed"``, see :func:`deadzone.sites.orientation`).
     ``options`` go to :func:`analyze`.
     """
-    from deadzone.checkpoints import open_checkpoint
+    from deadzone.checkpoints import absent_sites, open_checkpoint
 
     checkpoint = open_checkpoint(spec)
+    absent = absent_sites(checkpoint)
+    if absent:
+        shown = ", ".join(absent[:8]) + (f" and {len(absent) - 8} more" if len(absent) > 8 else "")
+        log.warning("%s lacks %d matrix(es) of its architecture: %s", spec, len(absent), shown)
     chosen = select(checkpoint.sites, pattern)
     records = analyze(checkpoint.matrices(chosen), total=len(chosen), **options)
     return [{**r, "orientation": checkpoint.orientation} for r in records]

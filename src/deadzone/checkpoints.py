@@ -13,8 +13,9 @@ Nothing here unpickles a file: weights are read from safetensors, and a checkpoi
 
 from __future__ import annotations
 
+import hashlib
 import json
-import sys
+import logging
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,11 +25,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from deadzone.errors import DeadzoneError
+from deadzone.locks import file_lock
 from deadzone.sites import FROM_CONFIG, Site, discover, find_sites, orientation, site_matrix
 
 BUILTIN = "builtin:"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+
+log = logging.getLogger(__name__)
 
 
 def resolve(spec: str) -> Path:
@@ -50,18 +54,25 @@ def resolve(spec: str) -> Path:
 
 
 def _builtin(name: str) -> Path:
+    """The cached model of preset ``name``, pretrained first if it is not there yet.
+
+    Two processes asking for the same uncached preset at once (two commands, or the processes
+    of one ``accelerate launch``) pretrain it once: the first holds a lock file beside the
+    cache entry while it pretrains, the others wait for it, then load what it saved.
+    """
     from deadzone.data import corpus
     from deadzone.presets import builtin_dir, get_preset
     from deadzone.pretraining import pretrain
 
     preset = get_preset(name)
     path = builtin_dir(preset.name, corpus.corpus_hash())
-    if not (path / "config.json").is_file():
-        print(
-            f"deadzone: pretraining builtin:{name} once; it will be cached in {path}",
-            file=sys.stderr,
-        )
-        pretrain(preset.name, path)
+    if (path / "config.json").is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path.parent / f".{path.name}.lock", wait=True):
+        if not (path / "config.json").is_file():  # not saved by the holder we waited for
+            log.warning("pretraining builtin:%s once; it will be cached in %s", name, path)
+            pretrain(preset.name, path)
     return path
 
 
@@ -78,7 +89,13 @@ def _download(repo_id: str) -> Path:
 
 
 def load_model(spec: str, *, dtype: torch.dtype | None = None):
-    """``(model, tokenizer)`` for ``spec``; the tokenizer is None when the directory has none."""
+    """``(model, tokenizer)`` for ``spec``; the tokenizer is None when the directory has none.
+
+    A checkpoint whose weights do not match the architecture its config names (a weight
+    missing, one the architecture has no place for, or one of another shape) is refused with
+    the keys named: a missing weight would otherwise be freshly initialised and trained as if
+    it were the model's.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve(spec)
@@ -86,9 +103,12 @@ def load_model(spec: str, *, dtype: torch.dtype | None = None):
         raise DeadzoneError(f"{spec} is a bare .safetensors file; training needs a model directory")
     check_checkpoint(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
-    except (OSError, ValueError, KeyError) as e:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype or torch.float32, output_loading_info=True
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise DeadzoneError(f"cannot load a causal LM from {spec}: {_first_line(e)}") from None
+    check_loading_info(spec, info)
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         return model, None
     try:
@@ -96,6 +116,114 @@ def load_model(spec: str, *, dtype: torch.dtype | None = None):
     except (OSError, ValueError, TypeError) as e:
         raise DeadzoneError(f"cannot load the tokenizer in {spec}: {_first_line(e)}") from None
     return model, tokenizer
+
+
+def check_loading_info(spec: str, info: dict) -> None:
+    """Refuse a load that left weights missing, unexpected or of the wrong shape, naming them."""
+    problems = []
+    for kind in ("missing", "unexpected", "mismatched"):
+        found = info.get(f"{kind}_keys") or ()
+        keys = sorted(str(k[0] if isinstance(k, tuple) else k) for k in found)
+        if keys:
+            shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+            problems.append(f"{kind} weight(s) {shown}")
+    if info.get("error_msgs"):
+        problems.append(_first_line(Exception(info["error_msgs"][0])))
+    if problems:
+        raise DeadzoneError(f"{spec} does not match its architecture: {'; '.join(problems)}")
+
+
+def absent_sites(checkpoint: Checkpoint) -> list[str]:
+    """Names of the sites the checkpoint's config architecture has but its weights lack.
+
+    The architecture is built on the meta device (no memory, no weights). Empty when there is
+    no ``config.json`` or transformers cannot build a causal LM from it.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve(checkpoint.spec)
+    directory = path.parent if path.is_file() else path
+    if checkpoint.model is not None or not (directory / "config.json").is_file():
+        return []  # a loaded model is complete (load_model refuses one that is not)
+    try:
+        config = AutoConfig.from_pretrained(directory)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    present = {s.name for s in checkpoint.sites}
+    return [s.name for s in find_sites(model) if s.name not in present]
+
+
+# --- what identifies a model, and what it allows ------------------------------------------------
+
+# Files of a model directory that decide what a run computes, besides the weights. (Not
+# tokenizer_config.json: saving a tokenizer again adds keys to it that change nothing.)
+FINGERPRINT_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
+# Keys of config.json that record who saved it, not what the model is.
+CONFIG_NOISE = ("transformers_version", "_name_or_path")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+SAMPLES, SAMPLE_BYTES = 16, 4096
+
+
+def model_fingerprint(directory: str | Path) -> str:
+    """sha256 identifying the model in ``directory``, cheap on multi-gigabyte checkpoints.
+
+    It covers the config (less the keys that only say who saved it) and tokenizer files
+    whole, and of each weight file its name, size, safetensors header (names, dtypes, shapes,
+    offsets) and ``SAMPLES`` blocks of ``SAMPLE_BYTES`` spread evenly over its tensor data.
+    Not every byte is read, but training
+    changes nearly every weight, so a model re-saved at the same path after more training
+    gets another fingerprint, while the same weights saved again keep theirs.
+    """
+    directory = Path(directory)
+    h = hashlib.sha256()
+    for name in FINGERPRINT_FILES:
+        file = directory / name
+        if file.is_file():
+            h.update(f"{name}\0".encode())
+            h.update(_config_bytes(file) if name == "config.json" else file.read_bytes())
+    weights = sorted(f for f in directory.iterdir() if f.suffix in WEIGHT_SUFFIXES and f.is_file())
+    for file in weights:
+        size = file.stat().st_size
+        h.update(f"\0{file.name}\0{size}\0".encode())
+        with file.open("rb") as f:
+            start = 0
+            if file.suffix == ".safetensors" and size >= 8:
+                header_len = int.from_bytes(f.read(8), "little")
+                h.update(f.read(header_len))
+                start = min(size, 8 + header_len)
+            span = max(0, size - start - SAMPLE_BYTES)
+            for i in range(SAMPLES):
+                f.seek(start + span * i // max(1, SAMPLES - 1))
+                h.update(f.read(SAMPLE_BYTES))
+    return h.hexdigest()
+
+
+def _config_bytes(file: Path) -> bytes:
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return file.read_bytes()
+    if isinstance(config, dict):
+        config = {k: v for k, v in config.items() if k not in CONFIG_NOISE}
+    return json.dumps(config, sort_keys=True).encode()
+
+
+def context_length(model) -> int | None:
+    """The longest sequence the model's position embeddings allow, if the config says."""
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(model.config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _first_line(e: Exception) -> str:

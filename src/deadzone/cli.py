@@ -6,6 +6,8 @@ Each command has an ``add_<command>`` function that registers its parser and han
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -41,6 +43,88 @@ class Parser(argparse.ArgumentParser):
 
 def _parser(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+
+
+# --- options every experiment command shares (declared once) ----------------------------------
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The SFT runs of an experiment: steps, seeds, data, optimiser; read by :func:`run_options`."""
+    p.add_argument("--steps", type=int, default=50, help="SFT optimizer steps per run")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..S-1) per strategy")
+    p.add_argument(
+        "--data",
+        default="builtin:docstrings",
+        help="SFT data: a .txt, .jsonl, .json, .csv or .parquet file (text, prompt + "
+        "completion, or messages), a directory of them, a datasets hub id, or builtin:docstrings",
+    )
+    p.add_argument(
+        "--eval-data",
+        help="evaluation data, in the forms --data accepts (default: the builtin's own eval "
+        "split, else a held-out 10%% of --data)",
+    )
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    p.add_argument("--batch-size", type=int, default=8, help="examples per micro-batch")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
+    p.add_argument("--eval-every", type=int, default=10, help="steps between evaluations")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=256,
+        help="tokens kept per example, capped at the model's context length",
+    )
+
+
+def run_options(args: argparse.Namespace) -> dict:
+    """The fields of an experiment config that :func:`add_run_options` declared."""
+    from deadzone.train import SFTConfig
+
+    sft = SFTConfig(
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        eval_every=args.eval_every,
+    )
+    return dict(
+        seeds=args.seeds,
+        data=args.data,
+        eval_data=args.eval_data,
+        max_length=args.max_length,
+        sft=sft,
+    )
+
+
+def add_execution_options(p: argparse.ArgumentParser) -> None:
+    """Where the runs execute; read by :func:`make_executor`."""
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run N runs at once: a pool of N local processes, or N Ray tasks with --backend "
+        "ray; each run gets max(1, cores // N) torch threads unless OMP_NUM_THREADS is set "
+        "(default: one run after another in this process)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process, or a process pool with --workers; ray: Ray tasks "
+        "(pip install 'deadzone[ray]')",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="HOST:PORT of a running Ray cluster (`ray start --head`) for --backend ray "
+        "(default: start a local cluster on this machine)",
+    )
+
+
+def make_executor(args: argparse.Namespace):
+    """The executor :func:`add_execution_options` describes."""
+    from deadzone.experiments.execute import make_executor as build
+
+    return build(args.backend, args.workers, args.ray_address)
 
 
 # --- commands (one add_* function each) -------------------------------------------------------
@@ -104,33 +188,13 @@ def add_crystallize(sub: argparse._SubParsersAction) -> None:
         default=0.01,
         help="the margin in nats of eval loss, used instead when the gain is not clearly positive",
     )
-    p.add_argument("--steps", type=int, default=50, help="SFT optimizer steps per run")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..S-1) per strategy")
-    p.add_argument(
-        "--data",
-        default="builtin:docstrings",
-        help="SFT data: a .txt, .jsonl, .json, .csv or .parquet file (text, prompt + "
-        "completion, or messages), a directory of them, a datasets hub id, or builtin:docstrings",
-    )
-    p.add_argument(
-        "--eval-data",
-        help="evaluation data, in the forms --data accepts (default: the builtin's own eval "
-        "split, else a held-out 10%% of --data)",
-    )
-    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
-    p.add_argument("--batch-size", type=int, default=8, help="examples per micro-batch")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
-    p.add_argument("--eval-every", type=int, default=10, help="steps between evaluations")
-    p.add_argument(
-        "--max-length",
-        type=int,
-        default=256,
-        help="tokens kept per example, capped at the model's context length",
-    )
+    add_run_options(p)
+    add_execution_options(p)
     p.add_argument(
         "--out",
         required=True,
-        help="output directory, resumed if it holds this experiment",
+        help="output directory, resumed (or extended with more seeds or strategies) if it "
+        "holds this experiment",
     )
     p.set_defaults(handler=_crystallize)
 
@@ -141,28 +205,17 @@ def _crystallize(args: argparse.Namespace) -> int | None:
     from deadzone.experiments.crystallize import BASELINE, CrystallizeConfig, crystallize
     from deadzone.report.crystallize import conclusion, table_model, write_report
     from deadzone.report.table import to_text
-    from deadzone.train import SFTConfig
 
-    sft = SFTConfig(
-        steps=args.steps,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        eval_every=args.eval_every,
-    )
     config = CrystallizeConfig(
         model=args.model,
         targets=args.target,
         strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
         ranks=_ranks(args.rank),
-        seeds=args.seeds,
         margin=args.margin,
         margin_nats=args.margin_nats,
-        data=args.data,
-        eval_data=args.eval_data,
-        max_length=args.max_length,
-        sft=sft,
+        **run_options(args),
     )
+    executor = make_executor(args)
     main_process = PartialState().is_main_process
     if config.seeds == 1 and main_process:
         print(
@@ -171,7 +224,7 @@ def _crystallize(args: argparse.Namespace) -> int | None:
             file=sys.stderr,
         )
     before = _recorded_keys(args.out)
-    results = crystallize(config, args.out)
+    results = crystallize(config, args.out, executor=executor)
     reused = sum(r["key"] in before for r in results["runs"])
     if reused and main_process:
         print(
@@ -322,16 +375,41 @@ def _quiet_libraries() -> None:
     transformers.logging.disable_progress_bar()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a message comes, not when it was made."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _log_to_stderr() -> None:
+    """deadzone's own messages as ``deadzone: ...`` lines, from the main process only."""
+    logger = logging.getLogger("deadzone")
+    if any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        return
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("deadzone: %(message)s"))
+    logger.addHandler(handler)
+    main_process = os.environ.get("RANK", "0") == "0"  # set by accelerate / torchrun launches
+    logger.setLevel(logging.INFO if main_process else logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
+    _log_to_stderr()
     try:
         return int(args.handler(args) or 0)
     except DeadzoneError as e:
         print(f"deadzone: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("deadzone: interrupted", file=sys.stderr)
+        print("deadzone: interrupted; finished runs are kept", file=sys.stderr)
         return 130
 
 

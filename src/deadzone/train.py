@@ -162,6 +162,18 @@ class RunResult:
         return asdict(self)
 
 
+# What a run record measures of the machine rather than computes: they differ from run to run.
+MEASURED = ("seconds", "tokens_per_second", "peak_memory_bytes")
+MEASURED_PER_STEP = ("step_seconds",)
+
+
+def computed(record: dict) -> dict:
+    """A run record (``RunResult.to_dict`` and beyond) less its clocks and memory peaks: what
+    must be identical when the same run is computed again, anywhere, on as many threads."""
+    curve = [{k: v for k, v in p.items() if k not in MEASURED_PER_STEP} for p in record["curve"]]
+    return {k: v for k, v in record.items() if k not in MEASURED} | {"curve": curve}
+
+
 class RunFailed(Exception):
     """A run cannot go on (it met a non-finite number, or a strategy cannot be applied): it is
     recorded ``failed`` with this message, and the runs beside it go on."""

@@ -8,8 +8,9 @@ same batches (the paired design), so the per-seed differences against ``full`` a
 of the fine-tuning gain) and verdicts (:mod:`deadzone.experiments.stats`): ``negligible``,
 ``costly``, ``better`` or ``undetermined``, and ``baseline`` for ``full``.
 
-Under ``accelerate launch`` every process runs every run on its shard of the batches; only the
-main process writes ``results.json``.
+The runs go to an executor (in this process, a process pool or Ray: see
+``deadzone.experiments.execute``). Under ``accelerate launch`` every process runs every run on
+its shard of the batches; only the main process writes ``results.json``.
 """
 
 from __future__ import annotations
@@ -26,14 +27,16 @@ from deadzone import sites as sites_mod
 from deadzone.data.sft import load_sft_data, pad_id_for
 from deadzone.errors import DeadzoneError
 from deadzone.experiments import stats
-from deadzone.experiments.runs import (
-    ResultsDir,
-    RunInputs,
-    RunSpec,
+from deadzone.experiments.execute import (
+    DataRef,
+    Executor,
+    InProcess,
+    ModelRef,
+    RunTask,
     execute,
-    model_fingerprint,
-    provenance,
+    prime,
 )
+from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, provenance, writing
 from deadzone.schema import SCHEMA_VERSION
 from deadzone.strategies import STRATEGIES, check_rank
 from deadzone.train import SFTConfig
@@ -145,13 +148,45 @@ def crystallize(
     config: CrystallizeConfig,
     out: str | Path,
     *,
+    executor: Executor | None = None,
     show_progress: bool = True,
     on_record: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Run (or resume) the experiment into ``out`` and return the ``results.json`` document."""
-    from deadzone.checkpoints import load_model
+    """Run (or resume, or extend) the experiment into ``out``; return the ``results.json`` document.
 
+    ``executor`` runs the runs (default: :class:`InProcess`, here, one after another).
+    """
+    executor = executor or InProcess(show_progress=show_progress)
     state = PartialState(cpu=config.sft.cpu)  # the processes of this launch, if several
+    if state.num_processes > 1 and not isinstance(executor, InProcess):
+        raise DeadzoneError("under accelerate launch, runs execute in process (no --workers)")
+    with writing(out, state.is_main_process):
+        tasks, inputs, identity, shapes = _plan(config, executor.threads)
+        prime(tasks[0], inputs)  # runs in this process use the model and data loaded here
+        runset = {
+            "strategies": list(config.strategies),
+            "ranks": list(config.ranks),
+            "seeds": list(range(config.seeds)),
+        }
+        summary = partial(
+            summarize, margin=config.margin, margin_nats=config.margin_nats, shapes=shapes
+        )
+        header = {"schema_version": SCHEMA_VERSION, **provenance()}
+        results = ResultsDir(
+            out, identity, header, summary, runset=runset, writer=state.is_main_process
+        )
+        state.wait_for_everyone()  # all have read results.json before the first run rewrites it
+        execute(tasks, results, executor, on_record=on_record, show_progress=show_progress)
+        results.save()
+    state.wait_for_everyone()  # the file is complete before any process reads it
+    return results.document()
+
+
+def _plan(config: CrystallizeConfig, threads: int) -> tuple[list[RunTask], RunInputs, dict, dict]:
+    """Load the model and data once here: the run tasks, their inputs, the identity, and the
+    targets' shapes."""
+    from deadzone.checkpoints import context_length, load_model, model_fingerprint, resolve
+
     model, tokenizer = load_model(config.model)
     if tokenizer is None:
         raise DeadzoneError(f"{config.model} has no tokenizer; SFT needs one")
@@ -162,36 +197,26 @@ def crystallize(
         for site in targets:
             for rank in config.ranks:
                 check_rank(site, rank)
+    max_length = min(config.max_length, context_length(model) or config.max_length)
     data = load_sft_data(
         config.data,
         tokenizer,
-        max_length=min(config.max_length, context_length(model) or config.max_length),
+        max_length=max_length,
         eval_spec=config.eval_data,
         eval_fraction=config.eval_fraction,
     )
     inputs = RunInputs(
         model, {s.name: s for s in all_sites}, data, pad_id_for(tokenizer), config.sft
     )
-    identity = _identity(config, model, targets, data.info)
-    summary = partial(
-        summarize,
-        margin=config.margin,
-        margin_nats=config.margin_nats,
-        shapes={s.name: list(s.shape) for s in targets},
+    path = resolve(config.model)
+    model_ref = ModelRef(config.model, model_fingerprint(path), str(path))
+    data_ref = DataRef(
+        config.data, config.eval_data, config.eval_fraction, max_length, data.info["content_hash"]
     )
-    header = {"schema_version": SCHEMA_VERSION, **provenance()}
-    results = ResultsDir(out, identity, header, summary, writer=state.is_main_process)
-    state.wait_for_everyone()  # all have read results.json before the first run rewrites it
-    execute(
-        inputs,
-        plan_runs(config.strategies, [s.name for s in targets], config.seeds, config.ranks),
-        results,
-        on_record=on_record,
-        show_progress=show_progress,
-    )
-    results.save()
-    state.wait_for_everyone()  # the file is complete before any process reads it
-    return results.document()
+    specs = plan_runs(config.strategies, [s.name for s in targets], config.seeds, config.ranks)
+    tasks = [RunTask(model_ref, data_ref, config.sft, spec, threads) for spec in specs]
+    identity = _identity(config, model, model_ref, targets, data.info)
+    return tasks, inputs, identity, {s.name: list(s.shape) for s in targets}
 
 
 def check_vocabulary(model, tokenizer) -> None:
@@ -204,16 +229,11 @@ def check_vocabulary(model, tokenizer) -> None:
         )
 
 
-def context_length(model) -> int | None:
-    """The longest sequence the model's position embeddings allow, if the config says."""
-    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(model.config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+def _identity(config: CrystallizeConfig, model, model_ref, targets: list, data_info: dict) -> dict:
+    """What the finished runs computed: a rerun that changes any of it is refused.
 
-
-def _identity(config: CrystallizeConfig, model, targets: list, data_info: dict) -> dict:
+    The strategies, ranks and seeds are not part of it: a rerun may add some (``runset``).
+    """
     sft = config.sft.to_dict()
     sft.pop("seed")
     return {
@@ -223,14 +243,11 @@ def _identity(config: CrystallizeConfig, model, targets: list, data_info: dict) 
         "model_info": {
             "model_type": getattr(model.config, "model_type", None),
             "params": sum(p.numel() for p in model.parameters()),
-            "fingerprint": model_fingerprint(model.name_or_path),
+            "fingerprint": model_ref.fingerprint,
         },
         "targets": [s.name for s in targets],
         "target_params": sum(s.params for s in targets),
-        "strategies": list(config.strategies),
-        "ranks": list(config.ranks),
         "steps": config.sft.steps,
-        "seeds": list(range(config.seeds)),
         "data": data_info,
         "config": sft,
     }

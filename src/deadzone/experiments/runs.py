@@ -1,10 +1,12 @@
 """Runs and results directories, shared by every experiment.
 
 A run is one SFT of a fresh copy of the model with one strategy per site and one seed. An
-experiment plans its runs as :class:`RunSpec` s, executes them with :func:`execute`, and keeps
-their records in a :class:`ResultsDir`, whose ``results.json`` is rewritten atomically after
-every run. Rerunning the same experiment into the same directory skips the runs already
-recorded; a different experiment or configuration is refused, never mixed in.
+experiment plans its runs as :class:`RunSpec` s, has an executor run them
+(``deadzone.experiments.execute``), and keeps their records in a :class:`ResultsDir`, whose
+``results.json`` is rewritten atomically after every run. Rerunning an experiment into the same
+directory skips the runs already recorded and adds the missing ones (more seeds, another
+strategy); an experiment whose finished runs computed something else (another model, data or
+configuration) is refused, never mixed in.
 
 Under several processes every process runs every run (each holds a shard of the batches) and
 keeps every record, but only the main process writes ``results.json``.
@@ -13,20 +15,21 @@ keeps every record, but only the main process writes ``results.json``.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-from collections.abc import Callable, Iterable
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from deadzone import fileio, strategies
+from deadzone import fileio, locks, strategies
 from deadzone.data.sft import SFTData, eval_batches, train_batches
 from deadzone.errors import DeadzoneError
 from deadzone.provenance import git_state, versions
 from deadzone.sites import Site
-from deadzone.train import Batch, RunFailed, RunResult, SFTConfig, SFTLoop, make_accelerator
+from deadzone.train import Batch, RunFailed, RunResult, SFTConfig, SFTLoop
 
 RESULTS = "results.json"
 
@@ -73,14 +76,17 @@ class RunInputs:
 
 
 def run_one(inputs: RunInputs, spec: RunSpec, *, accelerator=None, show_progress=True) -> dict:
-    """Train one run and return its record: ``labels``, the run result and the site records."""
+    """Train one run and return its record: ``labels``, the run result and the site records.
+
+    A strategy that cannot be applied (it raises :class:`RunFailed`) makes the run ``failed``
+    with the reason, like a run that meets a non-finite loss; the runs beside it go on.
+    """
     model = copy.deepcopy(inputs.model)
     plan = {inputs.sites[name]: strategy for name, strategy in spec.plan.items()}
     try:
         site_records = strategies.apply_strategies(model, plan, rank=spec.rank, seed=spec.seed)
-    except RunFailed as e:  # a strategy that cannot be applied fails this run only
-        failed = RunResult(status="failed", error=str(e)).to_dict()
-        return {**spec.labels, "key": spec.key, **failed, "sites": []}
+    except RunFailed as e:
+        return failed_record(spec, str(e))
     config = replace(inputs.config, seed=spec.seed)
     loop = SFTLoop(
         model,
@@ -95,35 +101,56 @@ def run_one(inputs: RunInputs, spec: RunSpec, *, accelerator=None, show_progress
     return {**spec.labels, "key": spec.key, **result.to_dict(), "sites": site_records}
 
 
-def execute(
-    inputs: RunInputs,
-    specs: Iterable[RunSpec],
-    results: ResultsDir,
-    *,
-    on_record: Callable[[dict], None] | None = None,
-    show_progress: bool = True,
-) -> None:
-    """Run every spec not already in ``results``, saving after each one."""
-    pending = [s for s in specs if not results.finished(s.key)]
-    if not pending:
+def failed_record(spec: RunSpec, reason: str, **extra) -> dict:
+    """The record of a run that failed before it trained, shaped like every other record.
+
+    ``crashed=True`` marks a run lost to its worker dying: a rerun of the experiment tries it
+    again, where a run that failed on its own numbers is kept as it is.
+    """
+    result = RunResult(status="failed", error=reason).to_dict()
+    return {**spec.labels, "key": spec.key, **result, "sites": [], **extra}
+
+
+LOCK = ".deadzone.lock"
+
+
+@contextmanager
+def writing(out: str | Path, writer: bool = True) -> Iterator[None]:
+    """Hold ``out/.deadzone.lock`` inside the block, when ``writer`` (the main process).
+
+    A second live writer is refused at once, naming the first (pid, host, command); a dead
+    one's lock is free. Take it before loading anything, so that a refusal comes at once.
+    """
+    if not writer:
+        yield
         return
-    accelerator = make_accelerator(inputs.config)
-    for spec in pending:
-        record = run_one(inputs, spec, accelerator=accelerator, show_progress=show_progress)
-        accelerator.free_memory()  # drop its references to this run's model and optimizer
-        results.add(record)  # every process keeps it; only the writer saves it
-        if on_record is not None:
-            on_record(record)
+    out = Path(out)
+    if out.is_file():
+        raise DeadzoneError(f"output directory {out} is a file")
+    created = not out.exists()
+    fileio.ensure_dir(out)
+    try:
+        with locks.file_lock(out / LOCK, wait=False, what=f"output directory {out}"):
+            yield
+    except BaseException:
+        if created and not any(p.name != LOCK for p in out.iterdir()):
+            shutil.rmtree(out, ignore_errors=True)  # refused before any result: leave no trace
+        raise
 
 
 class ResultsDir:
     """``results.json`` in ``out``: a header identifying the experiment, then run records.
 
-    ``identity`` is what must match for a rerun to resume (experiment name, model, data hash,
-    configuration, ...); ``header`` adds what is merely recorded (versions, git state).
-    ``summarize`` turns the records into the ``summary`` saved beside them. Only a ``writer``
-    (the main process of a multi-process launch) writes the file; the others keep their
-    records in memory, so that they never overwrite it with a stale copy.
+    ``identity`` is what the finished runs computed (experiment name, model, data hash,
+    configuration, ...): it must match for a rerun to resume. ``runset`` names the set of runs
+    (lists such as ``strategies`` and ``seeds``): it may grow, and the file records the union
+    of the old and new lists, first-seen order. ``header`` adds what is merely recorded
+    (versions, git state). ``summarize`` turns the records into the ``summary`` saved beside
+    them.
+
+    Only a ``writer`` (the main process of a multi-process launch) writes the file; the others
+    keep their records in memory, never overwriting it with a stale copy. A writer works inside
+    :func:`writing`, which keeps other writers out.
     """
 
     def __init__(
@@ -133,21 +160,25 @@ class ResultsDir:
         header: dict | None = None,
         summarize: Callable[[list[dict]], object] | None = None,
         *,
+        runset: dict | None = None,
         writer: bool = True,
     ) -> None:
         self.out = Path(out)
         self.writer = writer
         self.path = self.out / RESULTS
         self.identity = _normalise(identity)
+        self.runset = _normalise(runset or {})
         self.header = _normalise(header or {})
         self.summarize = summarize
+        self._order: dict[str, int] = {}
+        if self.out.is_file():
+            raise DeadzoneError(f"output directory {self.out} is a file")
+        if writer:
+            fileio.ensure_dir(self.out)  # fail now, not after the first run
         self.runs: dict[str, dict] = self._load()
-        fileio.ensure_dir(self.out)  # fail now, not after the first run
 
     def _load(self) -> dict[str, dict]:
         if not self.path.exists():
-            if self.out.is_file():
-                raise DeadzoneError(f"output directory {self.out} is a file")
             return {}
         try:
             old = fileio.read_json(self.path)
@@ -156,18 +187,29 @@ class ResultsDir:
         if not isinstance(old, dict):
             raise DeadzoneError(f"{self.path} is not a deadzone results file")
         _check_same(self.path, old, self.identity)
+        for key, values in self.runset.items():
+            there = old.get(key)
+            if isinstance(there, list) and isinstance(values, list):
+                self.runset[key] = there + [v for v in values if v not in there]
         return {r["key"]: r for r in old.get("runs", []) if isinstance(r, dict) and "key" in r}
 
     def finished(self, key: str) -> bool:
-        return key in self.runs
+        """True for a recorded run, unless its worker died (``crashed``): that one runs again."""
+        return key in self.runs and not self.runs[key].get("crashed")
 
     def add(self, record: dict) -> None:
         self.runs[record["key"]] = _normalise(record)
         self.save()
 
+    def order_by(self, keys: list[str]) -> None:
+        """Keep the records in the order of ``keys`` (the plan), whatever order they finish in;
+        records of other keys (from an earlier, larger plan) follow in the order they came."""
+        self._order = {key: i for i, key in enumerate(keys)}
+
     def document(self) -> dict:
-        runs = list(self.runs.values())
-        doc = {**self.identity, **self.header, "runs": runs}
+        last = len(self._order)
+        runs = sorted(self.runs.values(), key=lambda r: self._order.get(r["key"], last))
+        doc = {**self.identity, **self.runset, **self.header, "runs": runs}
         if self.summarize is not None:
             doc["summary"] = self.summarize(runs)
         return doc
@@ -220,63 +262,3 @@ def _normalise(obj: object) -> object:
 def provenance() -> dict:
     """``versions`` and ``git`` for a results header."""
     return {"versions": versions(), "git": git_state()}
-
-
-# Files of a model directory that decide what a run computes, besides the weights. (Not
-# tokenizer_config.json: saving a tokenizer again adds keys to it that change nothing.)
-FINGERPRINT_FILES = (
-    "config.json",
-    "tokenizer.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-)
-# Keys of config.json that record who saved it, not what the model is.
-CONFIG_NOISE = ("transformers_version", "_name_or_path")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-SAMPLES, SAMPLE_BYTES = 16, 4096
-
-
-def model_fingerprint(directory: str | Path) -> str:
-    """sha256 identifying the model in ``directory``, cheap on multi-gigabyte checkpoints.
-
-    It covers the config (less the keys that only say who saved it) and tokenizer files
-    whole, and of each weight file its name, size, safetensors header (names, dtypes, shapes,
-    offsets) and ``SAMPLES`` blocks of ``SAMPLE_BYTES`` spread evenly over its tensor data.
-    Not every byte is read, but training
-    changes nearly every weight, so a model re-saved at the same path after more training
-    gets another fingerprint, while the same weights saved again keep theirs.
-    """
-    directory = Path(directory)
-    h = hashlib.sha256()
-    for name in FINGERPRINT_FILES:
-        file = directory / name
-        if file.is_file():
-            h.update(f"{name}\0".encode())
-            h.update(_config_bytes(file) if name == "config.json" else file.read_bytes())
-    weights = sorted(f for f in directory.iterdir() if f.suffix in WEIGHT_SUFFIXES and f.is_file())
-    for file in weights:
-        size = file.stat().st_size
-        h.update(f"\0{file.name}\0{size}\0".encode())
-        with file.open("rb") as f:
-            start = 0
-            if file.suffix == ".safetensors" and size >= 8:
-                header_len = int.from_bytes(f.read(8), "little")
-                h.update(f.read(header_len))
-                start = min(size, 8 + header_len)
-            span = max(0, size - start - SAMPLE_BYTES)
-            for i in range(SAMPLES):
-                f.seek(start + span * i // max(1, SAMPLES - 1))
-                h.update(f.read(SAMPLE_BYTES))
-    return h.hexdigest()
-
-
-def _config_bytes(file: Path) -> bytes:
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return file.read_bytes()
-    if isinstance(config, dict):
-        config = {k: v for k, v in config.items() if k not in CONFIG_NOISE}
-    return json.dumps(config, sort_keys=True).encode()

@@ -1,0 +1,495 @@
+"""Run tasks, the workers that turn them into records, and the executors that run them.
+
+A :class:`RunTask` is everything one run needs, in a form that travels to another process or
+machine: the model (its spec and fingerprint), the data (its spec, split and content hash),
+the SFT config, the run's plan, seed and rank, and the number of torch threads it runs on.
+:func:`run_task` turns a task into a record wherever it is called; it loads the model and
+data once per process and reuses them for every task of the same model and data.
+
+Executors are siblings with one method, ``run(tasks, on_record)``, that calls ``on_record``
+with each record as it arrives (in the driver's process, in completion order):
+
+- :class:`InProcess` runs the tasks one after another here (under ``accelerate launch``, every
+  process runs every task on its shard of the batches);
+- :class:`Pool` runs them on ``workers`` spawned processes;
+- :class:`Ray` runs them as Ray tasks on a cluster, or on a local one it starts.
+
+A worker never writes results; the driver does (:func:`execute`). A run whose worker process
+dies is retried up to ``retries`` more times, then recorded ``failed`` with the reason. With
+the same threads per run, every executor gives bit-identical records (less their timings).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from pathlib import Path
+
+import torch
+
+from deadzone.errors import DeadzoneError
+from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, failed_record, run_one
+from deadzone.progress import make_progress
+from deadzone.train import SFTConfig, make_accelerator
+
+log = logging.getLogger(__name__)
+
+RETRIES = 2  # more attempts for a run whose worker died
+RAY_EXTRA = "pip install 'deadzone[ray]'"
+OnRecord = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as a worker finds it: its spec (path, hub id or builtin) and fingerprint.
+
+    ``path`` is where the driver found it; a worker that sees the same directory there (same
+    machine, or a shared file system) loads it from there without resolving ``spec`` again
+    (which, for a builtin, would rebuild the corpus to find its hash).
+    """
+
+    spec: str
+    fingerprint: str
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """SFT data as a worker rebuilds it (the arguments of ``load_sft_data``) and its hash."""
+
+    spec: str
+    eval_spec: str | None
+    eval_fraction: float
+    max_length: int
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """One run, picklable: what it trains, on what, how, and on how many torch threads."""
+
+    model: ModelRef
+    data: DataRef
+    sft: SFTConfig
+    run: RunSpec
+    threads: int
+
+    @property
+    def key(self) -> str:
+        return self.run.key
+
+
+# --- the worker side --------------------------------------------------------------------------
+
+_loaded: dict[tuple, RunInputs] = {}  # this process's inputs, for the last model and data
+
+
+def prime(task: RunTask, inputs: RunInputs) -> None:
+    """Let tasks like ``task`` reuse ``inputs`` already built in this process (the driver's)."""
+    _loaded.clear()
+    _loaded[_inputs_key(task)] = inputs
+
+
+def _inputs_key(task: RunTask) -> tuple:
+    sft = task.sft.to_dict()
+    sft.pop("seed")
+    return task.model, task.data, tuple(sorted((k, str(v)) for k, v in sft.items()))
+
+
+def inputs_for(task: RunTask) -> RunInputs:
+    """The model, sites and data of ``task``, loaded once per process and checked."""
+    key = _inputs_key(task)
+    if key not in _loaded:
+        _loaded.clear()  # one experiment at a time: never hold two models
+        _loaded[key] = _load(task)
+    return _loaded[key]
+
+
+def _load(task: RunTask) -> RunInputs:
+    from deadzone import sites
+    from deadzone.checkpoints import load_model, model_fingerprint, resolve
+    from deadzone.data.sft import load_sft_data, pad_id_for
+
+    spec, d = task.model.spec, task.data
+    here = task.model.path
+    path = Path(here) if here and Path(here).is_dir() else resolve(spec)
+    if model_fingerprint(path) != task.model.fingerprint:
+        raise DeadzoneError(
+            f"{spec} on {socket.gethostname()} is not the model the experiment was planned on "
+            "(another fingerprint)"
+        )
+    model, tokenizer = load_model(str(path))
+    if tokenizer is None:
+        raise DeadzoneError(f"{spec} has no tokenizer; SFT needs one")
+    data = load_sft_data(
+        d.spec,
+        tokenizer,
+        max_length=d.max_length,
+        eval_spec=d.eval_spec,
+        eval_fraction=d.eval_fraction,
+    )
+    if data.info["content_hash"] != d.content_hash:
+        raise DeadzoneError(
+            f"the data {d.spec} on {socket.gethostname()} is not the data the experiment was "
+            "planned on (another content hash)"
+        )
+    all_sites = {s.name: s for s in sites.find_sites(model)}
+    return RunInputs(model, all_sites, data, pad_id_for(tokenizer), task.sft)
+
+
+def run_task(task: RunTask, *, accelerator=None, show_progress: bool = False) -> dict:
+    """Train ``task``'s run on ``task.threads`` torch threads and return its record."""
+    torch.set_num_threads(task.threads)
+    inputs = inputs_for(task)
+    record = run_one(inputs, task.run, accelerator=accelerator, show_progress=show_progress)
+    return {**record, "threads": task.threads}
+
+
+def work(task: RunTask) -> tuple[str, object]:
+    """``run_task`` for another process: ``("ok", record)`` or ``("error", one-line message)``.
+
+    A :class:`DeadzoneError` (the model or data differ there) travels back as a message, for
+    the driver to stop the experiment with; a crash is the executor's to notice.
+    """
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # as the CLI does in the driver
+    transformers.logging.disable_progress_bar()
+    try:
+        return "ok", run_task(task)
+    except DeadzoneError as e:
+        return "error", str(e)
+
+
+# --- executors --------------------------------------------------------------------------------
+
+
+def threads_per_run(workers: int, cores: int | None = None) -> int:
+    """``OMP_NUM_THREADS`` if set, else ``max(1, cores // workers)``."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, (cores or _cores()) // workers)
+
+
+def check_workers(workers: int) -> int:
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise DeadzoneError(f"workers must be an integer >= 1, got {workers!r}")
+    return workers
+
+
+class InProcess:
+    """Every task here, one after another, with one ``Accelerator`` (today's behaviour).
+
+    Under ``accelerate launch`` every process runs every task on its shard of the batches.
+    """
+
+    name = "inprocess"
+
+    def __init__(self, *, show_progress: bool = True) -> None:
+        self.show_progress = show_progress
+
+    @property
+    def threads(self) -> int:
+        return torch.get_num_threads()
+
+    def run(self, tasks: list[RunTask], on_record: OnRecord) -> None:
+        if not tasks:
+            return
+        accelerator = make_accelerator(tasks[0].sft)
+        for task in tasks:
+            record = run_task(task, accelerator=accelerator, show_progress=self.show_progress)
+            accelerator.free_memory()  # drop its references to this run's model and optimizer
+            on_record(record)
+
+
+@dataclass
+class _Worker:
+    process: multiprocessing.process.BaseProcess
+    conn: object
+    task: RunTask | None = None
+
+
+def _worker_main(conn, threads: int) -> None:
+    """A pool worker: take tasks from ``conn`` until ``None``, send back ``work``'s answer."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what Ctrl-C ends
+    _no_process_locks()
+    torch.set_num_threads(threads)
+    while (task := conn.recv()) is not None:
+        conn.send(work(task))
+
+
+class Pool:
+    """``workers`` spawned processes, each running one task at a time on ``threads`` threads.
+
+    ``on_start(task, pid)`` (if given) is called as each task is handed to a worker.
+    """
+
+    name = "pool"
+
+    def __init__(self, workers: int, *, retries: int = RETRIES, on_start=None) -> None:
+        self.workers = check_workers(workers)
+        self.retries = retries
+        self.on_start = on_start
+        self.threads = threads_per_run(workers)
+
+    def _spawn(self, ctx) -> _Worker:
+        here, there = ctx.Pipe()
+        process = ctx.Process(target=_worker_main, args=(there, self.threads), daemon=True)
+        process.start()
+        there.close()
+        return _Worker(process, here)
+
+    def run(self, tasks: list[RunTask], on_record: OnRecord) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        queue, attempts = deque(tasks), dict.fromkeys((t.key for t in tasks), 0)
+        pool: list[_Worker] = []
+        try:
+            while queue or any(w.task for w in pool):
+                for w in pool:  # hand out work
+                    if w.task is None and queue:
+                        self._assign(w, queue.popleft(), attempts)
+                while queue and len(pool) < self.workers:
+                    pool.append(w := self._spawn(ctx))
+                    self._assign(w, queue.popleft(), attempts)
+                busy = [w for w in pool if w.task]
+                wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+                for w in busy:
+                    pool = self._collect(w, pool, queue, attempts, on_record)
+        finally:
+            for w in pool:
+                _stop(w)
+
+    def _assign(self, w: _Worker, task: RunTask, attempts: dict) -> None:
+        w.task = task
+        attempts[task.key] += 1
+        try:
+            w.conn.send(task)
+        except OSError:  # it died between two tasks: _collect sees it and retries the task
+            return
+        if self.on_start is not None:
+            self.on_start(task, w.process.pid)
+
+    def _collect(self, w, pool, queue, attempts, on_record) -> list[_Worker]:
+        """Take ``w``'s answer if it has one; replace ``w`` if it died. Returns the pool."""
+        task = w.task
+        try:
+            answer = w.conn.recv() if w.conn.poll() else None
+        except (EOFError, OSError):
+            answer = None
+        if answer is not None:
+            w.task = None
+            status, payload = answer
+            if status == "error":
+                raise DeadzoneError(payload)
+            on_record(payload)
+            return pool
+        if w.process.is_alive():
+            return pool  # still working
+        _stop(w)
+        pool = [x for x in pool if x is not w]
+        how = _death(w.process.exitcode)
+        if attempts[task.key] <= self.retries:
+            log.warning("%s: the worker process %s; running it again", task.key, how)
+            queue.appendleft(task)
+        else:
+            reason = f"the worker process {how}, on {attempts[task.key]} attempts"
+            on_record(failed_record(task.run, reason, threads=task.threads, crashed=True))
+        return pool
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
+
+
+def _no_process_locks() -> None:
+    """tqdm (behind transformers' bars) guards its bars with a multiprocessing lock, a named
+    semaphore that a worker killed mid-run would leave behind (and the driver warn about at
+    exit); a worker's bars are off, and a thread lock does."""
+    import threading
+
+    import tqdm
+
+    tqdm.tqdm.set_lock(threading.RLock())
+
+
+def _stop(w: _Worker) -> None:
+    """End ``w``: an idle worker is told to stop, a busy one (Ctrl-C, an error) is killed."""
+    try:
+        if w.task is None:
+            w.conn.send(None)
+            w.process.join(timeout=10)
+    except OSError:
+        pass
+    if w.process.is_alive():
+        w.process.kill()
+        w.process.join(timeout=10)
+    w.conn.close()
+
+
+class Ray:
+    """Ray Core tasks on the cluster at ``address``, or on a local one started here.
+
+    Each task asks for ``threads`` CPUs and is retried ``retries`` times if its worker dies.
+    A local cluster gets ``workers * threads`` CPUs (all cores when ``workers`` is None).
+    """
+
+    name = "ray"
+
+    def __init__(
+        self, address: str | None = None, workers: int | None = None, *, retries: int = RETRIES
+    ) -> None:
+        self.ray = import_ray()
+        self.address = address
+        self.workers = None if workers is None else check_workers(workers)
+        self.retries = retries
+        self.threads = threads_per_run(self.workers or _cores())
+        if address:
+            _probe(address)
+
+    def _connect(self) -> bool:
+        """Connect (or start a local cluster); True when this executor started it."""
+        ray = self.ray
+        if ray.is_initialized():
+            return False
+        options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if self.address:
+            ray.init(address=self.address, **options)
+        else:
+            cpus = (self.workers or _cores()) * self.threads
+            ray.init(num_cpus=cpus, **options)
+        return True
+
+    def run(self, tasks: list[RunTask], on_record: OnRecord) -> None:
+        if not tasks:
+            return
+        ray = self.ray
+        started = self._connect()
+        remote = ray.remote(work)
+        refs = {}
+        try:
+            for task in tasks:
+                ref = remote.options(num_cpus=task.threads, max_retries=self.retries).remote(task)
+                refs[ref] = task
+            pending = list(refs)
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                self._collect(done[0], refs[done[0]], on_record)
+        except BaseException:
+            for ref in refs:
+                ray.cancel(ref, force=True)
+            raise
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _collect(self, ref, task: RunTask, on_record: OnRecord) -> None:
+        ray = self.ray
+        try:
+            status, payload = ray.get(ref)
+        except ray.exceptions.RayError as e:
+            reason = f"the Ray task failed on {self.retries + 1} attempts: {_first_line(e)}"
+            on_record(failed_record(task.run, reason, threads=task.threads, crashed=True))
+            return
+        if status == "error":
+            raise DeadzoneError(payload)
+        on_record(payload)
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise DeadzoneError(f"--backend ray needs Ray, not installed here: {RAY_EXTRA}") from None
+    return ray
+
+
+def _cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _probe(address: str, timeout: float = 10.0) -> None:
+    """Fail in one line, within ``timeout`` seconds, when nothing answers at ``address``."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise DeadzoneError(f"--ray-address {address!r} is not HOST:PORT (or ray://HOST:PORT)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise DeadzoneError(f"no Ray cluster answers at {address}: {reason}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+Executor = InProcess | Pool | Ray
+
+
+def make_executor(
+    backend: str = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
+    *,
+    show_progress: bool = True,
+) -> Executor:
+    """``local``: in this process, or a :class:`Pool` of ``workers``; ``ray``: :class:`Ray`."""
+    if workers is not None:
+        check_workers(workers)
+    if backend == "ray":
+        return Ray(ray_address, workers)
+    if backend != "local":
+        raise DeadzoneError(f"unknown backend {backend!r}; choose local or ray")
+    if ray_address:
+        raise DeadzoneError("--ray-address needs --backend ray")
+    return InProcess(show_progress=show_progress) if workers is None else Pool(workers)
+
+
+# --- the driver -------------------------------------------------------------------------------
+
+
+def execute(
+    tasks: Iterable[RunTask],
+    results: ResultsDir,
+    executor: Executor,
+    *,
+    on_record: OnRecord | None = None,
+    show_progress: bool = True,
+) -> None:
+    """Run every task not already finished in ``results``; the driver saves after each one.
+
+    Runs elsewhere (a pool, Ray) show one bar here, advanced as each record arrives; runs in
+    this process show their own.
+    """
+    tasks = list(tasks)
+    results.order_by([t.key for t in tasks])
+    pending = [t for t in tasks if not results.finished(t.key)]
+    quiet = not show_progress or isinstance(executor, InProcess) or not pending
+    with make_progress(disable=quiet) as bar:
+        runs = bar.add_task(f"runs ({executor.name})", total=len(pending))
+
+        def finished(record: dict) -> None:
+            results.add(record)  # every process keeps it; only the writer saves it
+            bar.update(runs, advance=1)
+            if on_record is not None:
+                on_record(record)
+
+        executor.run(pending, finished)
