@@ -389,6 +389,7 @@ def scan(
     *,
     executor: Executor | None = None,
     show_progress: bool = True,
+    on_record: Callable[[dict], None] | None = None,
     say: Callable[[str], None] = print,
 ) -> dict:
     """Run (or resume, or extend) a scan into ``out``; return the ``results.json`` document.
@@ -412,7 +413,7 @@ def scan(
 
         def run(specs: list[RunSpec]) -> None:
             tasks = [ctx["task"](sp) for sp in dict((sp.key, sp) for sp in specs).values()]
-            execute(tasks, results, executor, show_progress=show_progress)
+            execute(tasks, results, executor, on_record=on_record, show_progress=show_progress)
 
         exhaustive = config.seeds * (1 + len(config.strategies) * len(names))
         most = _at_most(config, sites)
