@@ -1,4 +1,5 @@
-"""A scan's runs and numbers, as plain data (the command that executes them comes on top).
+"""The ``scan`` experiment: which matrices of the whole model are negligible in a strategy, the
+parameter count of the jointly negligible set, and whether cheap scores predict the costs.
 
 Runs are :class:`deadzone.experiments.runs.RunSpec` s with keys a rerun recomputes:
 
@@ -9,7 +10,33 @@ Runs are :class:`deadzone.experiments.runs.RunSpec` s with keys a rerun recomput
 
 A judgement of a set on ``seeds`` seeds needs the set's runs and the baselines of seeds
 ``0 .. seeds-1`` (:func:`judgement_specs`); the results directory skips the ones it holds, so
-adding a seed costs one run of the set (and a baseline if no set had that seed yet).
+adding a seed costs one run of the set.
+
+The driver (:func:`scan`) runs the baselines of every seed first; their gains fix the unit of
+every cost (the share of the fine-tuning gain, or nats against ``margin_nats`` when the gain's
+interval does not lie above zero). Then it asks each strategy's search
+(:mod:`deadzone.experiments.search`, ordered by the step-0 gradient norm; or every site alone
+in ``exhaustive`` mode) its questions against the recorded runs: a question whose runs are
+missing stops that search for the round, and the missing runs of every strategy's next
+question go to the executor at once. Every decision is a function of the recorded runs, so a
+killed scan rerun replays the same questions, gets the same answers and runs only what is
+missing; a rerun with more seeds or strategies extends it.
+
+Statistics. A cost is negligible when its interval lies below the margin (an equivalence claim,
+never "not significantly worse"). An adaptive search decides one question at a time, so its
+family of comparisons is not known in advance and Holm's step-down cannot be applied; each of
+its judgements (group, single site, joint set) reads the interval at ``0.05 / m`` with ``m`` =
+sites x strategies, Bonferroni over the per-site claims the scan can make, which is the
+strictest level Holm would use. An exhaustive scan applies Holm
+(:func:`deadzone.experiments.stats.judge`) over each strategy's single-site comparisons; its
+joint check reads at ``0.05 / m``. A failed run (a non-finite loss) makes its judgement
+``costly``. Fewer than 2 seeds are refused: no interval, so no verdict but undetermined.
+
+Outputs besides ``results.json``: the freeze plan of the ``frozen`` strategy's jointly
+negligible set (``plan.json``, ``axolotl.yaml``, ``frozen_parameters.txt``: the parameters
+that need not train). A ``random`` set (values that carry nothing) is reported in the effective
+counts but not put in the plan, whose other files only freeze; without ``frozen`` among the
+strategies no plan is written.
 
 :func:`strategy_summary` turns a search record and the scores into the ``summary`` entry the
 report reads (see :mod:`deadzone.report.scan`); :func:`effective_counts` counts the parameters
