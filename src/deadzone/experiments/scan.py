@@ -328,9 +328,14 @@ def _scale(runs: dict[str, dict], seeds: int, config: ScanConfig, comparisons: i
 
 def _costs(runs: dict[str, dict], scale: dict, strategy: str, names, seeds: int) -> list | None:
     """Per-seed costs of ``names`` in ``strategy`` on seeds ``0..seeds-1`` in the scale's unit;
-    None if a run failed; :class:`_Missing` for runs not recorded yet."""
+    None if a run failed; :class:`_Missing` for runs not recorded yet (or lost to a dead worker
+    in an earlier invocation: ``scale["retried"]`` holds the keys this one already ran)."""
     specs = [set_spec(strategy, names, s) for s in range(seeds)]
-    missing = [sp for sp in specs if sp.key not in runs or runs[sp.key].get("crashed")]
+    missing = [
+        sp
+        for sp in specs
+        if sp.key not in runs or (runs[sp.key].get("crashed") and sp.key not in scale["retried"])
+    ]
     if missing:
         raise _Missing(missing)
     costs = []
@@ -438,8 +443,11 @@ def scan(
             out, ctx["identity"], header, partial(_summary, state, ctx, config), runset=runset
         )
 
+        retried: set[str] = set()
+
         def run(specs: list[RunSpec]) -> None:
             tasks = [ctx["task"](sp) for sp in dict((sp.key, sp) for sp in specs).values()]
+            retried.update(t.key for t in tasks)  # a run lost again is not asked for again
             execute(tasks, results, executor, on_record=on_record, show_progress=show_progress)
 
         exhaustive = config.seeds * (1 + len(config.strategies) * len(names))
@@ -462,6 +470,7 @@ def scan(
         run([full_spec(s) for s in range(config.seeds)])
         comparisons = len(names) * len(config.strategies)
         state["scale"] = _scale(results.runs, config.seeds, config, comparisons)
+        state["scale"]["retried"] = retried
         rounds = 0
         while True:
             missing: list[RunSpec] = []
