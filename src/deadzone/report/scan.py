@@ -83,7 +83,7 @@ def heatmap(summary: dict, path: str | Path) -> None:
         ax.set_title(name)
     if image is not None:
         bar = fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
-        bar.set_label(f"single-site cost, {_unit(summary)} (margin {margin:g})")
+        bar.set_label(f"single-site cost, {_unit(summary)}; margin = {margin:g}")
     fig.supxlabel("✓ negligible   ✗ costly   ? undetermined   grey: decided in a group", fontsize=8)
     save_png(fig, path)
 
