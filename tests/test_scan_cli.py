@@ -189,3 +189,27 @@ def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys, args, message
     assert err.startswith("deadzone: error: ") and err.count("\n") == 1
     assert message in err
     assert not (tmp_path / "o").exists()
+
+
+def test_help_gives_every_option_its_default(capsys):
+    from deadzone.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["scan", "--help"])
+    text = capsys.readouterr().out
+    options = text[text.index("options:") :]
+    helps = {}  # option -> its help text, joined over lines
+    for line in options.splitlines()[1:]:
+        if line.startswith("  -"):
+            name = line.split()[0].rstrip(",")
+            helps[name] = line.strip()[len(name) :]
+        else:
+            helps[name] += " " + line.strip()
+    helps = {k: " ".join(v.split()) for k, v in helps.items()}
+    for option, default in {
+        "--strategies": "frozen,random", "--mode": "adaptive", "--groups": "layer",
+        "--margin": "0.02", "--margin-nats": "0.01", "--seeds": "3", "--steps": "50",
+    }.items():  # fmt: skip
+        assert helps[option].endswith(f"(default: {default})"), helps[option]
+    assert helps["--sites"].endswith("(default: every matrix inside the blocks)")
+    assert helps["--out"].endswith("(required)") and "None" not in options
