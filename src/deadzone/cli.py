@@ -443,8 +443,8 @@ def _report(args: argparse.Namespace) -> int:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_pretrain,
     add_crystallize,
-    add_scan,
     add_analyze,
+    add_scan,
     add_report,
 ]
 
