@@ -267,6 +267,99 @@ def _ranks(text: str) -> tuple[int, ...]:
     return tuple(ranks)
 
 
+def add_scan(sub: argparse._SubParsersAction) -> None:
+    p = _parser(
+        sub,
+        "scan",
+        "Map which weight matrices of the whole model are negligible to freeze or re-draw at "
+        "random during SFT (group testing over seeds), check the set jointly, count the "
+        "parameters, and test whether cheap scores predict the costs.",
+    )
+    p.add_argument("model", metavar="MODEL", help="model directory, hub id or builtin:tiny")
+    p.add_argument(
+        "--sites",
+        metavar="GLOB",
+        help="site name(s) or glob(s), comma-separated (default: every matrix inside the blocks)",
+    )
+    p.add_argument(
+        "--strategies",
+        default="frozen,random",
+        help="comma-separated strategies to scan: frozen, crystal, random, zero (full, the "
+        "baseline, always runs)",
+    )
+    p.add_argument(
+        "--mode",
+        default="adaptive",
+        help="adaptive: group testing, seeds added only where undetermined; exhaustive: every "
+        "site alone on every seed",
+    )
+    p.add_argument(
+        "--groups",
+        default="layer",
+        help="how the adaptive search groups sites first: layer (all matrices of a block) or "
+        "role (one role across blocks)",
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.02,
+        help="largest cost called negligible, as a share of the fine-tuning gain, in (0, 1)",
+    )
+    p.add_argument(
+        "--margin-nats",
+        type=float,
+        default=0.01,
+        help="the margin in nats of eval loss, used instead when the gain is not clearly positive",
+    )
+    add_run_options(p)
+    add_execution_options(p)
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output directory, resumed (or extended with more seeds or strategies) if it "
+        "holds this scan",
+    )
+    p.set_defaults(handler=_scan)
+
+
+def _scan(args: argparse.Namespace) -> None:
+    import time
+
+    from deadzone.experiments.scan import ScanConfig, scan
+    from deadzone.report.scan import effective_text, rho_table, write_report
+
+    started = time.monotonic()
+    config = ScanConfig(
+        model=args.model,
+        sites=args.sites,
+        strategies=tuple(s.strip() for s in args.strategies.split(",")),
+        mode=args.mode,
+        groups=args.groups,
+        margin=args.margin,
+        margin_nats=args.margin_nats,
+        **run_options(args),
+    )
+    results = scan(config, args.out, executor=make_executor(args))
+    summary = results["summary"]
+    paths = write_report(args.out)
+    for strategy, st in summary["strategies"].items():
+        counts = ", ".join(f"{n} {v}" for v, n in st["verdicts"].items() if n)
+        print(f"{strategy}: {counts}; {st['search']['runs']} runs besides the baselines")
+    for strategy in summary["strategies"]:
+        print(effective_text(summary, strategy))
+    print(rho_table(summary), end="")
+    written = [f"{args.out}/results.json", *map(str, paths.values())]
+    written += [f"{args.out}/{n}" for n in _plan_files(args.out)]
+    print(f"{summary['runs']} runs in {time.monotonic() - started:.0f} s")
+    print(f"wrote {', '.join(written)}")
+
+
+def _plan_files(out: str) -> list[str]:
+    from deadzone.plans import AXOLOTL, FROZEN_LIST, PLAN
+
+    return [n for n in (PLAN, AXOLOTL, FROZEN_LIST) if os.path.exists(os.path.join(out, n))]
+
+
 def add_analyze(sub: argparse._SubParsersAction) -> None:
     p = _parser(
         sub,
@@ -351,6 +444,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_pretrain,
     add_crystallize,
     add_analyze,
+    add_scan,
     add_report,
 ]
 

@@ -1,4 +1,5 @@
-"""A scan's runs and numbers, as plain data (the command that executes them comes on top).
+"""The ``scan`` experiment: which matrices of the whole model are negligible in a strategy, the
+parameter count of the jointly negligible set, and whether cheap scores predict the costs.
 
 Runs are :class:`deadzone.experiments.runs.RunSpec` s with keys a rerun recomputes:
 
@@ -9,7 +10,33 @@ Runs are :class:`deadzone.experiments.runs.RunSpec` s with keys a rerun recomput
 
 A judgement of a set on ``seeds`` seeds needs the set's runs and the baselines of seeds
 ``0 .. seeds-1`` (:func:`judgement_specs`); the results directory skips the ones it holds, so
-adding a seed costs one run of the set (and a baseline if no set had that seed yet).
+adding a seed costs one run of the set.
+
+The driver (:func:`scan`) runs the baselines of every seed first; their gains fix the unit of
+every cost (the share of the fine-tuning gain, or nats against ``margin_nats`` when the gain's
+interval does not lie above zero). Then it asks each strategy's search
+(:mod:`deadzone.experiments.search`, ordered by the step-0 gradient norm; or every site alone
+in ``exhaustive`` mode) its questions against the recorded runs: a question whose runs are
+missing stops that search for the round, and the missing runs of every strategy's next
+question go to the executor at once. Every decision is a function of the recorded runs, so a
+killed scan rerun replays the same questions, gets the same answers and runs only what is
+missing; a rerun with more seeds or strategies extends it.
+
+Statistics. A cost is negligible when its interval lies below the margin (an equivalence claim,
+never "not significantly worse"). An adaptive search decides one question at a time, so its
+family of comparisons is not known in advance and Holm's step-down cannot be applied; each of
+its judgements (group, single site, joint set) reads the interval at ``0.05 / m`` with ``m`` =
+sites x strategies, Bonferroni over the per-site claims the scan can make, which is the
+strictest level Holm would use. An exhaustive scan applies Holm
+(:func:`deadzone.experiments.stats.judge`) over each strategy's single-site comparisons; its
+joint check reads at ``0.05 / m``. A failed run (a non-finite loss) makes its judgement
+``costly``. Fewer than 2 seeds are refused: no interval, so no verdict but undetermined.
+
+Outputs besides ``results.json``: the freeze plan of the ``frozen`` strategy's jointly
+negligible set (``plan.json``, ``axolotl.yaml``, ``frozen_parameters.txt``: the parameters
+that need not train). A ``random`` set (values that carry nothing) is reported in the effective
+counts but not put in the plan, whose other files only freeze; without ``frozen`` among the
+strategies no plan is written.
 
 :func:`strategy_summary` turns a search record and the scores into the ``summary`` entry the
 report reads (see :mod:`deadzone.report.scan`); :func:`effective_counts` counts the parameters
@@ -19,13 +46,44 @@ of a joint set.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 
+from deadzone import __version__
+from deadzone import sites as sites_mod
+from deadzone.data.sft import load_sft_data, pad_id_for
 from deadzone.errors import DeadzoneError
-from deadzone.experiments.runs import RunSpec
+from deadzone.experiments import search as search_mod
+from deadzone.experiments import stats
+from deadzone.experiments.crystallize import (
+    DEFAULT_MARGIN,
+    DEFAULT_MARGIN_NATS,
+    _is_number,
+    check_vocabulary,
+)
+from deadzone.experiments.execute import (
+    DataRef,
+    Executor,
+    InProcess,
+    ModelRef,
+    RunTask,
+    execute,
+    prime,
+)
+from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, provenance, writing
+from deadzone.experiments.search import Judgement
+from deadzone.plans import make_plan, write_plan
+from deadzone.schema import SCHEMA_VERSION
 from deadzone.scores import spearman_permutation
 from deadzone.sites import Site
+from deadzone.train import SFTConfig
+
+log = logging.getLogger(__name__)
 
 # Strategies a scan can put sites into (``full`` is the baseline, not a strategy to scan).
 SCAN_STRATEGIES = ("frozen", "crystal", "random", "zero")
@@ -175,4 +233,416 @@ def effective_counts(
         "cost": joint.get("cost") if joint else None,
         "interval": joint.get("interval") if joint else None,
         "verdict": joint.get("verdict") if joint else None,
+    }
+
+
+# --- the driver ----------------------------------------------------------------------------------
+
+EXPERIMENT = "scan"
+MODES = ("adaptive", "exhaustive")
+DEFAULT_STRATEGIES = ("frozen", "random")
+START_SEEDS = 2  # seeds a judgement of the adaptive search starts on
+PRIORITY = "grad_norm"  # the cheap score that orders the search (higher: likelier costly)
+
+
+@dataclass
+class ScanConfig:
+    """What to scan, how, and on which data. ``sites``: names or globs, comma-separated
+    (default: every matrix inside the blocks); ``seeds``: at least 2 (the most an adaptive
+    judgement uses, and every exhaustive one); ``margin`` is the largest cost called negligible,
+    as a share of the fine-tuning gain, and ``margin_nats`` the same in nats, used when the gain
+    itself is not clearly positive. ``groups``: how the adaptive search groups sites first
+    (``layer``: all matrices of a block; ``role``: one role across blocks)."""
+
+    model: str
+    sites: str | None = None
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
+    mode: str = "adaptive"
+    seeds: int = 3
+    data: str = "builtin:docstrings"
+    eval_data: str | None = None
+    eval_fraction: float = 0.1
+    max_length: int = 256
+    margin: float = DEFAULT_MARGIN
+    margin_nats: float = DEFAULT_MARGIN_NATS
+    groups: str = "layer"
+    sft: SFTConfig = field(default_factory=SFTConfig)
+
+    def __post_init__(self) -> None:
+        self.strategies = check_strategies(self.strategies)
+        if self.mode not in MODES:
+            raise DeadzoneError(f"unknown mode {self.mode!r}; choose {' or '.join(MODES)}")
+        if not isinstance(self.seeds, int) or isinstance(self.seeds, bool) or self.seeds < 2:
+            raise DeadzoneError(
+                f"a scan needs --seeds >= 2 (got {self.seeds!r}): with fewer there is no "
+                "interval, and no verdict could be anything but undetermined"
+            )
+        if self.groups not in ("layer", "role"):
+            raise DeadzoneError(f"groups must be 'layer' or 'role', not {self.groups!r}")
+        if not _is_number(self.margin) or not 0 < self.margin < 1:
+            raise DeadzoneError(
+                f"margin must be a share of the gain in (0, 1), got {self.margin!r}"
+            )
+        if not _is_number(self.margin_nats) or not self.margin_nats > 0:
+            raise DeadzoneError(f"margin-nats must be > 0, got {self.margin_nats!r}")
+
+
+class _Missing(Exception):
+    """A judgement asked for runs not recorded yet: the driver runs them and asks again."""
+
+    def __init__(self, specs: list[RunSpec]) -> None:
+        super().__init__(f"{len(specs)} run(s) missing")
+        self.specs = specs
+
+
+@dataclass
+class _Scale:
+    """The unit costs are judged in (fixed by the baselines of every seed) and its margin."""
+
+    unit: str
+    margin: float
+    gains: dict[int, float]
+    alpha: float  # each judgement's level: ALPHA / comparisons (Bonferroni; see the module doc)
+
+
+def _scale(runs: dict[str, dict], seeds: int, config: ScanConfig, comparisons: int) -> dict:
+    full = [runs[f"full/seed{s}"] for s in range(seeds)]
+    failed = [r for r in full if r.get("status") != "ok"]
+    if failed:
+        raise DeadzoneError(
+            f"the baseline run {failed[0]['key']} failed ({failed[0].get('error')}): nothing to "
+            "compare against"
+        )
+    gains = {s: r["step0_eval_loss"] - r["final_eval_loss"] for s, r in enumerate(full)}
+    interval = stats.t_interval(list(gains.values()))
+    clear = interval is not None and interval[0] > 0 and all(g > 0 for g in gains.values())
+    return {
+        "unit": "share_of_gain" if clear else "nats",
+        "margin_used": config.margin if clear else config.margin_nats,
+        "gains": {str(s): g for s, g in gains.items()},
+        "gain_interval": list(interval) if interval else None,
+        "alpha": stats.ALPHA / comparisons,
+        "comparisons": comparisons,
+    }
+
+
+def _costs(runs: dict[str, dict], scale: dict, strategy: str, names, seeds: int) -> list | None:
+    """Per-seed costs of ``names`` in ``strategy`` on seeds ``0..seeds-1`` in the scale's unit;
+    None if a run failed; :class:`_Missing` for runs not recorded yet (or lost to a dead worker
+    in an earlier invocation: ``scale["retried"]`` holds the keys this one already ran)."""
+    specs = [set_spec(strategy, names, s) for s in range(seeds)]
+    missing = [
+        sp
+        for sp in specs
+        if sp.key not in runs or (runs[sp.key].get("crashed") and sp.key not in scale["retried"])
+    ]
+    if missing:
+        raise _Missing(missing)
+    costs = []
+    for sp in specs:
+        r, f = runs[sp.key], runs[f"full/seed{sp.seed}"]
+        if r.get("status") != "ok":
+            return None
+        nats = r["final_eval_loss"] - f["final_eval_loss"]
+        costs.append(nats / scale["gains"][str(sp.seed)] if scale["unit"] != "nats" else nats)
+    return costs
+
+
+def _judge_costs(costs: list[float] | None, margin: float, level: float) -> Judgement:
+    """The verdict of per-seed costs at ``level`` (a failed run: ``costly``, no numbers)."""
+    if costs is None:
+        return Judgement("costly")
+    mean, sd = stats.mean_sd(costs)
+    interval = stats.t_interval(costs, level)
+    word = stats.verdict(interval, margin)
+    needed = stats.seeds_needed(mean, sd, margin, level) if word == "undetermined" else None
+    return Judgement(word, mean, interval, needed)
+
+
+def _judge(runs: dict[str, dict], state: dict, strategy: str):
+    scale = state["scale"]
+
+    def judge(names: frozenset[str], seeds: int) -> Judgement:
+        costs = _costs(runs, scale, strategy, sorted(names), seeds)
+        state["answered"][strategy] = state["answered"].get(strategy, 0) + 1
+        return _judge_costs(costs, scale["margin_used"], scale["alpha"])
+
+    return judge
+
+
+def _exhaustive_record(runs, scale, strategy: str, names: list[str], seeds: int) -> dict:
+    """Every site alone on every seed, Holm over the scan's comparisons of this strategy."""
+    costs = {n: _costs(runs, scale, strategy, [n], seeds) for n in names}
+    judged = stats.judge({n: c for n, c in costs.items() if c is not None}, scale["margin_used"])
+    sites = {}
+    for n in names:
+        j = judged.get(n)
+        if j is None:
+            sites[n] = {**Judgement("costly").as_dict(), "group_size": 1, "seeds": seeds}
+            continue
+        sites[n] = {
+            "verdict": j.verdict,
+            "cost": j.mean,
+            "interval": list(j.adjusted) if j.adjusted else None,
+            "seeds_needed": j.seeds_needed,
+            "level": j.level,
+            "group_size": 1,
+            "seeds": seeds,
+        }
+    return {"steps": [], "sites": sites, "joint": None, "judgements": len(names),
+            "runs": len(names) * seeds}  # fmt: skip
+
+
+def _search(runs, state, config: ScanConfig, strategy, sites: list[Site], priority) -> dict:
+    """The record of one strategy, replayed against the recorded runs (:class:`_Missing` at the
+    first question they cannot answer yet)."""
+    names = [s.name for s in sites]
+    judge = _judge(runs, state, strategy)
+    if config.mode == "exhaustive":
+        record = _exhaustive_record(runs, state["scale"], strategy, names, config.seeds)
+        record["joint"] = search_mod.joint_check(
+            judge, record["sites"], max_seeds=config.seeds, priority=priority, names=names,
+            margin=state["scale"]["margin_used"],
+        )  # fmt: skip
+        return record
+    return search_mod.search(
+        judge,
+        search_mod.groups_by(sites, config.groups),
+        max_seeds=config.seeds,
+        start_seeds=min(START_SEEDS, config.seeds),
+        priority=priority,
+        margin=state["scale"]["margin_used"],
+    )
+
+
+def scan(
+    config: ScanConfig,
+    out: str | Path,
+    *,
+    executor: Executor | None = None,
+    show_progress: bool = True,
+    on_record: Callable[[dict], None] | None = None,
+    say: Callable[[str], None] = print,
+) -> dict:
+    """Run (or resume, or extend) a scan into ``out``; return the ``results.json`` document.
+
+    Rounds: the baselines of every seed first (the first one alone, timed, for the plan's
+    estimate), then, until every strategy's search is answered, the runs of the next question
+    of every strategy at once. A resumed scan replays each search against the recorded runs
+    and runs only what is missing. The driver writes ``plan.json``, ``axolotl.yaml`` and
+    ``frozen_parameters.txt`` of the ``frozen`` joint set when ``frozen`` was scanned.
+    """
+    executor = executor or InProcess(show_progress=show_progress)
+    with writing(out):
+        ctx = _load(config, executor.threads)
+        sites, names = ctx["sites"], [s.name for s in ctx["sites"]]
+        state: dict = {"scale": None, "records": {}, "pending": True, "answered": {}}
+        header = {"schema_version": SCHEMA_VERSION, **provenance(), "mode": config.mode}
+        runset = {"strategies": list(config.strategies), "seeds": list(range(config.seeds))}
+        results = ResultsDir(
+            out, ctx["identity"], header, partial(_summary, state, ctx, config), runset=runset
+        )
+
+        retried: set[str] = set()
+
+        def run(specs: list[RunSpec]) -> None:
+            tasks = [ctx["task"](sp) for sp in dict((sp.key, sp) for sp in specs).values()]
+            retried.update(t.key for t in tasks)  # a run lost again is not asked for again
+            execute(tasks, results, executor, on_record=on_record, show_progress=show_progress)
+
+        exhaustive = config.seeds * (1 + len(config.strategies) * len(names))
+        most = _at_most(config, sites)
+        say(
+            f"scan: {len(names)} sites x {len(config.strategies)} strategies "
+            f"({', '.join(config.strategies)}), {config.mode}, up to {config.seeds} seeds: "
+            f"at most {most} runs, {exhaustive} for the exhaustive scan without its joint check "
+            f"({len(results.runs)} recorded already)"
+        )
+        if not results.finished("full/seed0"):
+            run([full_spec(0)])
+        first = results.runs["full/seed0"].get("seconds") or 0.0
+        workers = getattr(executor, "workers", None) or 1
+        left = max(0, most - len(results.runs))
+        say(
+            f"scan: one run takes {first:.1f} s; at most {left} runs left, about "
+            f"{_duration(left * first / workers)} with {workers} at a time"
+        )
+        run([full_spec(s) for s in range(config.seeds)])
+        comparisons = len(names) * len(config.strategies)
+        state["scale"] = _scale(results.runs, config.seeds, config, comparisons)
+        state["scale"]["retried"] = retried
+        rounds = 0
+        while True:
+            missing: list[RunSpec] = []
+            for strategy in config.strategies:
+                state["answered"][strategy] = 0
+                try:
+                    state["records"][strategy] = _search(
+                        results.runs, state, config, strategy, sites, ctx["priority"]
+                    )
+                except _Missing as m:
+                    missing += m.specs
+            if not missing:
+                break
+            if config.mode == "exhaustive" and rounds == 0:
+                missing = exhaustive_specs(names, config.strategies, config.seeds)
+            rounds += 1
+            done = len(results.runs)
+            answered = ", ".join(f"{k} {v}" for k, v in state["answered"].items())
+            say(
+                f"scan: round {rounds}: {len(missing)} run(s); {done} done of at most {most} "
+                f"(at most {_duration((most - done) * first / workers)} left); judgements "
+                f"answered: {answered}"
+            )
+            run(missing)
+        state["pending"] = False
+        results.save()
+        if "frozen" in config.strategies:
+            joint = state["records"]["frozen"]["joint"]
+            plan = make_plan(
+                ctx["model"],
+                dict.fromkeys(joint["sites"] if joint else [], "frozen"),
+                source=config.model,
+            )
+            write_plan(out, ctx["model"], plan)
+    return results.document()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def _at_most(config: ScanConfig, sites: list[Site]) -> int:
+    """An upper bound on the scan's runs, baselines included: per strategy, every node of every
+    group's halving tree (``2g - 1`` for a group of ``g``; one per site when exhaustive) and
+    every step of the joint check (at most one per site), each on every seed."""
+    n = len(sites)
+    if config.mode == "exhaustive":
+        judged = n
+    else:
+        judged = sum(2 * len(g) - 1 for g in search_mod.groups_by(sites, config.groups))
+    return config.seeds * (1 + len(config.strategies) * (judged + n))
+
+
+def _load(config: ScanConfig, threads: int) -> dict:
+    """Load the model and data once here: sites, the task maker, identity, scores, priority."""
+    from deadzone.checkpoints import context_length, load_model, model_fingerprint, resolve
+
+    model, tokenizer = load_model(config.model)
+    if tokenizer is None:
+        raise DeadzoneError(f"{config.model} has no tokenizer; SFT needs one")
+    check_vocabulary(model, tokenizer)
+    all_sites = sites_mod.find_sites(model)
+    if config.sites is None:
+        chosen = [s for s in all_sites if s.layer is not None]
+    else:
+        chosen = sites_mod.select(all_sites, config.sites)
+    if not chosen:
+        raise DeadzoneError(f"{config.model} has no site to scan ({config.sites or 'blocks'})")
+    max_length = min(config.max_length, context_length(model) or config.max_length)
+    data = load_sft_data(
+        config.data,
+        tokenizer,
+        max_length=max_length,
+        eval_spec=config.eval_data,
+        eval_fraction=config.eval_fraction,
+    )
+    inputs = RunInputs(
+        model, {s.name: s for s in all_sites}, data, pad_id_for(tokenizer), config.sft
+    )
+    path = resolve(config.model)
+    model_ref = ModelRef(config.model, model_fingerprint(path), str(path))
+    data_ref = DataRef(
+        config.data, config.eval_data, config.eval_fraction, max_length, data.info["content_hash"]
+    )
+
+    def task(spec: RunSpec) -> RunTask:
+        return RunTask(model_ref, data_ref, config.sft, spec, threads)
+
+    prime(task(full_spec(0)), inputs)  # runs in this process use the model and data loaded here
+    scores = cheap_scores(model, chosen, inputs)
+    priority = {n: v for n, v in scores.get(PRIORITY, {}).items() if v is not None}
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    in_blocks = block_params((n, p.numel()) for n, p in model.named_parameters())
+    sft = config.sft.to_dict()
+    sft.pop("seed")
+    identity = {
+        "experiment": EXPERIMENT,
+        "deadzone_version": __version__,
+        "model": config.model,
+        "model_info": {
+            "model_type": getattr(model.config, "model_type", None),
+            "params": sum(p.numel() for p in model.parameters()),
+            "trainable_params": trainable,
+            "block_params": in_blocks,
+            "fingerprint": model_ref.fingerprint,
+        },
+        "sites": [s.name for s in chosen],
+        "steps": config.sft.steps,
+        "data": data.info,
+        "config": sft,
+    }
+    return {
+        "model": model,
+        "sites": chosen,
+        "task": task,
+        "identity": identity,
+        "scores": scores,
+        "priority": priority,
+        "trainable": trainable,
+        "in_blocks": in_blocks,
+    }
+
+
+def cheap_scores(model, sites: list[Site], inputs: RunInputs) -> dict[str, dict]:
+    """``{score: {site: value}}``: every ``analyze`` metric (``snr`` among them), the step-0
+    gradient norm on a few training batches of seed 0, and the sub-layer Block Influence on the
+    eval batches (left out, with a warning, for a model it is not defined for)."""
+    from deadzone.analysis import analyze
+    from deadzone.scores import GRAD_BATCHES, ScoreData, block_influence, geometry_scores
+    from deadzone.scores import grad_norm as grad_norm_score
+
+    records = analyze(
+        ((s, sites_mod.site_matrix(model, s)) for s in sites), total=len(sites), progress=False
+    )
+    scores = geometry_scores(records)
+    data = ScoreData(list(itertools.islice(inputs.train_data(0), GRAD_BATCHES)), inputs.eval)
+    scores["grad_norm"] = grad_norm_score(model, sites, data)
+    try:
+        scores["block_influence"] = block_influence(model, sites, data)
+    except DeadzoneError as e:
+        log.warning("block_influence left out: %s", e)
+    return scores
+
+
+def _summary(state: dict, ctx: dict, config: ScanConfig, runs: list[dict]) -> dict:
+    """What the report reads: per strategy its sites, correlations, joint check and search
+    record; the effective counts; the scale; the scores."""
+    scale = state["scale"] or {}
+    strategies = {}
+    effective = {}
+    for strategy, record in state["records"].items():
+        strategies[strategy] = {
+            **strategy_summary(record, ctx["sites"], ctx["scores"]),
+            "search": {k: record[k] for k in ("steps", "judgements", "runs")},
+            "verdicts": search_mod.verdict_counts(record),
+        }
+        effective[strategy] = effective_counts(
+            record["joint"], ctx["sites"], trainable=ctx["trainable"], in_blocks=ctx["in_blocks"]
+        )
+    return {
+        "complete": not state["pending"],
+        "mode": config.mode,
+        "alpha": scale.get("alpha"),
+        "comparisons": scale.get("comparisons"),
+        "unit": scale.get("unit"),
+        "margin": config.margin,
+        "margin_nats": config.margin_nats,
+        "margin_used": scale.get("margin_used"),
+        "gains": scale.get("gains"),
+        "gain_interval": scale.get("gain_interval"),
+        "runs": len(runs),
+        "strategies": strategies,
+        "effective": effective,
+        "scores": ctx["scores"],
     }

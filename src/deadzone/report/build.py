@@ -133,7 +133,48 @@ def crystallize_report(directory: Path, results: dict) -> Report:
     return Report(title, crystallize_claims(results), [Section(title, blocks)])
 
 
-REPORTERS: dict[str, Reporter] = {"crystallize": crystallize_report}
+# --- scan --------------------------------------------------------------------------------------
+
+
+def scan_report(directory: Path, results: dict) -> Report:
+    """Rewrite ``report.md``, ``heatmap.png`` and ``scores.png``; return the scan's section."""
+    from deadzone.report import scan as scan_md
+    from deadzone.report.table import Table as TableModel
+
+    scan_md.write_report(directory)
+    summary = results["summary"]
+    blocks: list = [Paragraph(scan_md.statistics_text(results))]
+    blocks += [Paragraph(scan_md.effective_text(summary, s)) for s in summary["strategies"]]
+    if (directory / "heatmap.png").is_file():
+        blocks.append(Image(directory / "heatmap.png", "cost of each site"))
+    for strategy in summary["strategies"]:
+        table = from_table(scan_md.sites_table(summary, strategy))
+        blocks.append(Section(strategy, [table]))
+    rows = [
+        [score]
+        + [
+            _rho_cell(summary["strategies"][st].get("correlations", {}).get(score))
+            for st in summary["strategies"]
+        ]
+        for score in summary["scores"]
+    ]
+    columns = ["Score", *(f"{st}: ρ (p, n)" for st in summary["strategies"])]
+    blocks.append(from_table(TableModel(columns, rows)))
+    if (directory / "scores.png").is_file():
+        blocks.append(Image(directory / "scores.png", "scores against costs"))
+    if _provenance(results):
+        blocks.append(Paragraph(_provenance(results)))
+    title = f"Scan of `{results['model']}`"
+    return Report(title, [], [Section(title, blocks)])
+
+
+def _rho_cell(c: dict | None) -> str:
+    if not c or c.get("rho") is None:
+        return "—"
+    return f"{c['rho']:+.2f} (p={c['p']:.2g}, n={c['n']})"
+
+
+REPORTERS: dict[str, Reporter] = {"crystallize": crystallize_report, "scan": scan_report}
 
 
 # --- reading results and writing pages ---------------------------------------------------------

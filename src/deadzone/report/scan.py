@@ -25,7 +25,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from deadzone import fileio
+from deadzone.errors import DeadzoneError
 from deadzone.report import pyplot, save_png
+from deadzone.report.table import Table, to_markdown
+from deadzone.schema import SCHEMA_VERSION
 from deadzone.sites import ROLE_ORDER
 
 NEGLIGIBLE = ("negligible", "better")
@@ -54,7 +58,7 @@ def heatmap(summary: dict, path: str | Path) -> None:
     fig, axes = plt.subplots(
         1, panels, figsize=(4.2 * panels + 1.5, 6), squeeze=False, layout="constrained"
     )
-    margin = 100 * summary["margin"]
+    margin = 100 * _margin(summary)
     limit = COLOUR_MARGINS * margin  # costs beyond it take the end colours
     image = None
     for ax, (name, st) in zip(axes[0], strategies.items(), strict=False):
@@ -79,7 +83,7 @@ def heatmap(summary: dict, path: str | Path) -> None:
         ax.set_title(name)
     if image is not None:
         bar = fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
-        bar.set_label(f"single-site cost, % of the fine-tuning gain (margin {margin:g}%)")
+        bar.set_label(f"single-site cost, {_unit(summary)}; margin = {margin:g}")
     fig.supxlabel("✓ negligible   ✗ costly   ? undetermined   grey: decided in a group", fontsize=8)
     save_png(fig, path)
 
@@ -117,9 +121,9 @@ def scores_plot(summary: dict, path: str | Path) -> None:
             p = "" if c.get("p") is None else f", p={c['p']:.2g}"
             ax.scatter(xs, ys, s=14, label=f"{strategy}: ρ={rho}{p}")
             plotted = plotted or bool(xs)
-        ax.axhline(100 * summary["margin"], color="grey", linestyle="--", linewidth=0.8)
+        ax.axhline(100 * _margin(summary), color="grey", linestyle="--", linewidth=0.8)
         ax.set_title(score, fontsize=9)
-        ax.set_ylabel("cost (% of gain)", fontsize=8)
+        ax.set_ylabel(f"cost ({_unit(summary)})", fontsize=8)
         ax.legend(fontsize=7)
         if not plotted:
             ax.text(0.5, 0.5, "no single-site costs", ha="center", transform=ax.transAxes)
@@ -141,3 +145,166 @@ def rho_table(summary: dict) -> str:
                 cells.append(f"{c['rho']:+.2f} (p={c['p']:.2g}, n={c['n']})")
         rows.append(f"| {score} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
+
+
+def _margin(summary: dict) -> float:
+    """The margin the verdicts were judged against, in the summary's unit."""
+    return summary.get("margin_used") or summary["margin"]
+
+
+def _unit(summary: dict) -> str:
+    """The unit of 100 x a cost: % of the gain, or centi-nats when the gain was not clear."""
+    return "0.01 nats" if summary.get("unit") == "nats" else "% of the fine-tuning gain"
+
+
+# --- report.md ---------------------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:+.2f}"
+
+
+def _interval(interval: list[float] | None) -> str:
+    return "—" if not interval else f"[{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]"
+
+
+def sites_table(summary: dict, strategy: str) -> Table:
+    """One row per site of ``strategy``: verdict, cost and interval (x 100, in the unit), and
+    how it was judged."""
+    rows = []
+    for s in summary["strategies"][strategy]["sites"]:
+        how = "alone" if s["single"] else "in a group"
+        rows.append([s["site"], s["verdict"], _pct(s["cost"]), _interval(s["interval"]), how])
+    unit = _unit(summary)
+    columns = ["Site", "Verdict", f"Cost ({unit})", "Interval", "Judged"]
+    return Table(columns, rows, right=frozenset({2, 3}))
+
+
+def effective_text(summary: dict, strategy: str) -> str:
+    """The effective count of one strategy in one sentence, with the joint interval."""
+    e = summary["effective"][strategy]
+    what = {"frozen": "need not train", "random": "carry nothing in their values"}.get(
+        strategy, f"can be {strategy}"
+    )
+    if not e["sites"]:
+        return f"{strategy}: no set of sites was found jointly negligible."
+    share = e["fraction_of_trainable"]
+    block = e["fraction_of_block_params"]
+    return (
+        f"{strategy}: {e['params']:,} parameters ({e['sites']} matrices) {what} — "
+        f"{100 * share:.1f}% of the trainable parameters, {100 * block:.1f}% of those in the "
+        f"blocks; joint cost {_pct(e['cost'])}, interval {_interval(e['interval'])} "
+        f"({_unit(summary)}), {e['verdict']}."
+    )
+
+
+def joint_steps(summary: dict, strategy: str) -> list[str]:
+    joint = summary["strategies"][strategy].get("joint")
+    if not joint:
+        return []
+    lines = []
+    for i, step in enumerate(joint["steps"], 1):
+        lines.append(
+            f"{i}. {len(step['sites'])} sites on {step['seeds']} seeds: {step['verdict']}, "
+            f"cost {_pct(step['cost'])}, interval {_interval(step['interval'])} -> "
+            f"{step['action']}"
+        )
+    return lines
+
+
+def statistics_text(results: dict) -> str:
+    s = summary_of(results)
+    unit = "share of the fine-tuning gain" if s["unit"] == "share_of_gain" else "nats"
+    if s["mode"] == "exhaustive":
+        how = (
+            "single sites at Holm's step-down levels over each strategy's sites (each site's "
+            f"`level` in results.json); joint sets at {s['alpha']:.3g} = 0.05 / "
+            f"{s['comparisons']} (sites x strategies, Bonferroni)"
+        )
+    else:
+        how = (
+            f"every judgement at {s['alpha']:.3g} = 0.05 / {s['comparisons']} (sites x "
+            "strategies): Bonferroni, the strictest level of Holm's procedure, since an adaptive "
+            "search decides one question at a time and its family is not known in advance"
+        )
+    return (
+        f"Costs are judged as a {unit} against the margin {s['margin_used']:g}: negligible when "
+        f"the interval lies below it; {how}."
+    )
+
+
+def summary_of(results: dict) -> dict:
+    return results["summary"]
+
+
+def markdown(results: dict) -> str:
+    """``report.md`` of a scan, from its results alone."""
+    s = summary_of(results)
+    lines = [
+        f"# Scan of `{results['model']}`",
+        "",
+        f"{len(results['sites'])} sites, strategies {', '.join(s['strategies'])}, "
+        f"{s['mode']} search, up to {len(results['seeds'])} seeds, {results['steps']} SFT "
+        f"steps, data `{results['data']['spec']}`; {s['runs']} runs.",
+        "",
+        statistics_text(results),
+        "",
+    ]
+    if not s.get("complete", True):
+        lines += ["**This scan is not complete**: rerun the command to finish it.", ""]
+    lines += ["## Effective parameter count", ""]
+    lines += [f"- {effective_text(s, st)}" for st in s["strategies"]]
+    lines += ["", "![heatmap](heatmap.png)", ""]
+    for strategy, st in s["strategies"].items():
+        counts = ", ".join(f"{n} {v}" for v, n in st["verdicts"].items() if n)
+        lines += [
+            f"## {strategy}",
+            "",
+            f"Verdicts: {counts}. {st['search']['judgements']} judgements, "
+            f"{st['search']['runs']} runs besides the baselines.",
+            "",
+            to_markdown(sites_table(s, strategy)),
+            "",
+        ]
+        steps = joint_steps(s, strategy)
+        if steps:
+            lines += ["Joint check:", "", *steps, ""]
+    lines += [
+        "## Does geometry predict redundancy?",
+        "",
+        "Spearman's rho of each cheap score against the single-site cost, with a permutation "
+        "p-value:",
+        "",
+        rho_table(s),
+        "![scores](scores.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def load(directory: str | Path) -> dict:
+    path = Path(directory) / "results.json"
+    try:
+        results = fileio.read_json(path)
+    except (OSError, ValueError) as e:
+        raise DeadzoneError(f"cannot read {path}: {e}") from None
+    if not isinstance(results, dict) or results.get("experiment") != "scan":
+        raise DeadzoneError(f"{path} is not a scan results file")
+    if results.get("schema_version", 1) != SCHEMA_VERSION:
+        raise DeadzoneError(
+            f"{path} has schema version {results.get('schema_version', 1)}; this deadzone "
+            f"reads version {SCHEMA_VERSION}: rerun the scan"
+        )
+    return results
+
+
+def write_report(directory: str | Path) -> dict[str, Path]:
+    """Write ``report.md``, ``heatmap.png`` and ``scores.png`` in ``directory`` from its
+    ``results.json``; returns their paths."""
+    directory = Path(directory)
+    results = load(directory)
+    paths = {n: directory / n for n in ("report.md", "heatmap.png", "scores.png")}
+    fileio.write_text(paths["report.md"], markdown(results))
+    heatmap(results["summary"], paths["heatmap.png"])
+    scores_plot(results["summary"], paths["scores.png"])
+    return paths

@@ -1,0 +1,215 @@
+"""``deadzone scan`` end to end on a micro GPT-2: every file, the freeze plan applied, resume
+after a killed driver, bad input."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from test_crystallize import setup  # noqa: F401 (a fixture)
+from transformers import AutoModelForCausalLM
+
+from deadzone import fileio, strategies
+from deadzone.cli import main
+from deadzone.errors import DeadzoneError
+from deadzone.experiments.scan import ScanConfig, scan
+from deadzone.plans import apply_plan, load_plan
+from deadzone.schema import SCHEMA_VERSION
+from deadzone.train import SFTConfig, computed
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+TESTS = str(Path(__file__).resolve().parent)
+RUN = ["--steps", "3", "--seeds", "2", "--lr", "3e-3", "--batch-size", "4", "--eval-every", "3"]
+RUN += ["--max-length", "48"]
+FILES = ("results.json", "report.md", "heatmap.png", "scores.png", "plan.json", "axolotl.yaml")
+FILES += ("frozen_parameters.txt",)
+
+
+def by_key(doc: dict) -> dict[str, dict]:
+    return {r["key"]: computed(r) for r in doc["runs"]}
+
+
+def test_a_free_strategy_is_found_negligible_in_few_runs_and_its_plan_freezes_exactly_it(
+    setup,  # noqa: F811
+    tmp_path,
+    capsys,
+    monkeypatch,
+):
+    """``frozen`` made to train (cost exactly zero): one judgement of the block's group decides
+    all four sites, the joint set is that group, and the plan holds exactly them."""
+    model, data = setup
+    monkeypatch.setitem(strategies.STRATEGIES, "frozen", strategies.full)
+    out = tmp_path / "scan"
+    rc = main(["scan", model, "--sites", "L1.*", *RUN, "--data", data, "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "at most" in printed and "one run takes" in printed
+    for name in FILES:
+        assert (out / name).is_file(), name
+    results = fileio.read_json(out / "results.json")
+    assert results["schema_version"] == SCHEMA_VERSION and results["experiment"] == "scan"
+    summary = results["summary"]
+    assert summary["complete"] and set(summary["strategies"]) == {"frozen", "random"}
+    names = ["L1.attn.c_attn", "L1.attn.c_proj", "L1.mlp.c_fc", "L1.mlp.c_proj"]
+    frozen = summary["strategies"]["frozen"]
+    assert [s["site"] for s in frozen["sites"]] == names
+    assert all(s["verdict"] == "negligible" and s["cost"] == 0.0 for s in frozen["sites"])
+    assert frozen["search"]["runs"] == 2  # the group of four, on two seeds; exhaustive: 8
+    assert sorted(frozen["joint"]["sites"]) == names
+    effective = summary["effective"]["frozen"]
+    assert effective["sites"] == 4 and effective["verdict"] == "negligible"
+    assert effective["params"] == sum(s["params"] for s in frozen["sites"])
+    assert 0 < effective["fraction_of_trainable"] < effective["fraction_of_block_params"] < 1
+    assert set(summary["scores"]) >= {"pr", "snr", "grad_norm", "block_influence"}
+    rho = frozen["correlations"]["grad_norm"]
+    assert rho["rho"] is None  # every cost is zero: no ranking to correlate with
+    keys = [r["key"] for r in results["runs"]]
+    assert len(keys) == len(set(keys)) and {"full/seed0", "full/seed1"} <= set(keys)
+    report = (out / "report.md").read_text()
+    assert "Effective parameter count" in report and "| snr |" in report
+
+    # The plan, applied to a fresh copy of the model, freezes exactly its parameters.
+    monkeypatch.undo()
+    plan = load_plan(out / "plan.json")
+    assert sorted(e["site"] for e in plan["sites"]) == names
+    fresh = AutoModelForCausalLM.from_pretrained(model)
+    apply_plan(fresh, plan)
+    frozen_params = {n for n, p in fresh.named_parameters() if not p.requires_grad}
+    listed = (out / "frozen_parameters.txt").read_text().split()
+    assert frozen_params == {e["param_name"] for e in plan["sites"]} == set(listed)
+
+    # axolotl's matcher: dots literal, re.match on each name, keep what any pattern matches.
+    patterns = yaml.safe_load((out / "axolotl.yaml").read_text())["unfrozen_parameters"]
+    compiled = [re.compile(p.replace(".", "\\.")) for p in patterns]
+    trainable = {n for n, _ in fresh.named_parameters() if any(c.match(n) for c in compiled)}
+    assert trainable == {n for n, p in fresh.named_parameters() if p.requires_grad}
+
+    # A plan is refused by a model it was not made for, in one line.
+    other = AutoModelForCausalLM.from_pretrained(model)
+    other.lm_head.weight.data.add_(1.0)
+    with pytest.raises(DeadzoneError, match="made for another model"):
+        apply_plan(other, plan)
+
+    # The report rebuilds from results.json alone, as HTML too.
+    assert main(["report", str(out)]) == 0
+    assert "Scan of" in (out / "report.html").read_text()
+
+
+def test_exhaustive_mode_reuses_the_adaptive_runs_and_runs_every_site_alone(
+    setup,  # noqa: F811
+    tmp_path,
+):
+    model, data = setup
+    sft = SFTConfig(steps=3, lr=3e-3, batch_size=4, eval_every=3)
+    base = dict(model=model, sites="L0.mlp.*", strategies=("frozen",), seeds=2, data=data)
+    base |= dict(max_length=48, sft=sft)
+    adaptive = scan(ScanConfig(**base), tmp_path, show_progress=False, say=lambda _: None)
+    ran: list[dict] = []
+    exhaustive = scan(
+        ScanConfig(**base, mode="exhaustive"),
+        tmp_path,
+        show_progress=False,
+        on_record=ran.append,
+        say=lambda _: None,
+    )
+    singles = {"frozen/L0.mlp.c_fc/seed0", "frozen/L0.mlp.c_fc/seed1"}
+    singles |= {"frozen/L0.mlp.c_proj/seed0", "frozen/L0.mlp.c_proj/seed1"}
+    assert singles <= set(by_key(exhaustive))
+    assert {r["key"] for r in ran}.isdisjoint(by_key(adaptive))  # nothing run twice
+    assert all(s["single"] for s in exhaustive["summary"]["strategies"]["frozen"]["sites"])
+    levels = exhaustive["summary"]["strategies"]["frozen"]["sites"]
+    assert len(levels) == 2
+
+
+KILLED = """
+import sys, time
+from deadzone.experiments.scan import ScanConfig, scan
+from deadzone.train import SFTConfig
+model, data, out = sys.argv[1:4]
+sft = SFTConfig(steps=3, lr=3e-3, batch_size=4, eval_every=3)
+config = ScanConfig(model=model, sites="L1.mlp.*", seeds=2, data=data, max_length=48, sft=sft)
+scan(config, out, show_progress=False, on_record=lambda r: time.sleep(0.5))
+"""
+
+
+def scan_config(setup) -> ScanConfig:  # noqa: F811
+    model, data = setup
+    sft = SFTConfig(steps=3, lr=3e-3, batch_size=4, eval_every=3)
+    return ScanConfig(model=model, sites="L1.mlp.*", seeds=2, data=data, max_length=48, sft=sft)
+
+
+def test_a_killed_scan_resumes_losing_and_repeating_nothing(setup, tmp_path):  # noqa: F811
+    model, data = setup
+    out = tmp_path / "killed"
+    env = {"PYTHONPATH": f"{SRC}:{TESTS}", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    driver = subprocess.Popen([sys.executable, "-c", KILLED, model, data, str(out)], env=env)
+    seen, deadline = 0, time.monotonic() + 120
+    while seen < 4 and time.monotonic() < deadline and driver.poll() is None:
+        if (out / "results.json").is_file():
+            seen = len(fileio.read_json(out / "results.json")["runs"])
+        time.sleep(0.01)
+    driver.kill()
+    driver.wait()
+    assert driver.returncode == -signal.SIGKILL, "the driver finished before it was killed"
+    kept = by_key(fileio.read_json(out / "results.json"))
+    assert len(kept) >= 4
+
+    ran: list[dict] = []
+    quiet = dict(show_progress=False, say=lambda _: None)
+    resumed = scan(scan_config(setup), out, on_record=ran.append, **quiet)
+    assert {r["key"] for r in ran}.isdisjoint(kept)
+    reference = scan(scan_config(setup), tmp_path / "whole", **quiet)
+    assert by_key(resumed) == by_key(reference)
+    assert resumed["summary"]["strategies"] == reference["summary"]["strategies"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sites", "L9.*"], "no site matches 'L9.*'"),
+        (["--strategies", "full"], "a scan needs a strategy besides full"),
+        (["--strategies", "frozen,melt"], "unknown strategy 'melt'"),
+        (["--mode", "clever"], "unknown mode 'clever'"),
+        (["--seeds", "1"], "a scan needs --seeds >= 2"),
+        (["--groups", "head"], "groups must be 'layer' or 'role'"),
+        (["--margin", "2"], "margin must be a share of the gain"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys, args, message):  # noqa: F811
+    model, data = setup
+    rc = main(["scan", model, *args, "--data", data, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("deadzone: error: ") and err.count("\n") == 1
+    assert message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_help_gives_every_option_its_default(capsys):
+    from deadzone.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["scan", "--help"])
+    text = capsys.readouterr().out
+    options = text[text.index("options:") :]
+    helps = {}  # option -> its help text, joined over lines
+    for line in options.splitlines()[1:]:
+        if line.startswith("  -"):
+            name = line.split()[0].rstrip(",")
+            helps[name] = line.strip()[len(name) :]
+        else:
+            helps[name] += " " + line.strip()
+    helps = {k: " ".join(v.split()) for k, v in helps.items()}
+    for option, default in {
+        "--strategies": "frozen,random", "--mode": "adaptive", "--groups": "layer",
+        "--margin": "0.02", "--margin-nats": "0.01", "--seeds": "3", "--steps": "50",
+    }.items():  # fmt: skip
+        assert helps[option].endswith(f"(default: {default})"), helps[option]
+    assert helps["--sites"].endswith("(default: every matrix inside the blocks)")
+    assert helps["--out"].endswith("(required)") and "None" not in options
