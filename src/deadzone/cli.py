@@ -127,6 +127,31 @@ def make_executor(args: argparse.Namespace):
     return build(args.backend, args.workers, args.ray_address)
 
 
+def add_tracking_options(p: argparse.ArgumentParser) -> None:
+    """Where each SFT run reports its config and curves; read by :func:`tracking`."""
+    from deadzone.tracking import CHOICES, NONE
+
+    p.add_argument(
+        "--report-to",
+        choices=CHOICES,
+        default=NONE,
+        help="log each SFT run (config, train/eval loss, lr, trainable parameters) to "
+        "TensorBoard or MLflow (local directories, offline) or W&B (offline mode)",
+    )
+    p.add_argument(
+        "--tracking-dir",
+        metavar="DIR",
+        help="where --report-to writes (default: OUT/tracking)",
+    )
+
+
+def tracking(args: argparse.Namespace, out: str):
+    """The ``deadzone.tracking.Tracking`` that :func:`add_tracking_options` describes."""
+    from deadzone.tracking import tracking_for
+
+    return tracking_for(args.report_to, out, args.tracking_dir)
+
+
 # --- commands (one add_* function each) -------------------------------------------------------
 
 
@@ -190,6 +215,7 @@ def add_crystallize(sub: argparse._SubParsersAction) -> None:
     )
     add_run_options(p)
     add_execution_options(p)
+    add_tracking_options(p)
     p.add_argument(
         "--out",
         required=True,
@@ -216,6 +242,7 @@ def _crystallize(args: argparse.Namespace) -> int | None:
         **run_options(args),
     )
     executor = make_executor(args)
+    tracked = tracking(args, args.out)
     main_process = PartialState().is_main_process
     if config.seeds == 1 and main_process:
         print(
@@ -224,7 +251,7 @@ def _crystallize(args: argparse.Namespace) -> int | None:
             file=sys.stderr,
         )
     before = _recorded_keys(args.out)
-    results = crystallize(config, args.out, executor=executor)
+    results = crystallize(config, args.out, executor=executor, tracking=tracked)
     reused = sum(r["key"] in before for r in results["runs"])
     if reused and main_process:
         print(
