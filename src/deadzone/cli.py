@@ -314,6 +314,13 @@ def add_analyze(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="FILE", help=f"write the records as JSON {not_written}")
     p.add_argument("--csv", metavar="FILE", help=f"write the records as CSV {not_written}")
     p.add_argument("--plot", metavar="FILE", help=f"PNG of PR and PC1%% per layer {not_written}")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="also write an experiment directory: results.json, geometry.json/.csv and the "
+        "report beside the study's figures; reused if it holds this analysis "
+        f"{not_written}",
+    )
     p.set_defaults(handler=_analyze)
 
 
@@ -327,7 +334,14 @@ def _analyze(args: argparse.Namespace) -> int:
     for path in (args.json, args.csv, args.plot):
         if path:
             check_file_path(path)  # before minutes of analysis, not after
-    records = analyze_checkpoint(args.model, args.sites)
+    if args.out:
+        from deadzone.experiments.analyze import analyze_experiment
+        from deadzone.report.build import report_directory
+
+        records = analyze_experiment(args.model, args.sites, args.out)["records"]
+        html, _ = report_directory(args.out)
+    else:
+        records = analyze_checkpoint(args.model, args.sites)
     if not records:
         raise DeadzoneError(f"{args.model} has no weight matrices to analyse")
     summary = summarize(records)
@@ -339,6 +353,8 @@ def _analyze(args: argparse.Namespace) -> int:
         if path:
             write(path, records)
             written.append(str(path))
+    if args.out:
+        written += [f"{args.out}/results.json", str(html.with_name("report.md")), str(html)]
     if written:
         print(f"wrote {', '.join(written)}")
     return 0

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from deadzone import fileio
 from deadzone.errors import DeadzoneError
+from deadzone.report import analyze as analyze_md
 from deadzone.report import crystallize as crystallize_md
 from deadzone.report.html import Claim, Image, Page, Paragraph, Section, Table, from_table, write
 from deadzone.schema import SCHEMA_VERSION
@@ -145,7 +146,24 @@ def crystallize_report(directory: Path, results: dict) -> Report:
     return Report(title, crystallize_claims(results), [Section(title, blocks)])
 
 
-REPORTERS: dict[str, Reporter] = {"crystallize": crystallize_report}
+def analyze_report(directory: Path, results: dict) -> Report:
+    """Rewrite ``report.md`` and ``geometry.png``; return the geometry section and claims."""
+    analyze_md.write_report(directory, results)
+    blocks: list = [Paragraph(analyze_md.setup_text(results))]
+    blocks.append(from_table(analyze_md.study_table(results)))
+    blocks.append(Image(directory / "geometry.png", "PR and PC1 per layer"))
+    blocks.append(Section("Every matrix", [from_table(analyze_md.matrices_table(results))]))
+    if _provenance(results):
+        blocks.append(Paragraph(_provenance(results)))
+    claims = [Claim(c.claim, c.study, c.verdict, c.numbers) for c in analyze_md.claims(results)]
+    title = f"Geometry of `{results['model']}`"
+    return Report(title, claims, [Section(title, blocks)])
+
+
+REPORTERS: dict[str, Reporter] = {
+    "crystallize": crystallize_report,
+    "analyze": analyze_report,
+}
 
 
 # --- reading results and writing pages ---------------------------------------------------------
