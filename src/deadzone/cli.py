@@ -360,6 +360,42 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = _parser(
+        sub,
+        "demo",
+        "Reproduce and judge the study on the builtin model: pretrain (if not cached), analyze, "
+        "crystallize, then the report; each stage an experiment directory under --out, resumed "
+        "on a rerun.",
+    )
+    p.add_argument("--out", default="deadzone-demo", help="the demo's directory")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke version in well under a minute: builtin:micro, 2 seeds of 4 steps "
+        "(default: the full demo on builtin:tiny)",
+    )
+    add_tracking_options(p)
+    p.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from deadzone.experiments.demo import demo
+    from deadzone.report.build import report_directory
+    from deadzone.report.demo import stage_table
+    from deadzone.report.table import to_text
+
+    results = demo(args.out, quick=args.quick, tracking=tracking(args, args.out))
+    html, report = report_directory(args.out)
+    print(to_text(stage_table(results)))
+    print()
+    for claim in report.claims:
+        print(f"[{claim.verdict}] {claim.claim}. Study: {claim.study}. {claim.numbers}")
+    md = html.with_name("report.md")
+    print(f"\ndemo finished in {results['seconds']:.0f} s; wrote {md}, {html}")
+    return 0
+
+
 def add_report(sub: argparse._SubParsersAction) -> None:
     p = _parser(
         sub,
@@ -394,6 +430,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_pretrain,
     add_crystallize,
     add_analyze,
+    add_demo,
     add_report,
 ]
 

@@ -3,9 +3,8 @@
 ``deadzone analyze MODEL --out DIR`` (and the demo's analyze stage) writes ``DIR/results.json``
 (``experiment: "analyze"``, the schema version, what was analysed, the geometry records and
 their summary) beside the records as ``geometry.json`` and ``geometry.csv``; the report
-(``deadzone report DIR``) adds the plot ``geometry.png``. Analysing the same model and sites into the same directory again reuses the
-file; another model or selection there is refused. The report (``deadzone.report.analyze``)
-reads only the results file.
+(``deadzone report DIR``) adds the plot ``geometry.png``. Analysing the same model and sites
+into the same directory again reuses the file; another model or selection there is refused.
 """
 
 from __future__ import annotations

@@ -103,7 +103,9 @@ def _lower_claim(results: dict) -> GeometryClaim:
     if not cmp:
         return GeometryClaim(claim, study, "undetermined", "Here: no layer holds both matrices.")
     lower, layers = cmp["layers_out_lower"], cmp["layers"]
-    verdict = "confirmed" if lower == layers else "refuted" if 2 * lower < layers else "undetermined"
+    verdict = "confirmed" if lower == layers else "undetermined"
+    if 2 * lower < layers:
+        verdict = "refuted"  # lower in fewer than half the layers
     numbers = (
         f"Here: lower in {lower} of {layers} layers; mean c_proj PR "
         f"{cmp['attn_out_mean_pr']:.1f} against c_attn PR {cmp['attn_in_mean_pr']:.1f}."

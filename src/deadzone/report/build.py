@@ -160,9 +160,26 @@ def analyze_report(directory: Path, results: dict) -> Report:
     return Report(title, claims, [Section(title, blocks)])
 
 
+def demo_report(directory: Path, results: dict) -> Report:
+    """Report every stage of a demo (their own report.md and report.html too); return the
+    demo's page: the claims of all stages, the stages, then each stage's sections."""
+    from deadzone.report import demo as demo_md
+
+    claims, sections = [], [demo_md.stages_section(results)]
+    for stage in results["stages"]:
+        if stage["directory"]:
+            _, report = report_directory(directory / stage["directory"])
+            claims += report.claims
+            sections += report.sections
+    claims += demo_md.skipped_claims(results)
+    demo_md.write_markdown(directory, results, claims)
+    return Report(f"deadzone demo on `{results['budget']['model']}`", claims, sections)
+
+
 REPORTERS: dict[str, Reporter] = {
     "crystallize": crystallize_report,
     "analyze": analyze_report,
+    "demo": demo_report,
 }
 
 
