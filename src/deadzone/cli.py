@@ -375,6 +375,13 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
         help="a smoke version in well under a minute: builtin:micro, 2 seeds of 4 steps "
         "(default: the full demo on builtin:tiny)",
     )
+    add_execution_options(p)
+    for action in p._actions:  # the demo's own default: the budget's
+        if action.dest == "workers":
+            action.help = (
+                "run N runs at once (a pool of N local processes, or N Ray tasks with --backend "
+                "ray) (default: 2 processes for the full demo, one after another for --quick)"
+            )
     add_tracking_options(p)
     p.set_defaults(handler=_demo)
 
@@ -385,7 +392,13 @@ def _demo(args: argparse.Namespace) -> int:
     from deadzone.report.demo import stage_table
     from deadzone.report.table import to_text
 
-    results = demo(args.out, quick=args.quick, tracking=tracking(args, args.out))
+    given = args.workers is not None or args.backend != "local"
+    results = demo(
+        args.out,
+        quick=args.quick,
+        tracking=tracking(args, args.out),
+        executor=make_executor(args) if given else None,
+    )
     html, report = report_directory(args.out)
     print(to_text(stage_table(results)))
     print()

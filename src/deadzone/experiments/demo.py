@@ -24,6 +24,7 @@ from pathlib import Path
 
 from deadzone import __version__, fileio
 from deadzone.errors import DeadzoneError
+from deadzone.experiments.execute import Executor, make_executor
 from deadzone.experiments.runs import RESULTS, provenance, writing
 from deadzone.progress import make_progress
 from deadzone.schema import SCHEMA_VERSION
@@ -47,6 +48,7 @@ class Budget:
     max_length: int
     strategies: tuple[str, ...] = ("full", "frozen", "crystal", "random")
     data: str = "builtin:docstrings"
+    workers: int | None = None  # runs at once (a process pool); None: one after another here
     cut: str = ""  # what the budget cut, said in the report
 
     def sft(self) -> SFTConfig:
@@ -77,13 +79,15 @@ FULL = Budget(
     steps=50,
     seeds=3,
     batch_size=8,
-    eval_every=10,
+    eval_every=25,
     max_length=128,
+    workers=2,
     cut=(
         "To fit 2 CPU cores, the demo runs builtin:tiny (8 blocks, 96 wide) rather than the "
         "study's 10.2M-parameter model, 3 seeds of 50 SFT steps per strategy (the study's "
-        "steps; 3 seeds is the fewest that give an interval with room to spare), and examples "
-        "cut to the model's 128-token context."
+        "steps; 3 seeds, where the study ran 1, is the fewest that give an interval), "
+        "evaluates at steps 0, 25 and 50 only, cuts examples to the model's 128-token context, "
+        "and runs two runs at once."
     ),
 )
 QUICK = Budget(
@@ -110,6 +114,7 @@ class Context:
     budget: Budget
     tracking: Tracking = NO_TRACKING
     advance: Callable[[float], None] = lambda units: None
+    executor: Executor | None = None  # where stages of runs run them (default: the budget's)
 
 
 @dataclass
@@ -181,9 +186,10 @@ def _crystallize(ctx: Context) -> Done:
         ran.append(record["key"])
         ctx.advance(1.0)
 
+    executor = ctx.executor or make_executor(workers=b.workers, show_progress=False)
     results = crystallize(
-        config, ctx.out / "crystallize", show_progress=False, on_record=finished,
-        tracking=ctx.tracking,
+        config, ctx.out / "crystallize", executor=executor, show_progress=False,
+        on_record=finished, tracking=ctx.tracking,
     )  # fmt: skip
     ctx.advance(len(results["runs"]) - len(ran))  # the reused runs
     return Done("ran" if ran else "reused", "crystallize", runs=len(ran))
@@ -285,10 +291,11 @@ def demo(
     *,
     quick: bool = False,
     tracking: Tracking = NO_TRACKING,
+    executor: Executor | None = None,
     show_progress: bool = True,
 ) -> dict:
-    """Run (or resume) every stage into ``out``, write ``out/results.json`` and the report;
-    return the demo's results document."""
+    """Run (or resume) every stage into ``out`` and write ``out/results.json``; return the
+    demo's results document. ``executor`` runs the SFT runs (default: the budget's workers)."""
     out = Path(out)
     budget = QUICK if quick else FULL
     check_out(out, budget)
@@ -297,7 +304,9 @@ def demo(
     with writing(out), make_progress("{task.fields[doing]}", disable=not show_progress) as bar:
         total = sum(s.units(budget) for s in plan)
         task = bar.add_task("demo", total=total, doing="")
-        ctx = Context(out, budget, tracking, lambda units: bar.update(task, advance=units))
+        ctx = Context(
+            out, budget, tracking, lambda units: bar.update(task, advance=units), executor
+        )
         records = []
         start = time.perf_counter()
         for i, stage in enumerate(plan, 1):
