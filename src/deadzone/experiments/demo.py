@@ -129,9 +129,8 @@ class Done:
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of the demo: ``run(context)`` does it and says what it did; ``units`` is its
-    share of the progress display (about its seconds at the full budget, per run for stages
-    of runs)."""
+    """One step of the demo: ``run(context)`` does it and says what it did, advancing the
+    progress display by ``units(budget)`` in all (1, or one per SFT run for stages of runs)."""
 
     name: str
     title: str
