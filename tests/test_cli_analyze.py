@@ -111,7 +111,7 @@ def test_help_states_every_default(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["analyze", "--help"])
     text = capsys.readouterr().out
-    for option in ("--sites", "--json", "--csv", "--plot"):
+    for option in ("--sites", "--json", "--csv", "--plot", "--out"):
         assert option in text
-    assert text.count("(default:") == 4
+    assert text.count("(default:") == 5
     assert "(default: None)" not in text

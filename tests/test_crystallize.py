@@ -479,8 +479,9 @@ def test_help_gives_every_option_its_default_or_says_it_is_required(capsys):
         "--margin-nats": "0.01", "--steps": "50",
         "--seeds": "3", "--data": "builtin:docstrings", "--lr": "0.0003", "--batch-size": "8",
         "--grad-accum": "1", "--eval-every": "10", "--max-length": "256", "--backend": "local",
+        "--report-to": "none",
     }  # fmt: skip
-    explained = {"--eval-data", "--workers", "--ray-address"}
+    explained = {"--eval-data", "--workers", "--ray-address", "--tracking-dir"}
     assert set(helps) == {"-h", "--target", "--out", *explained, *defaults}
     for option, default in defaults.items():
         assert helps[option].endswith(f"(default: {default})"), helps[option]
@@ -492,6 +493,7 @@ def test_help_gives_every_option_its_default_or_says_it_is_required(capsys):
     assert "capped at the model's context length" in helps["--max-length"]
     assert helps["--workers"].endswith("(default: one run after another in this process)")
     assert helps["--ray-address"].endswith("(default: start a local cluster on this machine)")
+    assert helps["--tracking-dir"].endswith("(default: OUT/tracking)")
     for form in (".txt", ".jsonl", ".json", ".csv", ".parquet", "directory", "hub id"):
         assert form in helps["--data"], form
     assert "None" not in options

@@ -127,6 +127,31 @@ def make_executor(args: argparse.Namespace):
     return build(args.backend, args.workers, args.ray_address)
 
 
+def add_tracking_options(p: argparse.ArgumentParser) -> None:
+    """Where each SFT run reports its config and curves; read by :func:`tracking`."""
+    from deadzone.tracking import CHOICES, NONE
+
+    p.add_argument(
+        "--report-to",
+        choices=CHOICES,
+        default=NONE,
+        help="log each SFT run (config, train/eval loss, lr, trainable parameters) to "
+        "TensorBoard or MLflow (local directories, offline) or W&B (offline mode)",
+    )
+    p.add_argument(
+        "--tracking-dir",
+        metavar="DIR",
+        help="where --report-to writes (default: OUT/tracking)",
+    )
+
+
+def tracking(args: argparse.Namespace, out: str):
+    """The ``deadzone.tracking.Tracking`` that :func:`add_tracking_options` describes."""
+    from deadzone.tracking import tracking_for
+
+    return tracking_for(args.report_to, out, args.tracking_dir)
+
+
 # --- commands (one add_* function each) -------------------------------------------------------
 
 
@@ -190,6 +215,7 @@ def add_crystallize(sub: argparse._SubParsersAction) -> None:
     )
     add_run_options(p)
     add_execution_options(p)
+    add_tracking_options(p)
     p.add_argument(
         "--out",
         required=True,
@@ -216,6 +242,7 @@ def _crystallize(args: argparse.Namespace) -> int | None:
         **run_options(args),
     )
     executor = make_executor(args)
+    tracked = tracking(args, args.out)
     main_process = PartialState().is_main_process
     if config.seeds == 1 and main_process:
         print(
@@ -224,7 +251,7 @@ def _crystallize(args: argparse.Namespace) -> int | None:
             file=sys.stderr,
         )
     before = _recorded_keys(args.out)
-    results = crystallize(config, args.out, executor=executor)
+    results = crystallize(config, args.out, executor=executor, tracking=tracked)
     reused = sum(r["key"] in before for r in results["runs"])
     if reused and main_process:
         print(
@@ -380,6 +407,13 @@ def add_analyze(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="FILE", help=f"write the records as JSON {not_written}")
     p.add_argument("--csv", metavar="FILE", help=f"write the records as CSV {not_written}")
     p.add_argument("--plot", metavar="FILE", help=f"PNG of PR and PC1%% per layer {not_written}")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="also write an experiment directory: results.json, geometry.json/.csv and the "
+        "report beside the study's figures; reused if it holds this analysis "
+        f"{not_written}",
+    )
     p.set_defaults(handler=_analyze)
 
 
@@ -393,7 +427,14 @@ def _analyze(args: argparse.Namespace) -> int:
     for path in (args.json, args.csv, args.plot):
         if path:
             check_file_path(path)  # before minutes of analysis, not after
-    records = analyze_checkpoint(args.model, args.sites)
+    if args.out:
+        from deadzone.experiments.analyze import analyze_experiment
+        from deadzone.report.build import report_directory
+
+        records = analyze_experiment(args.model, args.sites, args.out)["records"]
+        html, _ = report_directory(args.out)
+    else:
+        records = analyze_checkpoint(args.model, args.sites)
     if not records:
         raise DeadzoneError(f"{args.model} has no weight matrices to analyse")
     summary = summarize(records)
@@ -405,8 +446,59 @@ def _analyze(args: argparse.Namespace) -> int:
         if path:
             write(path, records)
             written.append(str(path))
+    if args.out:
+        written += [f"{args.out}/results.json", str(html.with_name("report.md")), str(html)]
     if written:
         print(f"wrote {', '.join(written)}")
+    return 0
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = _parser(
+        sub,
+        "demo",
+        "Reproduce and judge the study on the builtin model: pretrain (if not cached), analyze, "
+        "crystallize, then the report; each stage an experiment directory under --out, resumed "
+        "on a rerun.",
+    )
+    p.add_argument("--out", default="deadzone-demo", help="the demo's directory")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke version in well under a minute: builtin:micro, 2 seeds of 4 steps "
+        "(default: the full demo on builtin:tiny)",
+    )
+    add_execution_options(p)
+    for action in p._actions:  # the demo's own default: the budget's
+        if action.dest == "workers":
+            action.help = (
+                "run N runs at once (a pool of N local processes, or N Ray tasks with --backend "
+                "ray) (default: 2 processes for the full demo, one after another for --quick)"
+            )
+    add_tracking_options(p)
+    p.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from deadzone.experiments.demo import demo
+    from deadzone.report.build import report_directory
+    from deadzone.report.demo import stage_table
+    from deadzone.report.table import to_text
+
+    given = args.workers is not None or args.backend != "local"
+    results = demo(
+        args.out,
+        quick=args.quick,
+        tracking=tracking(args, args.out),
+        executor=make_executor(args) if given else None,
+    )
+    html, report = report_directory(args.out)
+    print(to_text(stage_table(results)))
+    print()
+    for claim in report.claims:
+        print(f"[{claim.verdict}] {claim.claim}. Study: {claim.study}. {claim.numbers}")
+    md = html.with_name("report.md")
+    print(f"\ndemo finished in {results['seconds']:.0f} s; wrote {md}, {html}")
     return 0
 
 
@@ -445,6 +537,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_crystallize,
     add_analyze,
     add_scan,
+    add_demo,
     add_report,
 ]
 

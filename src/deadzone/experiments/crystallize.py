@@ -39,6 +39,7 @@ from deadzone.experiments.execute import (
 from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, provenance, writing
 from deadzone.schema import SCHEMA_VERSION
 from deadzone.strategies import STRATEGIES, check_rank
+from deadzone.tracking import NO_TRACKING, Tracking
 from deadzone.train import SFTConfig
 
 EXPERIMENT = "crystallize"
@@ -151,17 +152,19 @@ def crystallize(
     executor: Executor | None = None,
     show_progress: bool = True,
     on_record: Callable[[dict], None] | None = None,
+    tracking: Tracking = NO_TRACKING,
 ) -> dict:
     """Run (or resume, or extend) the experiment into ``out``; return the ``results.json`` document.
 
-    ``executor`` runs the runs (default: :class:`InProcess`, here, one after another).
+    ``executor`` runs the runs (default: :class:`InProcess`, here, one after another);
+    ``tracking`` is where each run reports its curves (``deadzone.tracking``; default none).
     """
     executor = executor or InProcess(show_progress=show_progress)
     state = PartialState(cpu=config.sft.cpu)  # the processes of this launch, if several
     if state.num_processes > 1 and not isinstance(executor, InProcess):
         raise DeadzoneError("under accelerate launch, runs execute in process (no --workers)")
     with writing(out, state.is_main_process):
-        tasks, inputs, identity, shapes = _plan(config, executor.threads)
+        tasks, inputs, identity, shapes = _plan(config, executor.threads, tracking)
         prime(tasks[0], inputs)  # runs in this process use the model and data loaded here
         runset = {
             "strategies": list(config.strategies),
@@ -182,7 +185,9 @@ def crystallize(
     return results.document()
 
 
-def _plan(config: CrystallizeConfig, threads: int) -> tuple[list[RunTask], RunInputs, dict, dict]:
+def _plan(
+    config: CrystallizeConfig, threads: int, tracking: Tracking = NO_TRACKING
+) -> tuple[list[RunTask], RunInputs, dict, dict]:
     """Load the model and data once here: the run tasks, their inputs, the identity, and the
     targets' shapes."""
     from deadzone.checkpoints import context_length, load_model, model_fingerprint, resolve
@@ -214,7 +219,7 @@ def _plan(config: CrystallizeConfig, threads: int) -> tuple[list[RunTask], RunIn
         config.data, config.eval_data, config.eval_fraction, max_length, data.info["content_hash"]
     )
     specs = plan_runs(config.strategies, [s.name for s in targets], config.seeds, config.ranks)
-    tasks = [RunTask(model_ref, data_ref, config.sft, spec, threads) for spec in specs]
+    tasks = [RunTask(model_ref, data_ref, config.sft, spec, threads, tracking) for spec in specs]
     identity = _identity(config, model, model_ref, targets, data.info)
     return tasks, inputs, identity, {s.name: list(s.shape) for s in targets}
 

@@ -37,6 +37,7 @@ import torch
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, failed_record, run_one
 from deadzone.progress import make_progress
+from deadzone.tracking import NO_TRACKING, Tracking, tracker_hook
 from deadzone.train import SFTConfig, make_accelerator
 
 log = logging.getLogger(__name__)
@@ -73,13 +74,18 @@ class DataRef:
 
 @dataclass(frozen=True)
 class RunTask:
-    """One run, picklable: what it trains, on what, how, and on how many torch threads."""
+    """One run, picklable: what it trains, on what, how, and on how many torch threads.
+
+    ``tracking`` says where the run reports its curves (``deadzone.tracking``); it is no part
+    of what the run computes.
+    """
 
     model: ModelRef
     data: DataRef
     sft: SFTConfig
     run: RunSpec
     threads: int
+    tracking: Tracking = NO_TRACKING
 
     @property
     def key(self) -> str:
@@ -148,8 +154,36 @@ def run_task(task: RunTask, *, accelerator=None, show_progress: bool = False) ->
     """Train ``task``'s run on ``task.threads`` torch threads and return its record."""
     torch.set_num_threads(task.threads)
     inputs = inputs_for(task)
-    record = run_one(inputs, task.run, accelerator=accelerator, show_progress=show_progress)
+    main_process = accelerator is None or accelerator.is_main_process
+    hook = tracker_hook(task.tracking, task.key, tracked_config(task), main_process)
+    try:
+        record = run_one(
+            inputs,
+            task.run,
+            accelerator=accelerator,
+            show_progress=show_progress,
+            hooks=[hook] if hook else [],
+        )
+    finally:
+        if hook:
+            hook.close()
     return {**record, "threads": task.threads}
+
+
+def tracked_config(task: RunTask) -> dict:
+    """What a tracker records of a run: its key, labels, targets, model, data and SFT config."""
+    run = task.run
+    return {
+        "key": run.key,
+        **run.labels,
+        "targets": sorted(run.plan),
+        "plan": {site: strategy for site, strategy in sorted(run.plan.items())},
+        "model": task.model.spec,
+        "fingerprint": task.model.fingerprint,
+        "data": task.data.spec,
+        "data_hash": task.data.content_hash,
+        "sft": {**task.sft.to_dict(), "seed": run.seed},
+    }
 
 
 def work(task: RunTask) -> tuple[str, object]:

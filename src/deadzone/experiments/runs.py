@@ -75,8 +75,13 @@ class RunInputs:
         return train_batches(self.data.train, self.config.batch_size, seed=seed, pad_id=self.pad_id)
 
 
-def run_one(inputs: RunInputs, spec: RunSpec, *, accelerator=None, show_progress=True) -> dict:
+def run_one(
+    inputs: RunInputs, spec: RunSpec, *, accelerator=None, show_progress=True, hooks=()
+) -> dict:
     """Train one run and return its record: ``labels``, the run result and the site records.
+
+    ``hooks`` (``deadzone.train.Hook``) are called by the run's SFT loop; they observe (a
+    tracker), they do not change what the run computes unless its plan says so.
 
     A strategy that cannot be applied (it raises :class:`RunFailed`) makes the run ``failed``
     with the reason, like a run that meets a non-finite loss; the runs beside it go on.
@@ -96,6 +101,7 @@ def run_one(inputs: RunInputs, spec: RunSpec, *, accelerator=None, show_progress
         accelerator=accelerator,
         description=spec.key,
         show_progress=show_progress,
+        hooks=hooks,
     )
     result = loop.run()
     return {**spec.labels, "key": spec.key, **result.to_dict(), "sites": site_records}

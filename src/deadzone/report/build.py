@@ -18,6 +18,7 @@ from pathlib import Path
 
 from deadzone import fileio
 from deadzone.errors import DeadzoneError
+from deadzone.report import analyze as analyze_md
 from deadzone.report import crystallize as crystallize_md
 from deadzone.report.html import Claim, Image, Page, Paragraph, Section, Table, from_table, write
 from deadzone.schema import SCHEMA_VERSION
@@ -174,7 +175,42 @@ def _rho_cell(c: dict | None) -> str:
     return f"{c['rho']:+.2f} (p={c['p']:.2g}, n={c['n']})"
 
 
-REPORTERS: dict[str, Reporter] = {"crystallize": crystallize_report, "scan": scan_report}
+def analyze_report(directory: Path, results: dict) -> Report:
+    """Rewrite ``report.md`` and ``geometry.png``; return the geometry section and claims."""
+    analyze_md.write_report(directory, results)
+    blocks: list = [Paragraph(analyze_md.setup_text(results))]
+    blocks.append(from_table(analyze_md.study_table(results)))
+    blocks.append(Image(directory / "geometry.png", "PR and PC1 per layer"))
+    blocks.append(Section("Every matrix", [from_table(analyze_md.matrices_table(results))]))
+    if _provenance(results):
+        blocks.append(Paragraph(_provenance(results)))
+    claims = [Claim(c.claim, c.study, c.verdict, c.numbers) for c in analyze_md.claims(results)]
+    title = f"Geometry of `{results['model']}`"
+    return Report(title, claims, [Section(title, blocks)])
+
+
+def demo_report(directory: Path, results: dict) -> Report:
+    """Report every stage of a demo (their own report.md and report.html too); return the
+    demo's page: the claims of all stages, the stages, then each stage's sections."""
+    from deadzone.report import demo as demo_md
+
+    claims, sections = [], [demo_md.stages_section(results)]
+    for stage in results["stages"]:
+        if stage["directory"]:
+            _, report = report_directory(directory / stage["directory"])
+            claims += report.claims
+            sections += report.sections
+    claims += demo_md.skipped_claims(results)
+    demo_md.write_markdown(directory, results, claims)
+    return Report(f"deadzone demo on `{results['budget']['model']}`", claims, sections)
+
+
+REPORTERS: dict[str, Reporter] = {
+    "crystallize": crystallize_report,
+    "analyze": analyze_report,
+    "scan": scan_report,
+    "demo": demo_report,
+}
 
 
 # --- reading results and writing pages ---------------------------------------------------------

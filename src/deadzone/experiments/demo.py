@@ -1,0 +1,331 @@
+"""``deadzone demo``: the study, reproduced and judged on the builtin model, in one command.
+
+The demo runs a list of :class:`Stage` s, each an ordinary experiment writing its own results
+directory under the demo's (``DIR/analyze``, ``DIR/crystallize``, ...), so a rerun resumes
+every stage and each stage can be rerun alone with its own command. ``DIR/results.json``
+(``experiment: "demo"``) records the stages: what each ran, in which directory, how long it
+took, or why it was skipped; ``DIR/report.md`` and ``DIR/report.html`` are built from it and
+the stages' own results files (``deadzone report DIR`` rebuilds them).
+
+Stages: ``pretrain`` (only when the builtin model is not cached), ``analyze`` (every matrix),
+``crystallize`` (the study's target with the study's strategies), then ``scan`` and ``freeze``
+when the library has them (``deadzone.experiments.scan.scan``,
+``deadzone.experiments.freeze.freeze``), else skipped with a note. A stage is one entry of
+:data:`STAGES`: a name, a title, what it runs, and the function that runs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from deadzone import __version__, fileio
+from deadzone.errors import DeadzoneError
+from deadzone.experiments.execute import Executor, make_executor
+from deadzone.experiments.runs import RESULTS, provenance, writing
+from deadzone.progress import make_progress
+from deadzone.schema import SCHEMA_VERSION
+from deadzone.tracking import NO_TRACKING, Tracking
+from deadzone.train import SFTConfig
+
+EXPERIMENT = "demo"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The size of the demo: which model, which target, how many SFT steps and seeds."""
+
+    name: str
+    model: str
+    target: str
+    steps: int
+    seeds: int
+    batch_size: int
+    eval_every: int
+    max_length: int
+    strategies: tuple[str, ...] = ("full", "frozen", "crystal", "random")
+    data: str = "builtin:docstrings"
+    workers: int | None = None  # runs at once (a process pool); None: one after another here
+    cut: str = ""  # what the budget cut, said in the report
+
+    def sft(self) -> SFTConfig:
+        return SFTConfig(
+            steps=self.steps, batch_size=self.batch_size, eval_every=self.eval_every, lr=3e-4
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "model": self.model,
+            "target": self.target,
+            "steps": self.steps,
+            "seeds": self.seeds,
+            "batch_size": self.batch_size,
+            "eval_every": self.eval_every,
+            "max_length": self.max_length,
+            "strategies": list(self.strategies),
+            "data": self.data,
+            "cut": self.cut,
+        }
+
+
+FULL = Budget(
+    "full",
+    model="builtin:tiny",
+    target="L4.attn.c_proj",
+    steps=50,
+    seeds=3,
+    batch_size=8,
+    eval_every=25,
+    max_length=128,
+    workers=2,
+    cut=(
+        "To fit 2 CPU cores, the demo runs builtin:tiny (8 blocks, 96 wide) rather than the "
+        "study's 10.2M-parameter model, 3 seeds of 50 SFT steps per strategy (the study's "
+        "steps; 3 seeds, where the study ran 1, is the fewest that give an interval), "
+        "evaluates at steps 0, 25 and 50 only, cuts examples to the model's 128-token context, "
+        "and runs two runs at once."
+    ),
+)
+QUICK = Budget(
+    "quick",
+    model="builtin:micro",
+    target="L1.attn.c_proj",
+    steps=4,
+    seeds=2,
+    batch_size=4,
+    eval_every=2,
+    max_length=64,
+    cut=(
+        "--quick: a smoke test, not a measurement: builtin:micro (2 blocks, 32 wide), its last "
+        "attention output projection, 2 seeds of 4 SFT steps."
+    ),
+)
+
+
+@dataclass
+class Context:
+    """What the stages share: the demo's directory, its budget, where runs report, progress."""
+
+    out: Path
+    budget: Budget
+    tracking: Tracking = NO_TRACKING
+    advance: Callable[[float], None] = lambda units: None
+    executor: Executor | None = None  # where stages of runs run them (default: the budget's)
+
+
+@dataclass
+class Done:
+    """What one stage did: ``status`` ran | reused | skipped, its directory, runs it trained."""
+
+    status: str
+    directory: str | None = None
+    runs: int = 0
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the demo: ``run(context)`` does it and says what it did, advancing the
+    progress display by ``units(budget)`` in all (1, or one per SFT run for stages of runs)."""
+
+    name: str
+    title: str
+    what: Callable[[Budget], str]
+    run: Callable[[Context], Done]
+    units: Callable[[Budget], float] = lambda budget: 1.0
+
+
+# --- the stages ---------------------------------------------------------------------------------
+
+
+def _pretrain(ctx: Context) -> Done:
+    from deadzone.checkpoints import resolve
+    from deadzone.data import corpus
+    from deadzone.presets import builtin_dir
+
+    preset = ctx.budget.model.removeprefix("builtin:")
+    cached = (builtin_dir(preset, corpus.corpus_hash()) / "config.json").is_file()
+    resolve(ctx.budget.model)  # pretrains and caches it when it is not there
+    ctx.advance(1.0)
+    if cached:
+        return Done("reused", note=f"{ctx.budget.model} was cached")
+    return Done("ran", note=f"pretrained {ctx.budget.model} into the user cache")
+
+
+def _analyze(ctx: Context) -> Done:
+    from deadzone.experiments.analyze import analyze_experiment
+
+    out = ctx.out / "analyze"
+    before = (out / RESULTS).is_file()
+    analyze_experiment(ctx.budget.model, "*", out, progress=False)
+    ctx.advance(1.0)
+    return Done("reused" if before else "ran", "analyze")
+
+
+def _crystallize(ctx: Context) -> Done:
+    from deadzone.experiments.crystallize import CrystallizeConfig, crystallize
+
+    b = ctx.budget
+    config = CrystallizeConfig(
+        model=b.model,
+        targets=b.target,
+        strategies=b.strategies,
+        seeds=b.seeds,
+        data=b.data,
+        max_length=b.max_length,
+        sft=b.sft(),
+    )
+    ran = []
+
+    def finished(record: dict) -> None:
+        ran.append(record["key"])
+        ctx.advance(1.0)
+
+    executor = ctx.executor or make_executor(workers=b.workers, show_progress=False)
+    results = crystallize(
+        config, ctx.out / "crystallize", executor=executor, show_progress=False,
+        on_record=finished, tracking=ctx.tracking,
+    )  # fmt: skip
+    ctx.advance(len(results["runs"]) - len(ran))  # the reused runs
+    return Done("ran" if ran else "reused", "crystallize", runs=len(ran))
+
+
+def _pending(name: str, module: str, function: str) -> Callable[[Context], Done]:
+    """A stage the demo cannot run yet: skipped, with the reason for the report."""
+
+    def skip(ctx: Context) -> Done:
+        ctx.advance(1.0)
+        try:
+            there = hasattr(importlib.import_module(module), function)
+        except ImportError:
+            there = False
+        if there:
+            return Done("skipped", note=f"the demo's {name} stage is not written yet")
+        return Done("skipped", note=f"this deadzone has no {module}.{function} yet")
+
+    return skip
+
+
+# The adaptive scan of the block matrices and the effective parameter count, jointly checked,
+# and progressive freezing with the best schedule against random and full at 25% and 50%:
+# each becomes a stage running its library function (one entry in stages()).
+SCAN = Stage(
+    "scan",
+    "Scan",
+    lambda b: "redundancy of every block matrix",
+    _pending("scan", "deadzone.experiments.scan", "scan"),
+)
+FREEZE = Stage(
+    "freeze",
+    "Freeze",
+    lambda b: "schedules at 25% and 50% frozen",
+    _pending("freeze", "deadzone.experiments.freeze", "freeze"),
+)
+
+
+def _crystallize_units(b: Budget) -> float:
+    return float(len(b.strategies) * b.seeds)
+
+
+def stages() -> list[Stage]:
+    """The demo's stages, in order."""
+    return [
+        Stage("pretrain", "Pretrain", lambda b: f"{b.model}, if not cached", _pretrain),
+        Stage("analyze", "Analyze", lambda b: f"geometry of every matrix of {b.model}", _analyze),
+        Stage(
+            "crystallize",
+            "Crystallize",
+            lambda b: f"{b.target}: {', '.join(b.strategies)} × {b.seeds} seeds, {b.steps} steps",
+            _crystallize,
+            _crystallize_units,
+        ),
+        SCAN,
+        FREEZE,
+    ]
+
+
+# --- the driver ---------------------------------------------------------------------------------
+
+
+def _identity(budget: Budget) -> dict:
+    return {
+        "experiment": EXPERIMENT,
+        "deadzone_version": __version__,
+        "budget": budget.to_dict(),
+    }
+
+
+def check_out(out: Path, budget: Budget) -> None:
+    """``out`` is new, empty, or a demo of the same budget; anything else is refused."""
+    if out.is_file():
+        raise DeadzoneError(f"--out {out} is a file, not a directory")
+    if not out.exists() or not any(p for p in out.iterdir() if p.name != ".deadzone.lock"):
+        return
+    path = out / RESULTS
+    if not path.is_file():
+        raise DeadzoneError(
+            f"--out {out} holds files but no demo ({RESULTS} missing); choose a new or empty "
+            "directory"
+        )
+    try:
+        old = fileio.read_json(path)
+    except (OSError, ValueError) as e:
+        raise DeadzoneError(f"cannot read {path}: {e}") from None
+    if not isinstance(old, dict) or old.get("experiment") != EXPERIMENT:
+        what = old.get("experiment") if isinstance(old, dict) else None
+        raise DeadzoneError(f"--out {out} holds a {what!r} experiment, not a demo")
+    if old.get("budget") != budget.to_dict():
+        raise DeadzoneError(
+            f"--out {out} holds a demo of another size ({old.get('budget', {}).get('name')!r}, "
+            f"{budget.name!r} now); choose another directory"
+        )
+
+
+def demo(
+    out: str | Path,
+    *,
+    quick: bool = False,
+    tracking: Tracking = NO_TRACKING,
+    executor: Executor | None = None,
+    show_progress: bool = True,
+) -> dict:
+    """Run (or resume) every stage into ``out`` and write ``out/results.json``; return the
+    demo's results document. ``executor`` runs the SFT runs (default: the budget's workers)."""
+    out = Path(out)
+    budget = QUICK if quick else FULL
+    check_out(out, budget)
+    document = {"schema_version": SCHEMA_VERSION, **_identity(budget), **provenance()}
+    plan = stages()
+    with writing(out), make_progress("{task.fields[doing]}", disable=not show_progress) as bar:
+        total = sum(s.units(budget) for s in plan)
+        task = bar.add_task("demo", total=total, doing="")
+        ctx = Context(
+            out, budget, tracking, lambda units: bar.update(task, advance=units), executor
+        )
+        records = []
+        start = time.perf_counter()
+        for i, stage in enumerate(plan, 1):
+            bar.update(task, description=f"{i}/{len(plan)} {stage.name}", doing=stage.what(budget))
+            t0 = time.perf_counter()
+            done = stage.run(ctx)
+            records.append(
+                {
+                    "name": stage.name,
+                    "title": stage.title,
+                    "what": stage.what(budget),
+                    "status": done.status,
+                    "directory": done.directory,
+                    "runs": done.runs,
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "note": done.note,
+                }
+            )
+            document["stages"] = records
+            fileio.write_json(out / RESULTS, document)
+        document["seconds"] = round(time.perf_counter() - start, 1)
+        fileio.write_json(out / RESULTS, document)
+    return document
