@@ -50,6 +50,7 @@ from deadzone.train import SFTConfig
 
 EXPERIMENT = "freeze"
 BASELINE = crystal.BASELINE  # "full"
+CONTROL = "random"  # the schedule every other must beat
 DEFAULT_SCHEDULES = ("full", "geometry:pr", "freezeout", "autofreeze", "lisa", "random")
 
 
@@ -291,11 +292,33 @@ def summarize(
     summary = crystal.summarize(runs, margin=margin, margin_nats=margin_nats)
     ok = [r for r in runs if r.get("status") == "ok"]
     full = {r["seed"]: r for r in ok if r["strategy"] == BASELINE}
+    control = {r["seed"]: r for r in ok if r["strategy"] == CONTROL}
     for arm in summary["arms"]:
         mine = [r for r in ok if r["strategy"] == arm["strategy"]]
         arm["schedule"] = arm["strategy"]
         arm["savings"] = savings(mine, full)
+        if control and arm["strategy"] not in (BASELINE, CONTROL):
+            arm["vs_random"] = _versus(mine, control)
     return summary
+
+
+def _versus(mine: list[dict], control: dict[int, dict]) -> dict:
+    """Per-seed paired differences in final eval loss (nats) against the random control, on
+    the same batches: below zero means ahead of it; ``ahead`` if the whole 95% interval is."""
+    diffs = [
+        r["final_eval_loss"] - control[r["seed"]]["final_eval_loss"]
+        for r in mine
+        if r["seed"] in control
+    ]
+    mean, sd = stats.mean_sd(diffs)
+    interval = stats.t_interval(diffs)
+    return {
+        "nats": diffs,
+        "mean": mean,
+        "sd": sd,
+        "interval": list(interval) if interval else None,
+        "ahead": interval is not None and interval[1] < 0,
+    }
 
 
 RATIOS = {  # name -> what of a run record is compared against full's
