@@ -204,3 +204,14 @@ def test_a_schedule_that_would_freeze_every_parameter_is_refused(setup, tmp_path
 def test_frozen_mean_weights_each_fraction_by_its_steps():
     run = {"steps_done": 4, "timeline": [{"step": 1, "fraction": 0.0}, {"step": 3, "fraction": 1}]}
     assert frozen_mean(run) == 0.5
+
+
+def test_deadzone_report_rebuilds_the_markdown_and_an_html_page(finished, capsys):
+    out, _ = finished
+    (out / "report.md").unlink()
+    (out / "pareto.png").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").is_file() and (out / "pareto.png").is_file()
+    page = (out / "report.html").read_text()
+    assert "Freeze schedules on" in page and "Optimizer peak × full" in page
+    assert "25–50% of its weight matrices" in page and "data:image/png;base64" in page
