@@ -90,11 +90,7 @@ def conclusion(results: dict) -> str:
         wall = arm["savings"]["wall_time"]["mean"]
         time = f"{wall:.2f}× full's wall time" if wall is not None else "no paired time"
         said.append(f"`{arm['schedule']}` is {arm['verdict']} at {time}")
-    free = [
-        a
-        for a in arms
-        if a["verdict"] in ("negligible", "better") and (a["savings"]["wall_time"]["mean"] or 9) < 1
-    ]
+    free = [a for a in arms if a["verdict"] in ("negligible", "better") and _saves_time(a)]
     text = "; ".join(said) + "."
     if free:
         best = min(free, key=lambda a: a["savings"]["wall_time"]["mean"])
@@ -114,6 +110,11 @@ def conclusion(results: dict) -> str:
             else " No schedule is ahead of the random control by more than the noise."
         )
     return text
+
+
+def _saves_time(arm: dict) -> bool:
+    wall = arm["savings"]["wall_time"]["mean"]
+    return wall is not None and wall < 1
 
 
 def markdown(results: dict) -> str:
