@@ -140,6 +140,45 @@ def test_the_save_run_trained_here_gives_the_record_the_executor_would(setup, tm
     assert [computed(r) for r in saved["runs"]] == [computed(r) for r in plain["runs"]]
 
 
+def test_a_run_task_with_a_schedule_survives_pickling_and_gives_the_same_record(setup):
+    import pickle
+
+    from deadzone.experiments.execute import run_task
+    from deadzone.experiments.freeze import _plan
+    from deadzone.experiments.runs import run_one
+
+    model, data = setup
+    sft = SFTConfig(steps=2, lr=3e-3, batch_size=4, eval_every=2)
+    config = FreezeConfig(model=model, schedules=("geometry:pr",), seeds=1, data=data, sft=sft)
+    tasks, inputs, _, _ = _plan(config, threads=1)
+    task = next(t for t in tasks if t.run.schedule is not None)
+    travelled = pickle.loads(pickle.dumps(task))
+    assert travelled.run.schedule == task.run.schedule
+    record = run_task(travelled)  # loads the model and data from disk, as a worker does
+    assert computed(record) == computed({**run_one(inputs, task.run), "threads": 1})
+
+
+@pytest.mark.slow
+def test_schedules_travel_to_pool_workers_and_give_the_records_of_this_process(setup, tmp_path):
+    from deadzone.experiments.execute import Pool
+
+    model, data = setup
+    sft = SFTConfig(steps=2, lr=3e-3, batch_size=4, eval_every=2)
+    config = dict(model=model, schedules=("lisa", "autofreeze"), seeds=1, data=data, sft=sft)
+    here = freeze(FreezeConfig(**config, freeze_by=2), tmp_path / "here", show_progress=False)
+    pooled = freeze(
+        FreezeConfig(**config, freeze_by=2),
+        tmp_path / "pool",
+        executor=Pool(2),
+        show_progress=False,
+    )
+    strip = [{k: v for k, v in computed(r).items() if k != "threads"} for r in here["runs"]]
+    assert strip == [
+        {k: v for k, v in computed(r).items() if k != "threads"} for r in pooled["runs"]
+    ]
+    assert all(r["timeline"][-1]["fraction"] >= 0.5 for r in pooled["runs"] if "timeline" in r)
+
+
 def test_a_plan_drives_the_schedule_and_one_for_another_model_is_refused(setup, tmp_path, capsys):
     model_dir, data = setup
     model = AutoModelForCausalLM.from_pretrained(model_dir)
