@@ -325,6 +325,9 @@ RATIOS = {  # name -> what of a run record is compared against full's
     "wall_time": lambda r: r["seconds"],
     "cpu_time": lambda r: r.get("cpu_seconds") or None,
     "optimizer_peak": lambda r: max(p["optimizer_state_bytes"] for p in r["curve"]),
+    "optimizer_mean": lambda r: (
+        sum(p["optimizer_state_bytes"] for p in r["curve"][1:]) / max(1, len(r["curve"]) - 1)
+    ),
     "tokens_per_second": lambda r: r["tokens_per_second"],
     "peak_memory": lambda r: r["peak_memory_bytes"],
 }
