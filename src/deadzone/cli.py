@@ -468,8 +468,8 @@ def _report(args: argparse.Namespace) -> int:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_pretrain,
     add_crystallize,
-    add_freeze,
     add_analyze,
+    add_freeze,
     add_report,
 ]
 
