@@ -211,6 +211,8 @@ def test_a_plan_drives_the_schedule_and_one_for_another_model_is_refused(setup, 
         (("--target-fraction", "0"), r"target fraction must be in \(0, 1\)"),
         (("--freeze-by", "9"), "freeze-by step 9 is beyond the 4 steps"),
         (("--freeze-by", "soon"), "--freeze-by must be a step or a fraction"),
+        (("--freeze-by", "0"), "freeze-by step must be >= 1"),
+        (("--freeze-by", "1.5"), r"freeze_by as a fraction must be in \(0, 1\]"),
         (("--save", "/proc/nope/model"), "cannot write --save"),
     ],
 )

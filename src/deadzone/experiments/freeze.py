@@ -92,6 +92,8 @@ class FreezeConfig:
             raise DeadzoneError(f"target fraction must be in (0, 1), got {tf!r}")
         if self.unit not in UNITS:
             raise DeadzoneError(f"unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
+        if isinstance(self.freeze_by, int) and self.freeze_by < 1:
+            raise DeadzoneError(f"freeze-by step must be >= 1, got {self.freeze_by}")
         if isinstance(self.freeze_by, int) and self.freeze_by > self.sft.steps:
             raise DeadzoneError(
                 f"freeze-by step {self.freeze_by} is beyond the {self.sft.steps} steps"
