@@ -34,9 +34,7 @@ import transformers  # noqa: E402
 
 from deadzone.experiments.crystallize import CrystallizeConfig, crystallize  # noqa: E402
 from deadzone.experiments.execute import Pool, Ray, import_ray  # noqa: E402
-from deadzone.train import SFTConfig  # noqa: E402
-
-TIMINGS = ("seconds", "tokens_per_second")
+from deadzone.train import SFTConfig, computed  # noqa: E402
 
 
 def tiny_shaped_model(root: Path) -> str:
@@ -61,8 +59,9 @@ def tiny_shaped_model(root: Path) -> str:
     return str(root / "model")
 
 
-def computed(doc: dict) -> dict:
-    return {r["key"]: {k: v for k, v in r.items() if k not in TIMINGS} for r in doc["runs"]}
+def records(doc: dict) -> dict:
+    """Each run's record less what it measured of the machine (clocks, memory peaks)."""
+    return {r["key"]: computed(r) for r in doc["runs"]}
 
 
 def timed(fn) -> tuple[float, object]:
@@ -111,7 +110,7 @@ def main() -> None:
             t_ray, doc_ray = timed(experiment("ray", Ray(workers=2)))
         finally:
             ray.shutdown()
-    same = computed(doc_in) == computed(doc_pool) == computed(doc_ray)
+    same = records(doc_in) == records(doc_pool) == records(doc_ray)
     figures = {
         "model": model,
         "runs": runs,

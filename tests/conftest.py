@@ -103,3 +103,20 @@ def gpt2_dir(tmp_path):
     model = tiny_gpt2()
     model.save_pretrained(tmp_path / "gpt2")
     return tmp_path / "gpt2", model
+
+
+def save_micro_experiment(root, rows: list[dict]):
+    """A ``micro`` GPT-2 with a tokenizer trained on ``rows`` (prompt/completion dicts), saved
+    in Hugging Face format in ``root / "model"``, and the rows as ``root / "data.jsonl"``."""
+    import json
+
+    from deadzone.presets import get_preset
+    from deadzone.pretraining import build_model, train_tokenizer
+
+    tokenizer = train_tokenizer([r["prompt"] + r["completion"] for r in rows], 300)
+    model = build_model(get_preset("micro"), tokenizer)
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    path = root / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root / "model", path

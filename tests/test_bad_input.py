@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from conftest import tiny_gpt2, tiny_llama
+from conftest import save_micro_experiment, tiny_gpt2, tiny_llama
 
 from deadzone.cli import main
 
@@ -107,21 +107,12 @@ def test_output_path_that_is_a_directory_is_refused_before_analysis(
 
 def build_micro(root):
     """A micro GPT-2 with its tokenizer in ``root / "model"``, and a prompt/completion file."""
-    from deadzone.presets import get_preset
-    from deadzone.pretraining import build_model, train_tokenizer
-
     words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota"]
     data = [
         {"prompt": f"Say {words[i % 9]}:", "completion": f" {words[(2 * i) % 9]} {words[i % 9]}."}
         for i in range(24)
     ]
-    tokenizer = train_tokenizer([r["prompt"] + r["completion"] for r in data], 300)
-    model = build_model(get_preset("micro"), tokenizer)
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    path = root / "data.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in data))
-    return root / "model", path
+    return save_micro_experiment(root, data)
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import save_micro_experiment
 
 from deadzone import fileio, strategies
 from deadzone.checkpoints import model_fingerprint
@@ -21,8 +21,6 @@ from deadzone.experiments.crystallize import (
     plan_runs,
     summarize,
 )
-from deadzone.presets import get_preset
-from deadzone.pretraining import build_model, train_tokenizer
 from deadzone.report.crystallize import markdown, table_model, write_report
 from deadzone.report.table import to_markdown, to_text
 from deadzone.train import SFTConfig, computed
@@ -44,15 +42,8 @@ def rows(n: int) -> list[dict]:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A micro GPT-2 and its tokenizer in Hugging Face format, and a prompt/completion file."""
-    root = tmp_path_factory.mktemp("crystallize")
-    data = rows(48)
-    tokenizer = train_tokenizer([r["prompt"] + r["completion"] for r in data], 300)
-    model = build_model(get_preset("micro"), tokenizer)
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    path = root / "data.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in data))
-    return str(root / "model"), str(path)
+    model, path = save_micro_experiment(tmp_path_factory.mktemp("crystallize"), rows(48))
+    return str(model), str(path)
 
 
 def config(setup, **kwargs) -> CrystallizeConfig:

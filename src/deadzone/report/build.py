@@ -107,18 +107,6 @@ def crystallize_claims(results: dict) -> list[Claim]:
     return claims
 
 
-def _setup(results: dict) -> str:
-    data, cfg = results["data"], results["config"]
-    counts = data.get("counts", {})
-    return (
-        f"{results['steps']} SFT steps (lr {cfg['lr']:g}, batch {cfg['batch_size']} × "
-        f"{cfg['grad_accum']}), ranks {', '.join(map(str, results['ranks']))}, seeds "
-        f"{', '.join(str(s) for s in results['seeds'])}; data `{data['spec']}` "
-        f"({counts.get('train_examples', '?')} train / {counts.get('eval_examples', '?')} eval "
-        f"examples, sha256 {data['content_hash'][:12]})."
-    )
-
-
 def _provenance(results: dict) -> str:
     versions = results.get("versions", {})
     said = [f"{name} {versions[name]}" for name in sorted(versions)]
@@ -132,7 +120,7 @@ def crystallize_report(directory: Path, results: dict) -> Report:
     """Rewrite ``report.md`` and its plots; return the crystallize section and claims."""
     crystallize_md.write_report(directory)
     targets = ", ".join(results["targets"])
-    blocks: list = [Paragraph(_setup(results)), crystallize_table(results)]
+    blocks: list = [Paragraph(crystallize_md.setup_text(results)), crystallize_table(results)]
     blocks.append(Paragraph(f"Conclusion. {crystallize_md.conclusion(results)}"))
     note = crystallize_md.shared_note(results).strip()
     if note:

@@ -224,16 +224,23 @@ def shared_note(results: dict) -> str:
     return " ".join(notes) + "\n\n" if notes else ""
 
 
-def markdown(results: dict) -> str:
+def setup_text(results: dict) -> str:
+    """One sentence: steps, optimizer, ranks, seeds and data of the experiment."""
     data, cfg = results["data"], results["config"]
     counts = data.get("counts", {})
     return (
-        f"# Crystallize {_names(results['targets'])} of `{results['model']}`\n\n"
         f"{results['steps']} SFT steps (lr {cfg['lr']:g}, batch {cfg['batch_size']}"
         f" × {cfg['grad_accum']}), crystal rank(s) {', '.join(map(str, results['ranks']))}, "
         f"seeds {', '.join(str(s) for s in results['seeds'])}; data `{data['spec']}` "
         f"({counts.get('train_examples', '?')} train / {counts.get('eval_examples', '?')} eval "
-        f"examples, sha256 {data['content_hash'][:12]}).\n\n"
+        f"examples, sha256 {data['content_hash'][:12]})."
+    )
+
+
+def markdown(results: dict) -> str:
+    return (
+        f"# Crystallize {_names(results['targets'])} of `{results['model']}`\n\n"
+        f"{setup_text(results)}\n\n"
         f"{table(results)}\n\n"
         f"{EXPLAINED}\n\n"
         f"{shared_note(results)}"
