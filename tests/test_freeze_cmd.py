@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
 import torch
+from conftest import save_micro_experiment
 from test_crystallize import rows
 from transformers import AutoModelForCausalLM
 
@@ -14,8 +14,6 @@ from deadzone import fileio, plans
 from deadzone.cli import main
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.freeze import FreezeConfig, freeze, frozen_mean
-from deadzone.presets import get_preset
-from deadzone.pretraining import build_model, train_tokenizer
 from deadzone.schedules import ScheduleSpec
 from deadzone.schema import SCHEMA_VERSION
 from deadzone.train import SFTConfig, computed
@@ -26,15 +24,8 @@ SCHEDULES = "geometry:pr,random,lisa"
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A micro GPT-2 (2 blocks) with its tokenizer, and a prompt/completion file."""
-    root = tmp_path_factory.mktemp("freeze")
-    data = rows(48)
-    tokenizer = train_tokenizer([r["prompt"] + r["completion"] for r in data], 300)
-    model = build_model(get_preset("micro"), tokenizer)
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    path = root / "data.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in data))
-    return str(root / "model"), str(path)
+    model, data = save_micro_experiment(tmp_path_factory.mktemp("freeze"), rows(48))
+    return str(model), str(data)
 
 
 def argv(setup, out, *extra) -> list[str]:
