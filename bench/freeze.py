@@ -21,6 +21,15 @@ the variants alternate step by step in one process.
 
     python bench/freeze.py                  # figures of docs/benchmarks.md
     python bench/freeze.py --json out.json  # also write them
+
+Part 2, ``--schedules DIR``: the schedules themselves, through ``deadzone freeze`` on
+``builtin:tiny`` (target fraction 0.5, 3 seeds, whole blocks, all reached by half of training),
+into ``DIR``; then, per schedule, CPU and wall time and optimizer-state peak against ``full``,
+the cost with its interval, and the issue's two goals checked: a schedule at <= 0.75x of full's
+time whose cost is negligible, and the geometry-driven schedule ahead of the random control by
+more than the noise (the 95% interval of their paired difference below zero).
+
+    python bench/freeze.py --schedules bench-freeze --steps 50
 """
 
 from __future__ import annotations
@@ -90,8 +99,18 @@ def main() -> None:
         "(default: gelu_new)",
     )
     parser.add_argument("--json", help="also write the figures to this file (default: none)")
+    parser.add_argument(
+        "--schedules",
+        metavar="DIR",
+        help="run part 2 (the schedules, through deadzone freeze) into DIR (default: part 1)",
+    )
+    parser.add_argument("--steps", type=int, default=50, help="part 2: SFT steps (default: 50)")
+    parser.add_argument("--seeds", type=int, default=3, help="part 2: seeds (default: 3)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.schedules:
+        schedules(args.schedules, args.steps, args.seeds)
+        return
 
     preset = get_preset(args.preset)
     gen = torch.Generator().manual_seed(1)
@@ -140,6 +159,47 @@ def main() -> None:
         }
         with open(args.json, "w") as f:
             json.dump({"setup": meta, "variants": rows}, f, indent=2)
+
+
+SCHEDULES = "geometry:pr,freezeout,autofreeze,lisa,random"
+TIME_GOAL = 0.75
+
+
+def schedules(out: str, steps: int, seeds: int) -> None:
+    """Part 2: every schedule beside full on builtin:tiny; the goals checked from results.json."""
+    from deadzone import fileio
+    from deadzone.cli import main as deadzone
+
+    argv = [
+        "freeze", "builtin:tiny", "--schedule", SCHEDULES, "--unit", "block",
+        "--target-fraction", "0.5", "--freeze-by", "0.5", "--steps", str(steps),
+        "--seeds", str(seeds), "--out", out,
+    ]  # fmt: skip
+    print("deadzone " + " ".join(argv))
+    if deadzone(argv) != 0:
+        raise SystemExit(2)
+    summary = fileio.read_json(f"{out}/results.json")["summary"]
+    arms = {a["schedule"]: a for a in summary["arms"]}
+    print(f"\ncost unit: {summary['unit']}, margin {summary['margin_used']}")
+    for name, arm in arms.items():
+        s = arm["savings"]
+        print(
+            f"{name:<12} cpu {s['cpu_time']['mean']:.3f}x {s['cpu_time']['interval']}  "
+            f"wall {s['wall_time']['mean']:.3f}x  optimizer peak {s['optimizer_peak']['mean']:.3f}x"
+            f"  verdict {arm['verdict']}"
+        )
+    cheap = [
+        n
+        for n, a in arms.items()
+        if a["verdict"] in ("negligible", "better")
+        and a["savings"]["cpu_time"]["mean"] <= TIME_GOAL
+    ]
+    print(f"goal 1 (<= {TIME_GOAL}x CPU time and negligible): {cheap or 'not reached'}")
+    versus = arms["geometry:pr"].get("vs_random") or {}
+    print(
+        f"goal 2 (geometry:pr ahead of random): {versus.get('ahead')}, paired difference "
+        f"{versus.get('mean')} nats, 95% interval {versus.get('interval')}"
+    )
 
 
 if __name__ == "__main__":

@@ -4,12 +4,14 @@ frozen units bit-identical and stateless, refusals."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from test_train import EVAL, SEQ, TRAIN, VOCAB
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from deadzone import plans
 from deadzone.errors import DeadzoneError
 from deadzone.schedules import (
     EMBED,
@@ -40,11 +42,12 @@ def context(model, unit="matrix", **kwargs) -> ScheduleContext:
 
 @pytest.fixture(scope="module")
 def plan_file(tmp_path_factory):
-    """A plan as a scan would order it: two negligible sites, then the rest by cost."""
+    """A scan's plan.json for gpt2(): two negligible sites, then the rest by cost (``order``)."""
     names = [u.name for u in model_units(gpt2())[0]]
     path = tmp_path_factory.mktemp("plan") / "plan.json"
     order = names[::-1]
-    path.write_text(json.dumps({"negligible": order[:2], "order": order[2:]}))
+    plan = plans.make_plan(gpt2(), dict.fromkeys(order[:2], "frozen"))
+    path.write_text(json.dumps(plan | {"order": order[2:]}))
     return str(path)
 
 
@@ -166,7 +169,7 @@ def test_a_schedule_that_would_freeze_every_parameter_is_refused():
         ("nope", {}, "unknown schedule 'nope'"),
         ("geometry:norm", {}, "geometry needs a metric"),
         ("geometry:snr", {}, "needs gradient SNR scores"),
-        ("plan:/no/such/plan.json", {}, "does not exist"),
+        ("plan:/no/such/plan.json", {}, "no plan file /no/such/plan.json"),
         ("random", {"target_fraction": 1.0}, r"target_fraction must be in \(0, 1\)"),
         ("random", {"target_fraction": 0}, r"target_fraction must be in \(0, 1\)"),
         ("random", {"freeze_by": STEPS + 1}, "beyond the 8 steps"),
@@ -178,11 +181,22 @@ def test_bad_input_is_one_clear_error(spec, kwargs, match):
         make_schedule(spec, context(gpt2(), **kwargs))
 
 
-def test_plan_naming_a_site_of_another_model_is_refused(tmp_path):
+def test_plan_for_another_model_is_refused(tmp_path, plan_file):
+    plan = json.loads(Path(plan_file).read_text())
     path = tmp_path / "plan.json"
-    path.write_text(json.dumps(["L9.self_attn.o_proj"]))
-    with pytest.raises(DeadzoneError, match="'L9.self_attn.o_proj', which is no block matrix"):
+    path.write_text(json.dumps(plan))
+    with pytest.raises(DeadzoneError, match="made for another model"):
+        make_schedule(f"plan:{path}", context(gpt2(n_layer=4).apply(_perturb)))
+    entry = plan["sites"][0] | {"param_name": "model.layers.9.self_attn.o_proj.weight"}
+    path.write_text(json.dumps(plan | {"sites": [entry]}))
+    with pytest.raises(DeadzoneError, match="which this model does not have"):
         make_schedule(f"plan:{path}", context(gpt2()))
+
+
+def _perturb(module: torch.nn.Module) -> None:
+    """Other weights, same architecture."""
+    for p in module.parameters(recurse=False):
+        p.data.add_(1.0)
 
 
 def test_freeze_by_fraction_and_plan_negligible_from_step_one(plan_file):

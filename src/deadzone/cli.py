@@ -95,6 +95,22 @@ def run_options(args: argparse.Namespace) -> dict:
     )
 
 
+def add_verdict_options(p: argparse.ArgumentParser) -> None:
+    """The margin every comparison against ``full`` is judged by."""
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.02,
+        help="largest cost called negligible, as a share of the fine-tuning gain, in (0, 1)",
+    )
+    p.add_argument(
+        "--margin-nats",
+        type=float,
+        default=0.01,
+        help="the margin in nats of eval loss, used instead when the gain is not clearly positive",
+    )
+
+
 def add_execution_options(p: argparse.ArgumentParser) -> None:
     """Where the runs execute; read by :func:`make_executor`."""
     p.add_argument(
@@ -201,18 +217,7 @@ def add_crystallize(sub: argparse._SubParsersAction) -> None:
         help="rank(s) k of the crystal approximation, comma-separated for a sweep (1,2,4,8): "
         "crystal runs once per rank",
     )
-    p.add_argument(
-        "--margin",
-        type=float,
-        default=0.02,
-        help="largest cost called negligible, as a share of the fine-tuning gain, in (0, 1)",
-    )
-    p.add_argument(
-        "--margin-nats",
-        type=float,
-        default=0.01,
-        help="the margin in nats of eval loss, used instead when the gain is not clearly positive",
-    )
+    add_verdict_options(p)
     add_run_options(p)
     add_execution_options(p)
     add_tracking_options(p)
@@ -326,18 +331,7 @@ def add_scan(sub: argparse._SubParsersAction) -> None:
         help="how the adaptive search groups sites first: layer (all matrices of a block) or "
         "role (one role across blocks)",
     )
-    p.add_argument(
-        "--margin",
-        type=float,
-        default=0.02,
-        help="largest cost called negligible, as a share of the fine-tuning gain, in (0, 1)",
-    )
-    p.add_argument(
-        "--margin-nats",
-        type=float,
-        default=0.01,
-        help="the margin in nats of eval loss, used instead when the gain is not clearly positive",
-    )
+    add_verdict_options(p)
     add_run_options(p)
     add_execution_options(p)
     p.add_argument(
@@ -502,6 +496,113 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_freeze(sub: argparse._SubParsersAction) -> None:
+    p = _parser(
+        sub,
+        "freeze",
+        "Fine-tune while a schedule progressively freezes weight matrices, beside full SFT on "
+        "the same batches; judge each schedule's cost against a margin and measure its savings.",
+    )
+    p.add_argument("model", metavar="MODEL", help="model directory, hub id or builtin:tiny")
+    p.add_argument(
+        "--schedule",
+        default="geometry:pr,random",
+        help="comma-separated schedules: plan:FILE (a scan's plan.json), geometry:METRIC "
+        "(pr, pc1, stable_rank, ...), freezeout, autofreeze, lisa, random, full; full, the "
+        "baseline, is always run",
+    )
+    p.add_argument(
+        "--target-fraction",
+        type=float,
+        default=0.5,
+        help="share of the block-matrix parameters frozen by --freeze-by, in (0, 1)",
+    )
+    p.add_argument(
+        "--freeze-by",
+        default="0.5",
+        help="the step (an integer) or the fraction of training (a number in (0, 1]) by which "
+        "the target fraction is frozen",
+    )
+    p.add_argument(
+        "--unit",
+        choices=("matrix", "block"),
+        default="matrix",
+        help="what freezes at once: one block weight matrix, or a whole block (its biases and "
+        "norms too)",
+    )
+    add_verdict_options(p)
+    p.add_argument(
+        "--save",
+        metavar="DIR",
+        help="write the fine-tuned model of seed 0 of the first schedule that is not full, in "
+        "Hugging Face format (default: not written)",
+    )
+    add_run_options(p)
+    add_execution_options(p)
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output directory, resumed (or extended with more seeds or schedules) if it holds "
+        "this experiment",
+    )
+    p.set_defaults(handler=_freeze)
+
+
+def _freeze_by(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise DeadzoneError(f"--freeze-by must be a step or a fraction, got {text!r}") from None
+
+
+def _freeze(args: argparse.Namespace) -> int | None:
+    from accelerate import PartialState
+
+    from deadzone.experiments.freeze import BASELINE, FreezeConfig, freeze
+    from deadzone.report.freeze import conclusion, table_model, write_report
+    from deadzone.report.table import to_text
+
+    config = FreezeConfig(
+        model=args.model,
+        schedules=tuple(args.schedule.split(",")),
+        target_fraction=args.target_fraction,
+        freeze_by=_freeze_by(args.freeze_by),
+        unit=args.unit,
+        margin=args.margin,
+        margin_nats=args.margin_nats,
+        **run_options(args),
+    )
+    executor = make_executor(args)
+    main_process = PartialState().is_main_process
+    before = _recorded_keys(args.out)
+    results = freeze(config, args.out, executor=executor, save=args.save)
+    reused = sum(r["key"] in before for r in results["runs"])
+    if reused and main_process:
+        print(
+            f"resumed {args.out}: {reused} run(s) reused, {len(results['runs']) - reused} run now"
+        )
+    if main_process:
+        paths = write_report(args.out)
+        print(f"{to_text(table_model(results))}\n\n{conclusion(results)}")
+        written = [str(paths[0].with_name("results.json")), *map(str, paths)]
+        if args.save:
+            written.append(f"{args.save} ({config.first_frozen()}, seed 0)")
+        print(f"wrote {', '.join(written)}")
+    baseline = [r for r in results["runs"] if r["strategy"] == BASELINE]
+    if baseline and all(r["status"] != "ok" for r in baseline):
+        if not main_process:
+            return 2
+        raise DeadzoneError(
+            f"every {BASELINE} run failed ({baseline[0]['error']}): nothing to compare against; "
+            f"see {args.out}/results.json"
+        )
+    return None
+
+
 def add_report(sub: argparse._SubParsersAction) -> None:
     p = _parser(
         sub,
@@ -537,6 +638,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_crystallize,
     add_analyze,
     add_scan,
+    add_freeze,
     add_demo,
     add_report,
 ]

@@ -167,6 +167,12 @@ def _check_matches(model: torch.nn.Module, plan: dict, check_fingerprint: bool) 
     return sites
 
 
+def check_model(model: torch.nn.Module, plan: dict) -> list[Site]:
+    """The model's sites for ``plan``'s entries, or a one-line DeadzoneError if the plan names
+    parameters or sites this model lacks, or was made for other weights (its fingerprint)."""
+    return _check_matches(model, validate(plan), check_fingerprint=True)
+
+
 def apply_plan(
     model: torch.nn.Module, plan: dict | str | Path, *, check_fingerprint: bool = True
 ) -> list[dict]:

@@ -24,16 +24,14 @@ the bottom of the model; only weight gradients are saved there.
 
 from __future__ import annotations
 
-import json
 import math
 import random as _random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from deadzone import sites
+from deadzone import plans, sites
 from deadzone.errors import DeadzoneError
 from deadzone.train import Hook
 
@@ -102,6 +100,7 @@ class ScheduleContext:
     model: torch.nn.Module | None = None
     scores: dict[str, float] | None = None
     interval: int | None = None  # AutoFreeze's and LISA's K (default: their papers' choices)
+    plan: dict | None = None  # plan:FILE's plan, already loaded
     by_step: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -201,43 +200,32 @@ class Ordered(Schedule):
         return set(self.times)
 
 
-def read_plan(path: str | Path) -> dict:
-    """A scan's plan: ``{"negligible": [site names], "order": [site names by single-site cost,
-    increasing]}``. Reads a JSON list of names (in that order) or such a dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise DeadzoneError(f"plan file {path} does not exist")
-    try:
-        plan = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DeadzoneError(f"plan file {path} is not readable JSON: {e}") from None
-    if isinstance(plan, list):
-        plan = {"negligible": [], "order": plan}
-    if not isinstance(plan, dict) or not isinstance(plan.get("order"), list):
-        raise DeadzoneError(f"plan file {path} holds no ordered list of sites")
-    plan.setdefault("negligible", [])
-    return plan
-
-
 class Plan(Ordered):
-    """``plan:FILE``: a scan's negligible sites from step 1, then more by increasing cost."""
+    """``plan:FILE``: a scan's ``plan.json`` (:func:`deadzone.plans.load_plan`), made for this
+    model (its fingerprint). Its sites freeze from step 1 (whatever their strategy: values are
+    not rewritten here; :func:`deadzone.plans.apply_plan` does that), then, up to the target,
+    the sites of its optional ``order`` list (site names by increasing single-site cost), then
+    the remaining units front to back. ``ctx.plan``, when given, is the plan already loaded."""
 
     def __init__(self, ctx: ScheduleContext, arg: str | None = None) -> None:
         if not arg:
             raise DeadzoneError("plan needs a file: plan:FILE")
-        plan = read_plan(arg)
-        negligible = list(dict.fromkeys(plan["negligible"]))
-        rest = [n for n in dict.fromkeys(plan["order"]) if n not in set(negligible)]
+        plan = ctx.plan if ctx.plan is not None else plans.load_plan(arg)
+        if ctx.model is not None:
+            plans.check_model(ctx.model, plan)
+        named = [e["site"] for e in plan["sites"]]
+        order = plan.get("order") if isinstance(plan.get("order"), list) else []
         self._units: list[Unit] = []
         self._first = 0
-        for k, name in enumerate([*negligible, *rest]):
+        for k, name in enumerate(dict.fromkeys([*named, *map(str, order)])):
             unit = _unit_of_site(name, ctx)
             if unit is None:
                 raise DeadzoneError(f"plan {arg} names {name!r}, which is no block matrix here")
             if unit not in self._units:
                 self._units.append(unit)
-            if k < len(negligible):
-                self._first = len(self._units)  # units holding a negligible site
+            if k < len(named):
+                self._first = len(self._units)  # units holding a site of the plan
+        self._units += [u for u in ctx.units if u not in self._units]
         super().__init__(ctx, arg)
 
     def order(self) -> list[Unit]:
@@ -527,3 +515,25 @@ class ScheduleHook(Hook):
     def on_after_backward(self, loop, step: int) -> None:
         if self.schedule.wants_grad_norms:
             self.schedule.observe(step, unit_grad_norms(self.schedule, loop.module))
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A schedule as a run carries it to wherever it trains (picklable): the spec string and
+    the :class:`ScheduleContext` fields every run of an experiment shares; the run adds its
+    model, steps and seed (:meth:`build`). ``plan`` is ``plan:FILE``'s plan, loaded once."""
+
+    spec: str
+    unit: str = "matrix"
+    target_fraction: float = 0.5
+    freeze_by: int | float = 0.5
+    interval: int | None = None
+    plan: dict | None = None
+
+    def build(self, model: torch.nn.Module, steps: int, seed: int = 0) -> Schedule:
+        units, embed = model_units(model, self.unit)
+        ctx = ScheduleContext(
+            units, steps, embed, self.target_fraction, self.freeze_by, seed, model,
+            interval=self.interval, plan=self.plan,
+        )  # fmt: skip
+        return make_schedule(self.spec, ctx)

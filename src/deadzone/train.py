@@ -137,6 +137,8 @@ class RunResult:
     ``trainable_params`` is the count at the start, of ``total_params``; each point of ``curve``
     also holds the count during that step (``trainable_params``), the optimizer-state bytes
     after it (``optimizer_state_bytes``) and its wall time (``step_seconds``; 0 at step 0).
+    ``cpu_seconds`` is this process's CPU time over the run (the fair clock on a shared
+    machine).
     ``peak_memory_bytes`` is the peak of ``torch.cuda.max_memory_allocated`` on CUDA, else the
     process's peak resident set.
     """
@@ -146,6 +148,7 @@ class RunResult:
     trainable_params: int = 0
     total_params: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     step0_eval_loss: float | None = None
     final_train_loss: float | None = None
     final_eval_loss: float | None = None
@@ -163,7 +166,7 @@ class RunResult:
 
 
 # What a run record measures of the machine rather than computes: they differ from run to run.
-MEASURED = ("seconds", "tokens_per_second", "peak_memory_bytes")
+MEASURED = ("seconds", "cpu_seconds", "tokens_per_second", "peak_memory_bytes")
 MEASURED_PER_STEP = ("step_seconds",)
 
 
@@ -473,7 +476,7 @@ class SFTLoop:
         cuda = acc.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats(acc.device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         with deterministic(self.config.deterministic):
             set_seed(self.config.seed)
             try:
@@ -482,6 +485,7 @@ class SFTLoop:
                 result.status, result.error = "failed", str(e)
                 result.final_train_loss = result.final_eval_loss = None
         result.seconds = time.perf_counter() - start
+        result.cpu_seconds = time.process_time() - cpu_start
         result.peak_memory_bytes = (
             torch.cuda.max_memory_allocated(acc.device) if cuda else peak_rss_bytes()
         )

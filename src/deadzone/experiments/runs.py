@@ -28,6 +28,7 @@ from deadzone import fileio, locks, strategies
 from deadzone.data.sft import SFTData, eval_batches, train_batches
 from deadzone.errors import DeadzoneError
 from deadzone.provenance import git_state, versions
+from deadzone.schedules import ScheduleHook, ScheduleSpec, frozen_fraction
 from deadzone.sites import Site
 from deadzone.train import Batch, RunFailed, RunResult, SFTConfig, SFTLoop
 
@@ -39,7 +40,9 @@ class RunSpec:
     """One planned run: ``plan`` maps site names to strategies; other sites train (``full``).
 
     ``key`` names the run uniquely within its experiment; ``labels`` are copied into its record.
-    ``rank`` is the rank of every ``crystal`` site of the run.
+    ``rank`` is the rank of every ``crystal`` site of the run. ``schedule``, if given, freezes
+    parameters during the run (built inside the run from the run's model, steps and seed); its
+    record then holds the schedule's ``timeline``.
     """
 
     key: str
@@ -47,6 +50,7 @@ class RunSpec:
     seed: int
     rank: int = 1
     labels: dict = field(default_factory=dict)
+    schedule: ScheduleSpec | None = None
 
 
 @dataclass
@@ -76,9 +80,18 @@ class RunInputs:
 
 
 def run_one(
-    inputs: RunInputs, spec: RunSpec, *, accelerator=None, show_progress=True, hooks=()
+    inputs: RunInputs,
+    spec: RunSpec,
+    *,
+    accelerator=None,
+    show_progress=True,
+    hooks=(),
+    on_model: Callable[[torch.nn.Module], None] | None = None,
 ) -> dict:
-    """Train one run and return its record: ``labels``, the run result and the site records.
+    """Train one run and return its record: ``labels``, the run result and the site records
+    (and the schedule's ``timeline``: when the frozen set changed, what it held, and the share
+    of block-matrix parameters frozen). ``on_model`` is given the trained model of a run that
+    finished.
 
     ``hooks`` (``deadzone.train.Hook``) are called by the run's SFT loop; they observe (a
     tracker), they do not change what the run computes unless its plan says so.
@@ -93,6 +106,10 @@ def run_one(
     except RunFailed as e:
         return failed_record(spec, str(e))
     config = replace(inputs.config, seed=spec.seed)
+    schedule = None
+    if spec.schedule is not None:
+        schedule = ScheduleHook(spec.schedule.build(model, config.steps, spec.seed))
+        hooks = [schedule, *hooks]
     loop = SFTLoop(
         model,
         inputs.train_data(spec.seed),
@@ -101,10 +118,27 @@ def run_one(
         accelerator=accelerator,
         description=spec.key,
         show_progress=show_progress,
-        hooks=hooks,
+        hooks=list(hooks),
     )
     result = loop.run()
-    return {**spec.labels, "key": spec.key, **result.to_dict(), "sites": site_records}
+    record = {**spec.labels, "key": spec.key, **result.to_dict(), "sites": site_records}
+    if schedule is not None:
+        record["timeline"] = timeline(schedule)
+    if on_model is not None and result.status == "ok":
+        on_model(loop.module)
+    return record
+
+
+def timeline(hook: ScheduleHook) -> list[dict]:
+    """``hook``'s timeline as record entries: step, frozen units, frozen share of the block
+    matrices (step 1 always present)."""
+    entries = list(hook.timeline)
+    if not entries or entries[0][0] != 1:
+        entries.insert(0, (1, []))
+    return [
+        {"step": step, "frozen": names, "fraction": frozen_fraction(hook.schedule, set(names))}
+        for step, names in entries
+    ]
 
 
 def failed_record(spec: RunSpec, reason: str, **extra) -> dict:

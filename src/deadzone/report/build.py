@@ -20,6 +20,7 @@ from deadzone import fileio
 from deadzone.errors import DeadzoneError
 from deadzone.report import analyze as analyze_md
 from deadzone.report import crystallize as crystallize_md
+from deadzone.report import freeze as freeze_md
 from deadzone.report.html import Claim, Image, Page, Paragraph, Section, Table, from_table, write
 from deadzone.schema import SCHEMA_VERSION
 
@@ -205,10 +206,56 @@ def demo_report(directory: Path, results: dict) -> Report:
     return Report(f"deadzone demo on `{results['budget']['model']}`", claims, sections)
 
 
+# --- freeze ------------------------------------------------------------------------------------
+
+STUDY_FREEZE = (
+    "The model tolerates 25–50% of its weight matrices frozen progressively during SFT",
+    "a proposal of the study, not measured there",
+)
+
+
+def freeze_claims(results: dict) -> list[Claim]:
+    """The study's proposal, judged by the schedules other than full and the random control:
+    confirmed if one is negligible (or better), refuted if all are costly."""
+    arms = [a for a in results["summary"]["arms"] if a["schedule"] not in ("full", "random")]
+    if not arms or not 0.25 <= results["target_fraction"] <= 0.5:
+        return []
+    verdicts = {a["verdict"] for a in arms}
+    if verdicts & {"negligible", "better"}:
+        judged = "confirmed"
+    elif verdicts == {"costly"}:
+        judged = "refuted"
+    else:
+        judged = "undetermined"
+    share = f"{100 * results['target_fraction']:.0f}%"
+    said = "; ".join(f"{a['schedule']} {a['verdict']}" for a in arms)
+    numbers = (
+        f"Here: {share} of the block-matrix parameters frozen, {len(results['seeds'])} seeds, "
+        f"{results['steps']} steps: {said}."
+    )
+    return [Claim(STUDY_FREEZE[0], STUDY_FREEZE[1], judged, numbers)]
+
+
+def freeze_report(directory: Path, results: dict) -> Report:
+    """Rewrite ``report.md`` and its plots; return the freeze section and claim."""
+    freeze_md.write_report(directory)
+    blocks: list = [from_table(freeze_md.table_model(results))]
+    blocks.append(Paragraph(f"Conclusion. {freeze_md.conclusion(results)}"))
+    blocks.append(Paragraph(freeze_md.EXPLAINED))
+    for name, alt in (("pareto.png", "saving against cost"), ("timeline.png", "timeline")):
+        if (directory / name).is_file():
+            blocks.append(Image(directory / name, alt))
+    if _provenance(results):
+        blocks.append(Paragraph(_provenance(results)))
+    title = f"Freeze schedules on `{results['model']}`"
+    return Report(title, freeze_claims(results), [Section(title, blocks)])
+
+
 REPORTERS: dict[str, Reporter] = {
     "crystallize": crystallize_report,
     "analyze": analyze_report,
     "scan": scan_report,
+    "freeze": freeze_report,
     "demo": demo_report,
 }
 

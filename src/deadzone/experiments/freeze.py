@@ -1,0 +1,378 @@
+"""The ``freeze`` experiment: fine-tune while a schedule freezes parameters, side by side with
+``full``, over several seeds; what each schedule saves and what it costs.
+
+Each schedule (``deadzone.schedules``: ``plan:FILE``, ``geometry:METRIC``, ``freezeout``,
+``autofreeze``, ``lisa``, ``random``, ``full``) runs once per seed; for a seed, every run sees
+the same batches (the paired design). A run carries its schedule as a
+:class:`~deadzone.schedules.ScheduleSpec` and builds it where it trains, from its own model,
+steps and seed. The cost of a schedule is judged exactly as crystallize judges a strategy
+(:func:`deadzone.experiments.crystallize.summarize`: a share of the fine-tuning gain against a
+margin, Holm over the schedules); beside it, :func:`savings` gives each schedule's wall time,
+CPU time, optimizer-state peak and tokens/s against ``full`` (paired ratios per seed) and the
+share of block-matrix parameters it froze.
+
+Every schedule is built once on the pristine model before any run, so a schedule that cannot
+run (an unknown one, a plan for another model, one that would freeze every parameter) stops
+the experiment before it starts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+
+from deadzone import __version__, fileio, plans
+from deadzone.data.sft import load_sft_data, pad_id_for
+from deadzone.errors import DeadzoneError
+from deadzone.experiments import crystallize as crystal
+from deadzone.experiments import stats
+from deadzone.experiments.execute import (
+    DataRef,
+    Executor,
+    InProcess,
+    ModelRef,
+    RunTask,
+    execute,
+    prime,
+)
+from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, provenance, run_one, writing
+from deadzone.schedules import SCHEDULES, UNITS, ScheduleSpec
+from deadzone.schema import SCHEMA_VERSION
+from deadzone.train import SFTConfig
+
+EXPERIMENT = "freeze"
+BASELINE = crystal.BASELINE  # "full"
+CONTROL = "random"  # the schedule every other must beat
+DEFAULT_SCHEDULES = ("full", "geometry:pr", "freezeout", "autofreeze", "lisa", "random")
+
+
+@dataclass
+class FreezeConfig:
+    """Which schedules, on equal footing (``target_fraction`` of the block-matrix parameters
+    frozen by ``freeze_by``, a step or a fraction of the steps; ``unit`` matrix or block), on
+    which model and data. ``full`` is added first when not listed. ``margin`` and
+    ``margin_nats`` as in :class:`~deadzone.experiments.crystallize.CrystallizeConfig`."""
+
+    model: str
+    schedules: tuple[str, ...] = DEFAULT_SCHEDULES
+    target_fraction: float = 0.5
+    freeze_by: int | float = 0.5
+    unit: str = "matrix"
+    seeds: int = 3
+    data: str = "builtin:docstrings"
+    eval_data: str | None = None
+    eval_fraction: float = 0.1
+    max_length: int = 256
+    margin: float = crystal.DEFAULT_MARGIN
+    margin_nats: float = crystal.DEFAULT_MARGIN_NATS
+    sft: SFTConfig = field(default_factory=SFTConfig)
+
+    def __post_init__(self) -> None:
+        names = tuple(s.strip() for s in self.schedules if s.strip())
+        if not names:
+            raise DeadzoneError("no schedule given")
+        for spec in names:
+            if spec.partition(":")[0] not in SCHEDULES:
+                raise DeadzoneError(
+                    f"unknown schedule {spec!r}; choose from {', '.join(SCHEDULES)}"
+                )
+        if len(set(names)) != len(names):
+            raise DeadzoneError(f"a schedule is listed twice: {','.join(names)}")
+        self.schedules = names if BASELINE in names else (BASELINE, *names)
+        tf = self.target_fraction
+        if not crystal._is_number(tf) or not 0 < tf < 1:
+            raise DeadzoneError(f"target fraction must be in (0, 1), got {tf!r}")
+        if self.unit not in UNITS:
+            raise DeadzoneError(f"unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
+        if isinstance(self.freeze_by, int) and self.freeze_by < 1:
+            raise DeadzoneError(f"freeze-by step must be >= 1, got {self.freeze_by}")
+        if isinstance(self.freeze_by, int) and self.freeze_by > self.sft.steps:
+            raise DeadzoneError(
+                f"freeze-by step {self.freeze_by} is beyond the {self.sft.steps} steps"
+            )
+        if not isinstance(self.seeds, int) or self.seeds < 1:
+            raise DeadzoneError(f"seeds must be an integer >= 1, got {self.seeds!r}")
+        if not crystal._is_number(self.margin) or not 0 < self.margin < 1:
+            raise DeadzoneError(
+                f"margin must be a share of the gain in (0, 1), got {self.margin!r}"
+            )
+        if not crystal._is_number(self.margin_nats) or not self.margin_nats > 0:
+            raise DeadzoneError(f"margin-nats must be > 0, got {self.margin_nats!r}")
+
+    def first_frozen(self) -> str | None:
+        """The schedule whose seed-0 model ``--save`` writes: the first that is not ``full``."""
+        return next((s for s in self.schedules if s != BASELINE), None)
+
+
+def plan_runs(specs: dict[str, ScheduleSpec], seeds: int) -> list[RunSpec]:
+    """Seed-major order (complete pairs first); key ``SCHEDULE/seedN``."""
+    return [
+        RunSpec(
+            key=f"{name}/seed{seed}",
+            plan={},
+            seed=seed,
+            # "strategy" is the arm name crystallize's summary reads.
+            labels={"schedule": name, "strategy": name, "rank": None, "seed": seed},
+            schedule=None if name == BASELINE else spec,
+        )
+        for seed in range(seeds)
+        for name, spec in specs.items()
+    ]
+
+
+def freeze(
+    config: FreezeConfig,
+    out: str | Path,
+    *,
+    executor: Executor | None = None,
+    save: str | Path | None = None,
+    show_progress: bool = True,
+    on_record: Callable[[dict], None] | None = None,
+) -> dict:
+    """Run (or resume, or extend) the experiment into ``out``; return the ``results.json``
+    document. ``save``: a directory to write seed 0 of the first schedule that is not ``full``
+    to, in Hugging Face format (trained here, in this process; again if already recorded)."""
+    executor = executor or InProcess(show_progress=show_progress)
+    state = PartialState(cpu=config.sft.cpu)
+    if state.num_processes > 1 and not isinstance(executor, InProcess):
+        raise DeadzoneError("under accelerate launch, runs execute in process (no --workers)")
+    if save is not None:
+        if config.first_frozen() is None:
+            raise DeadzoneError("--save writes a frozen schedule's model: list one beside full")
+        check_save_dir(save)
+    with writing(out, state.is_main_process):
+        tasks, inputs, identity, tokenizer = _plan(config, executor.threads)
+        prime(tasks[0], inputs)
+        runset = {"schedules": list(config.schedules), "seeds": list(range(config.seeds))}
+        summary = partial(summarize, margin=config.margin, margin_nats=config.margin_nats)
+        header = {"schema_version": SCHEMA_VERSION, **provenance()}
+        results = ResultsDir(
+            out, identity, header, summary, runset=runset, writer=state.is_main_process
+        )
+        state.wait_for_everyone()
+        if save is not None:
+            _train_and_save(tasks, inputs, results, config, save, tokenizer, state)
+        execute(tasks, results, executor, on_record=on_record, show_progress=show_progress)
+        results.save()
+    state.wait_for_everyone()
+    return results.document()
+
+
+def _plan(config: FreezeConfig, threads: int) -> tuple[list[RunTask], RunInputs, dict, object]:
+    """Load the model and data once; build every schedule on the pristine model (so that one
+    that cannot run stops here); the tasks, their inputs, the identity and the tokenizer."""
+    from deadzone import sites as sites_mod
+    from deadzone.checkpoints import context_length, load_model, model_fingerprint, resolve
+
+    model, tokenizer = load_model(config.model)
+    if tokenizer is None:
+        raise DeadzoneError(f"{config.model} has no tokenizer; SFT needs one")
+    crystal.check_vocabulary(model, tokenizer)
+    specs = {}
+    for name in config.schedules:
+        kind, _, arg = name.partition(":")
+        plan = plans.load_plan(arg) if kind == "plan" and arg else None
+        spec = ScheduleSpec(name, config.unit, config.target_fraction, config.freeze_by, plan=plan)
+        spec.build(model, config.sft.steps)  # refuses what cannot run, before any run
+        specs[name] = spec
+    max_length = min(config.max_length, context_length(model) or config.max_length)
+    data = load_sft_data(
+        config.data,
+        tokenizer,
+        max_length=max_length,
+        eval_spec=config.eval_data,
+        eval_fraction=config.eval_fraction,
+    )
+    all_sites = {s.name: s for s in sites_mod.find_sites(model)}
+    inputs = RunInputs(model, all_sites, data, pad_id_for(tokenizer), config.sft)
+    path = resolve(config.model)
+    model_ref = ModelRef(config.model, model_fingerprint(path), str(path))
+    data_ref = DataRef(
+        config.data, config.eval_data, config.eval_fraction, max_length, data.info["content_hash"]
+    )
+    tasks = [
+        RunTask(model_ref, data_ref, config.sft, spec, threads)
+        for spec in plan_runs(specs, config.seeds)
+    ]
+    return tasks, inputs, _identity(config, model, model_ref, data.info), tokenizer
+
+
+def _identity(config: FreezeConfig, model, model_ref: ModelRef, data_info: dict) -> dict:
+    """What the finished runs computed; the schedules and seeds may grow (``runset``)."""
+    sft = config.sft.to_dict()
+    sft.pop("seed")
+    return {
+        "experiment": EXPERIMENT,
+        "deadzone_version": __version__,
+        "model": config.model,
+        "model_info": {
+            "model_type": getattr(model.config, "model_type", None),
+            "params": sum(p.numel() for p in model.parameters()),
+            "fingerprint": model_ref.fingerprint,
+        },
+        "unit": config.unit,
+        "target_fraction": config.target_fraction,
+        "freeze_by": config.freeze_by,
+        "steps": config.sft.steps,
+        "data": data_info,
+        "config": sft,
+    }
+
+
+# --- --save: the fine-tuned model, written whole or not at all ---------------------------------
+
+
+def check_save_dir(path: str | Path) -> Path:
+    """``path`` as a directory the model can be written to (its parent writable), or a
+    one-line error now, before any training."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DeadzoneError(f"--save {path} is a file; give a directory")
+    parent = path.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise DeadzoneError(f"cannot write --save {path}: {parent} is not a writable directory")
+    return path
+
+
+def save_model(model, tokenizer, path: str | Path) -> Path:
+    """Write ``model`` and ``tokenizer`` in Hugging Face format to ``path``: into a temporary
+    directory beside it, then renamed over it (a previous save there is replaced whole)."""
+    path = check_save_dir(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    old = None
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        fileio.ordinary_permissions(tmp)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            path.rename(old / "model")
+        tmp.rename(path)
+    except OSError as e:
+        raise DeadzoneError(f"cannot write --save {path}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def _train_and_save(tasks, inputs, results, config, save, tokenizer, state) -> None:
+    """Train seed 0 of the first frozen schedule here and save its model (record it too, if it
+    was not recorded yet: the same run, computed again, gives the same record)."""
+    key = f"{config.first_frozen()}/seed0"
+    task = next(t for t in tasks if t.key == key)
+    saved: list = []
+    torch.set_num_threads(task.threads)
+    record = run_one(inputs, task.run, show_progress=state.is_main_process, on_model=saved.append)
+    if not saved:
+        raise DeadzoneError(f"the run {key} failed ({record.get('error')}); no model to save")
+    if state.is_main_process:
+        save_model(saved[0], tokenizer, save)
+    if not results.finished(key):
+        results.add({**record, "threads": task.threads})
+
+
+# --- summary: cost (as crystallize judges it) and savings against full --------------------------
+
+
+def summarize(
+    runs: list[dict],
+    *,
+    margin: float = crystal.DEFAULT_MARGIN,
+    margin_nats: float = crystal.DEFAULT_MARGIN_NATS,
+) -> dict:
+    """Crystallize's summary of the schedules' costs, each arm with its ``savings``."""
+    summary = crystal.summarize(runs, margin=margin, margin_nats=margin_nats)
+    ok = [r for r in runs if r.get("status") == "ok"]
+    full = {r["seed"]: r for r in ok if r["strategy"] == BASELINE}
+    control = {r["seed"]: r for r in ok if r["strategy"] == CONTROL}
+    for arm in summary["arms"]:
+        mine = [r for r in ok if r["strategy"] == arm["strategy"]]
+        arm["schedule"] = arm["strategy"]
+        arm["savings"] = savings(mine, full)
+        if control and arm["strategy"] not in (BASELINE, CONTROL):
+            arm["vs_random"] = _versus(mine, control)
+    return summary
+
+
+def _versus(mine: list[dict], control: dict[int, dict]) -> dict:
+    """Per-seed paired differences in final eval loss (nats) against the random control, on
+    the same batches: below zero means ahead of it; ``ahead`` if the whole 95% interval is."""
+    diffs = [
+        r["final_eval_loss"] - control[r["seed"]]["final_eval_loss"]
+        for r in mine
+        if r["seed"] in control
+    ]
+    mean, sd = stats.mean_sd(diffs)
+    interval = stats.t_interval(diffs)
+    return {
+        "nats": diffs,
+        "mean": mean,
+        "sd": sd,
+        "interval": list(interval) if interval else None,
+        "ahead": interval is not None and interval[1] < 0,
+    }
+
+
+RATIOS = {  # name -> what of a run record is compared against full's
+    "wall_time": lambda r: r["seconds"],
+    "cpu_time": lambda r: r.get("cpu_seconds") or None,
+    "optimizer_peak": lambda r: max(p["optimizer_state_bytes"] for p in r["curve"]),
+    "optimizer_mean": lambda r: (
+        sum(p["optimizer_state_bytes"] for p in r["curve"][1:]) / max(1, len(r["curve"]) - 1)
+    ),
+    "tokens_per_second": lambda r: r["tokens_per_second"],
+    "peak_memory": lambda r: r["peak_memory_bytes"],
+}
+
+
+def savings(mine: list[dict], full: dict[int, dict]) -> dict:
+    """Per-seed ratios against ``full`` (mean, interval) and the frozen shares of a schedule."""
+    out: dict = {}
+    for name, of in RATIOS.items():
+        ratios = []
+        for r in mine:
+            f = full.get(r["seed"])
+            if f is not None and of(r) and of(f):
+                ratios.append(of(r) / of(f))
+        mean, sd = stats.mean_sd(ratios)
+        interval = stats.t_interval(ratios)
+        out[name] = {
+            "mean": mean,
+            "sd": sd,
+            "interval": list(interval) if interval else None,
+            "n": len(ratios),
+        }
+    finals = [frozen_final(r) for r in mine]
+    means = [frozen_mean(r) for r in mine]
+    out["frozen_fraction"] = stats.mean_sd(finals)[0] if mine else None
+    out["frozen_fraction_mean"] = stats.mean_sd(means)[0] if mine else None
+    return out
+
+
+def frozen_final(run: dict) -> float:
+    """Share of block-matrix parameters frozen at the last step of ``run``."""
+    timeline = run.get("timeline") or []
+    return timeline[-1]["fraction"] if timeline else 0.0
+
+
+def frozen_mean(run: dict) -> float:
+    """Share of block-matrix parameters frozen, averaged over the steps of ``run``."""
+    timeline = run.get("timeline") or []
+    steps = run.get("steps_done") or 0
+    if not timeline or not steps:
+        return 0.0
+    total = 0.0
+    for i, entry in enumerate(timeline):
+        end = timeline[i + 1]["step"] if i + 1 < len(timeline) else steps + 1
+        total += entry["fraction"] * (min(end, steps + 1) - entry["step"])
+    return total / steps
