@@ -168,7 +168,6 @@ def test_a_schedule_that_would_freeze_every_parameter_is_refused():
     [
         ("nope", {}, "unknown schedule 'nope'"),
         ("geometry:norm", {}, "geometry needs a metric"),
-        ("geometry:snr", {}, "needs gradient SNR scores"),
         ("plan:/no/such/plan.json", {}, "no plan file /no/such/plan.json"),
         ("random", {"target_fraction": 1.0}, r"target_fraction must be in \(0, 1\)"),
         ("random", {"target_fraction": 0}, r"target_fraction must be in \(0, 1\)"),
@@ -205,3 +204,18 @@ def test_freeze_by_fraction_and_plan_negligible_from_step_one(plan_file):
     first_two = [u.name for u in schedule.order()[:2]]
     assert all(schedule.times[n] == 1 for n in first_two)
     assert max(schedule.times.values()) == 4
+
+
+def test_geometry_snr_freezes_the_matrices_of_lowest_spectrum_snr_first():
+    from deadzone import sites, spectral
+
+    model = gpt2()
+    schedule = make_schedule("geometry:snr", context(model))
+    snr = {
+        s.name: spectral.snr(sites.site_matrix(model, s).double())
+        for s in sites.find_sites(model)
+        if s.layer is not None
+    }
+    order = [u.name for u in schedule.order()]
+    assert sorted(order) == sorted(snr)
+    assert [snr[n] for n in order] == pytest.approx(sorted(snr.values()), rel=1e-6)

@@ -257,12 +257,13 @@ GEOMETRY_DIRECTIONS: dict[str, tuple[int, str]] = {
     "stable_rank": (+1, "low first: close to low-rank"),
     "effective_rank": (+1, "low first: close to low-rank"),
     "amplitude_pr": (+1, "low first: stereotyped rows"),
-    "snr": (+1, "low first: gradient mostly noise, updates carry little"),
+    "snr": (+1, "low first: Spectrum trains the high-SNR matrices and freezes the rest"),
 }
 
 
 class Geometry(Ordered):
-    """``geometry:METRIC``: freeze in order of an ``analyze`` metric (or ``snr`` scores)."""
+    """``geometry:METRIC``: freeze in order of an ``analyze`` metric (``snr`` is Spectrum's), or
+    of the per-site scores the context brings."""
 
     def __init__(self, ctx: ScheduleContext, arg: str | None = None) -> None:
         if arg not in GEOMETRY_DIRECTIONS:
@@ -277,9 +278,7 @@ class Geometry(Ordered):
     @staticmethod
     def _scores(ctx: ScheduleContext, metric: str) -> dict[str, float]:
         """Score of each unit: of its matrix, or the parameter-weighted mean over its matrices."""
-        if metric == "snr":
-            if not ctx.scores:
-                raise DeadzoneError("geometry:snr needs gradient SNR scores per site")
+        if ctx.scores:
             per_site = ctx.scores
         else:
             if ctx.model is None:
