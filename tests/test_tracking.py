@@ -138,3 +138,16 @@ def test_a_missing_tracker_package_names_how_to_install_it(monkeypatch, tmp_path
 def test_flat_config_gives_trackers_plain_values():
     flat = flat_config({"sft": {"lr": 0.1, "betas": [0.9, 0.99]}, "rank": None, "key": "a/b"})
     assert flat == {"sft.lr": 0.1, "sft.betas": "0.9,0.99", "rank": "none", "key": "a/b"}
+
+
+def test_runs_in_a_worker_process_report_too(setup, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "out"
+    results = crystallize(setup, out, "--report-to", "tensorboard", "--workers", "1")
+    for run in results["runs"]:
+        events = EventAccumulator(str(out / "tracking" / "tensorboard" / run["key"]))
+        events.Reload()
+        logged = [e.value for e in events.Scalars("eval_loss")]
+        expected = [p["eval_loss"] for p in run["curve"] if p["eval_loss"] is not None]
+        assert logged == pytest.approx(expected, rel=1e-6)
