@@ -269,8 +269,8 @@ def _untrimmed(offsets: list[tuple[int, int]], tokens: list[str]) -> list[tuple[
         nxt = start if start < end else nxt
     out = list(offsets)
     for i, ((start, end), token) in enumerate(zip(offsets, tokens, strict=True)):
-        if start >= end or not token:
-            continue
+        if start >= end or not token or not (_trimmable(token[0]) or _trimmable(token[-1])):
+            continue  # nothing trimmed off either end
         lead = next((j for j, c in enumerate(token) if not _trimmable(c)), len(token))
         trail = next((j for j, c in enumerate(reversed(token)) if not _trimmable(c)), len(token))
         if lead or trail:
