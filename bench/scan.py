@@ -16,6 +16,7 @@ Targets (issue): >= 90% agreement using <= 30% of the exhaustive scan's runs, on
     python bench/scan.py --workers 2                       # the full benchmark
     python bench/scan.py --workers 2 --steps 10 --sites 'L0.*,L1.*' --seeds 3   # smaller
     python bench/scan.py --json out.json
+    python bench/scan.py --out DIR --compare ...   # the figures of scans already in DIR
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def confusion_table(confusion: dict) -> str:
 
 def cheap_score_cost(model: str, data: str, sft: SFTConfig) -> dict:
     """CPU seconds of the cheap scores of every block matrix and of one SFT run, here."""
-    from deadzone.checkpoints import load_model
+    from deadzone.checkpoints import context_length, load_model
     from deadzone.data.sft import load_sft_data, pad_id_for
     from deadzone.experiments.runs import RunInputs, run_one
     from deadzone.experiments.scan import cheap_scores, full_spec
@@ -81,7 +82,7 @@ def cheap_score_cost(model: str, data: str, sft: SFTConfig) -> dict:
 
     m, tokenizer = load_model(model)
     sites = find_sites(m)
-    data_ = load_sft_data(data, tokenizer, max_length=256)
+    data_ = load_sft_data(data, tokenizer, max_length=min(256, context_length(m) or 256))
     inputs = RunInputs(m, {s.name: s for s in sites}, data_, pad_id_for(tokenizer), sft)
     blocks = [s for s in sites if s.layer is not None]
     t = time.process_time()
@@ -104,6 +105,11 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None, help="pool workers (default: none)")
     p.add_argument("--out", default=None, help="scan directories (default: a temp dir)")
     p.add_argument("--json", default=None, help="write the numbers here (default: no file)")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="only compare the scans already in --out (no runs; no wall times)",
+    )
     args = p.parse_args()
     root = Path(args.out or tempfile.mkdtemp(prefix="bench-scan-"))
     sft = SFTConfig(steps=args.steps)
@@ -119,6 +125,8 @@ def main() -> None:
             data=args.data,
             sft=sft,
         )
+        if args.compare and not (root / mode / "results.json").is_file():
+            raise SystemExit(f"--compare: no scan in {root / mode}")
         started = time.monotonic()
         docs[mode] = scan(
             config, root / mode, executor=make_executor("local", args.workers), show_progress=False
@@ -126,7 +134,7 @@ def main() -> None:
         runs = docs[mode]["runs"]
         figures[mode] = {
             "runs": len(runs),
-            "wall_s": time.monotonic() - started,
+            "wall_s": None if args.compare else time.monotonic() - started,
             "run_s": sum(r["seconds"] or 0 for r in runs),
         }
     e = docs["exhaustive"]

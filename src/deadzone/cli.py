@@ -360,7 +360,8 @@ def _scan(args: argparse.Namespace) -> None:
         margin_nats=args.margin_nats,
         **run_options(args),
     )
-    results = scan(config, args.out, executor=make_executor(args))
+    ran: list[dict] = []
+    results = scan(config, args.out, executor=make_executor(args), on_record=ran.append)
     summary = results["summary"]
     paths = write_report(args.out)
     for strategy, st in summary["strategies"].items():
@@ -371,7 +372,10 @@ def _scan(args: argparse.Namespace) -> None:
     print(rho_table(summary), end="")
     written = [f"{args.out}/results.json", *map(str, paths.values())]
     written += [f"{args.out}/{n}" for n in _plan_files(args.out)]
-    print(f"{summary['runs']} runs in {time.monotonic() - started:.0f} s")
+    print(
+        f"{len(ran)} run(s) now, {summary['runs']} in results.json; "
+        f"{time.monotonic() - started:.0f} s"
+    )
     print(f"wrote {', '.join(written)}")
 
 
