@@ -134,7 +134,7 @@ def test_ctrl_c_keeps_finished_runs_and_exits_130_with_one_line(setup, tmp_path,
     model, data = setup
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "deadzone.cli", "crystallize", model, "--target",
-            "L1.attn.c_proj", "--steps", "12", "--seeds", "2", "--data", data, "--batch-size",
+            "L1.attn.c_proj", "--steps", "60", "--seeds", "2", "--data", data, "--batch-size",
             "4", *workers, "--out", str(out)]  # fmt: skip
     driver = subprocess.Popen(argv, env=env(), stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
