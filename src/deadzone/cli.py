@@ -545,6 +545,7 @@ def add_freeze(sub: argparse._SubParsersAction) -> None:
         help="output directory, resumed (or extended with more seeds or schedules) if it holds "
         "this experiment",
     )
+    add_tracking_options(p)
     p.set_defaults(handler=_freeze)
 
 
@@ -579,7 +580,9 @@ def _freeze(args: argparse.Namespace) -> int | None:
     executor = make_executor(args)
     main_process = PartialState().is_main_process
     before = _recorded_keys(args.out)
-    results = freeze(config, args.out, executor=executor, save=args.save)
+    results = freeze(
+        config, args.out, executor=executor, save=args.save, tracking=tracking(args, args.out)
+    )
     reused = sum(r["key"] in before for r in results["runs"])
     if reused and main_process:
         print(

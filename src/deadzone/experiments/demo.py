@@ -16,7 +16,6 @@ when the library has them (``deadzone.experiments.scan.scan``,
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from deadzone.tracking import NO_TRACKING, Tracking
 from deadzone.train import SFTConfig
 
 EXPERIMENT = "demo"
+FRACTIONS = (0.25, 0.5)  # freeze's target fractions: one stage and directory each
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,9 @@ class Budget:
     strategies: tuple[str, ...] = ("full", "frozen", "crystal", "random")
     data: str = "builtin:docstrings"
     workers: int | None = None  # runs at once (a process pool); None: one after another here
+    scan_sites: str | None = None  # the scan's sites (globs); None: every block matrix
+    scan_strategies: tuple[str, ...] = ("frozen", "random")
+    scan_runs: int = 40  # the scan's runs the progress display expects (adaptive: not known)
     cut: str = ""  # what the budget cut, said in the report
 
     def sft(self) -> SFTConfig:
@@ -68,6 +71,8 @@ class Budget:
             "max_length": self.max_length,
             "strategies": list(self.strategies),
             "data": self.data,
+            "scan_sites": self.scan_sites,
+            "scan_strategies": list(self.scan_strategies),
             "cut": self.cut,
         }
 
@@ -99,9 +104,12 @@ QUICK = Budget(
     batch_size=4,
     eval_every=2,
     max_length=64,
+    scan_sites="L1.attn.*",
+    scan_runs=14,
     cut=(
         "--quick: a smoke test, not a measurement: builtin:micro (2 blocks, 32 wide), its last "
-        "attention output projection, 2 seeds of 4 SFT steps."
+        "attention output projection, 2 seeds of 4 SFT steps; the scan covers the last block's "
+        "two attention matrices only."
     ),
 )
 
@@ -194,37 +202,93 @@ def _crystallize(ctx: Context) -> Done:
     return Done("ran" if ran else "reused", "crystallize", runs=len(ran))
 
 
-def _pending(name: str, module: str, function: str) -> Callable[[Context], Done]:
-    """A stage the demo cannot run yet: skipped, with the reason for the report."""
+def _counting(ctx: Context, expected: float) -> tuple[list[str], Callable[[dict], None]]:
+    """The keys of the runs trained now, and the ``on_record`` that records them and advances
+    the display by one per run, up to ``expected`` (the stage's units)."""
+    ran: list[str] = []
 
-    def skip(ctx: Context) -> Done:
-        ctx.advance(1.0)
-        try:
-            there = hasattr(importlib.import_module(module), function)
-        except ImportError:
-            there = False
-        if there:
-            return Done("skipped", note=f"the demo's {name} stage is not written yet")
-        return Done("skipped", note=f"this deadzone has no {module}.{function} yet")
+    def finished(record: dict) -> None:
+        ran.append(record["key"])
+        if len(ran) <= expected:
+            ctx.advance(1.0)
 
-    return skip
+    return ran, finished
 
 
-# The adaptive scan of the block matrices and the effective parameter count, jointly checked,
-# and progressive freezing with the best schedule against random and full at 25% and 50%:
-# each becomes a stage running its library function (one entry in stages()).
-SCAN = Stage(
-    "scan",
-    "Scan",
-    lambda b: "redundancy of every block matrix",
-    _pending("scan", "deadzone.experiments.scan", "scan"),
-)
-FREEZE = Stage(
-    "freeze",
-    "Freeze",
-    lambda b: "schedules at 25% and 50% frozen",
-    _pending("freeze", "deadzone.experiments.freeze", "freeze"),
-)
+def _scan(ctx: Context) -> Done:
+    from deadzone.experiments.scan import ScanConfig, scan
+
+    b = ctx.budget
+    config = ScanConfig(
+        model=b.model,
+        sites=b.scan_sites,
+        strategies=b.scan_strategies,
+        seeds=b.seeds,
+        data=b.data,
+        max_length=b.max_length,
+        sft=b.sft(),
+    )
+    ran, finished = _counting(ctx, b.scan_runs)
+    executor = ctx.executor or make_executor(workers=b.workers, show_progress=False)
+    scan(
+        config, ctx.out / "scan", executor=executor, show_progress=False, on_record=finished,
+        say=lambda text: None,
+    )  # fmt: skip
+    ctx.advance(max(0, b.scan_runs - len(ran)))
+    return Done("ran" if ran else "reused", "scan", runs=len(ran))
+
+
+def freeze_schedule(out: Path) -> str:
+    """The demo's best plan- or geometry-driven schedule: the scan's plan when it names sites
+    that need not train, else geometry:pr."""
+    from deadzone.plans import PLAN
+
+    path = out / "scan" / PLAN
+    if path.is_file() and fileio.read_json(path).get("sites"):
+        return f"plan:{path}"
+    return "geometry:pr"
+
+
+def freeze_directory(fraction: float) -> str:
+    return f"freeze-{round(100 * fraction)}"
+
+
+def _freeze_units(b: Budget) -> float:
+    return float(3 * b.seeds)  # full, the schedule and random, per seed
+
+
+def _freezing(fraction: float) -> Callable[[Context], Done]:
+    """The stage running freeze at ``fraction`` into ``DIR/freeze-NN``."""
+
+    def run(ctx: Context) -> Done:
+        from deadzone.experiments.freeze import CONTROL, FreezeConfig, freeze
+
+        b = ctx.budget
+        schedule = freeze_schedule(ctx.out)
+        config = FreezeConfig(
+            model=b.model,
+            schedules=(schedule, CONTROL),
+            target_fraction=fraction,
+            seeds=b.seeds,
+            data=b.data,
+            max_length=b.max_length,
+            sft=b.sft(),
+        )
+        ran, finished = _counting(ctx, _freeze_units(b))
+        executor = ctx.executor or make_executor(workers=b.workers, show_progress=False)
+        name = freeze_directory(fraction)
+        freeze(
+            config, ctx.out / name, executor=executor, show_progress=False,
+            on_record=finished, tracking=ctx.tracking,
+        )  # fmt: skip
+        ctx.advance(max(0, _freeze_units(b) - len(ran)))
+        if schedule.startswith("plan:"):
+            note = "schedule: plan:scan/plan.json (the scan's jointly negligible frozen set)"
+        else:
+            note = "schedule: geometry:pr (the scan's plan names no site)"
+        return Done("ran" if ran else "reused", name, runs=len(ran), note=note)
+
+    return run
 
 
 def _crystallize_units(b: Budget) -> float:
@@ -243,8 +307,29 @@ def stages() -> list[Stage]:
             _crystallize,
             _crystallize_units,
         ),
-        SCAN,
-        FREEZE,
+        Stage(
+            "scan",
+            "Scan",
+            lambda b: (
+                f"{b.scan_sites or 'every block matrix'}: {', '.join(b.scan_strategies)}, "
+                f"adaptive, {b.seeds} seeds; the effective parameter count, jointly checked"
+            ),
+            _scan,
+            lambda b: float(b.scan_runs),
+        ),
+        *(
+            Stage(
+                freeze_directory(f),
+                f"Freeze {100 * f:.0f}%",
+                lambda b, f=f: (
+                    f"the scan's plan (or geometry:pr) against random and full, {100 * f:.0f}% "
+                    f"frozen, {b.seeds} seeds"
+                ),
+                _freezing(f),
+                _freeze_units,
+            )
+            for f in FRACTIONS
+        ),
     ]
 
 
