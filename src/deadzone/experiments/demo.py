@@ -52,12 +52,24 @@ class Budget:
     scan_sites: str | None = None  # the scan's sites (globs); None: every block matrix
     scan_strategies: tuple[str, ...] = ("frozen", "random")
     scan_runs: int = 40  # the scan's runs the progress display expects (adaptive: not known)
+    sweep_steps: int | None = None  # SFT steps of the scan's and freeze's runs (None: steps)
+    sweep_seeds: int | None = None  # their seeds (None: seeds)
     cut: str = ""  # what the budget cut, said in the report
 
     def sft(self) -> SFTConfig:
         return SFTConfig(
             steps=self.steps, batch_size=self.batch_size, eval_every=self.eval_every, lr=3e-4
         )
+
+    def sweep_sft(self) -> SFTConfig:
+        """The SFT of the scan's and freeze's runs: ``sweep_steps``, evaluated at half-way."""
+        steps = self.sweep_steps or self.steps
+        return SFTConfig(
+            steps=steps, batch_size=self.batch_size, eval_every=max(1, steps // 2), lr=3e-4
+        )
+
+    def sweeps(self) -> int:
+        return self.sweep_seeds or self.seeds
 
     def to_dict(self) -> dict:
         return {
@@ -73,6 +85,8 @@ class Budget:
             "data": self.data,
             "scan_sites": self.scan_sites,
             "scan_strategies": list(self.scan_strategies),
+            "sweep_steps": self.sweep_steps,
+            "sweep_seeds": self.sweep_seeds,
             "cut": self.cut,
         }
 
@@ -87,12 +101,19 @@ FULL = Budget(
     eval_every=25,
     max_length=128,
     workers=2,
+    scan_sites="L4.*",
+    scan_runs=20,
+    sweep_steps=20,
+    sweep_seeds=2,
     cut=(
         "To fit 2 CPU cores, the demo runs builtin:tiny (8 blocks, 96 wide) rather than the "
         "study's 10.2M-parameter model, 3 seeds of 50 SFT steps per strategy (the study's "
         "steps; 3 seeds, where the study ran 1, is the fewest that give an interval), "
         "evaluates at steps 0, 25 and 50 only, cuts examples to the model's 128-token context, "
-        "and runs two runs at once."
+        "and runs two runs at once. The scan covers the four matrices of block L4 only (not "
+        "all 32 block matrices), and the scan and freeze run 2 seeds of 20 steps each "
+        "(evaluated at steps 0, 10 and 20), so their intervals are wide and many of their "
+        "verdicts undetermined."
     ),
 )
 QUICK = Budget(
@@ -223,10 +244,10 @@ def _scan(ctx: Context) -> Done:
         model=b.model,
         sites=b.scan_sites,
         strategies=b.scan_strategies,
-        seeds=b.seeds,
+        seeds=b.sweeps(),
         data=b.data,
         max_length=b.max_length,
-        sft=b.sft(),
+        sft=b.sweep_sft(),
     )
     ran, finished = _counting(ctx, b.scan_runs)
     executor = ctx.executor or make_executor(workers=b.workers, show_progress=False)
@@ -254,7 +275,7 @@ def freeze_directory(fraction: float) -> str:
 
 
 def _freeze_units(b: Budget) -> float:
-    return float(3 * b.seeds)  # full, the schedule and random, per seed
+    return float(3 * b.sweeps())  # full, the schedule and random, per seed
 
 
 def _freezing(fraction: float) -> Callable[[Context], Done]:
@@ -269,10 +290,10 @@ def _freezing(fraction: float) -> Callable[[Context], Done]:
             model=b.model,
             schedules=(schedule, CONTROL),
             target_fraction=fraction,
-            seeds=b.seeds,
+            seeds=b.sweeps(),
             data=b.data,
             max_length=b.max_length,
-            sft=b.sft(),
+            sft=b.sweep_sft(),
         )
         ran, finished = _counting(ctx, _freeze_units(b))
         executor = ctx.executor or make_executor(workers=b.workers, show_progress=False)
@@ -312,7 +333,8 @@ def stages() -> list[Stage]:
             "Scan",
             lambda b: (
                 f"{b.scan_sites or 'every block matrix'}: {', '.join(b.scan_strategies)}, "
-                f"adaptive, {b.seeds} seeds; the effective parameter count, jointly checked"
+                f"adaptive, {b.sweeps()} seeds, {b.sweep_sft().steps} steps; the effective "
+                "parameter count, jointly checked"
             ),
             _scan,
             lambda b: float(b.scan_runs),
@@ -323,7 +345,7 @@ def stages() -> list[Stage]:
                 f"Freeze {100 * f:.0f}%",
                 lambda b, f=f: (
                     f"the scan's plan (or geometry:pr) against random and full, {100 * f:.0f}% "
-                    f"frozen, {b.seeds} seeds"
+                    f"frozen, {b.sweeps()} seeds, {b.sweep_sft().steps} steps"
                 ),
                 _freezing(f),
                 _freeze_units,
