@@ -189,3 +189,21 @@ def test_the_demo_report_opens_in_chromium_whole_and_readable_on_a_phone(demo, b
     phone = browser.evaluate(session, PAGE_FACTS)
     assert phone["innerWidth"] == 390 and phone["pageWidth"] <= 390, phone
     assert browser.problems(session) == []
+
+
+def test_freeze_reports_each_run_to_tensorboard_where_the_schedule_freezes(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "freeze"
+    args = ["freeze", "builtin:micro", "--schedule", "random", "--seeds", "1", "--steps", "4",
+            "--batch-size", "4", "--eval-every", "2", "--out", str(out)]  # fmt: skip
+    assert main([*args, "--report-to", "tensorboard"]) == 0
+    results = fileio.read_json(out / "results.json")
+    assert [r["key"] for r in results["runs"]] == ["full/seed0", "random/seed0"]
+    for run in results["runs"]:
+        events = EventAccumulator(str(out / "tracking" / "tensorboard" / run["key"]))
+        events.Reload()
+        trainable = [e.value for e in events.Scalars("trainable_params")]
+        assert trainable == [p["trainable_params"] for p in run["curve"] if p["step"] > 0]
+    full, frozen = ([e for e in r["curve"] if e["step"] == 4][0] for r in results["runs"])
+    assert frozen["trainable_params"] < full["trainable_params"]  # the tracker saw it freeze
