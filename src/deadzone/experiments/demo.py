@@ -8,10 +8,12 @@ took, or why it was skipped; ``DIR/report.md`` and ``DIR/report.html`` are built
 the stages' own results files (``deadzone report DIR`` rebuilds them).
 
 Stages: ``pretrain`` (only when the builtin model is not cached), ``analyze`` (every matrix),
-``crystallize`` (the study's target with the study's strategies), then ``scan`` and ``freeze``
-when the library has them (``deadzone.experiments.scan.scan``,
-``deadzone.experiments.freeze.freeze``), else skipped with a note. A stage is one entry of
-:data:`STAGES`: a name, a title, what it runs, and the function that runs it.
+``crystallize`` (the study's target with the study's strategies), ``scan`` (adaptive, frozen
+and random, over the budget's sites; the effective parameter count, jointly checked) and one
+``freeze-NN`` per target fraction of :data:`FRACTIONS` (the scan's plan when it names a site,
+else ``geometry:pr``, against ``random`` and ``full``). The scan and freeze runs use the
+budget's ``sweep_steps`` and ``sweep_seeds``. A stage is one entry of :func:`stages`: a name,
+a title, what it runs, the function that runs it, and its units of progress (its runs).
 """
 
 from __future__ import annotations
