@@ -452,14 +452,14 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
         sub,
         "demo",
         "Reproduce and judge the study on the builtin model: pretrain (if not cached), analyze, "
-        "crystallize, then the report; each stage an experiment directory under --out, resumed "
-        "on a rerun.",
+        "crystallize, scan, freeze at 25% and 50%, then the report; each stage an experiment "
+        "directory under --out, resumed on a rerun.",
     )
     p.add_argument("--out", default="deadzone-demo", help="the demo's directory")
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke version in well under a minute: builtin:micro, 2 seeds of 4 steps "
+        help="a smoke version of about a minute: builtin:micro, 2 seeds of 4 steps "
         "(default: the full demo on builtin:tiny)",
     )
     add_execution_options(p)
