@@ -1,4 +1,5 @@
-"""deadzone demo --quick end to end: every stage's files, both reports, resume, bad --out."""
+"""deadzone demo --quick end to end: every stage's files, both reports, resume, bad --out, and
+the demo's report.html in headless Chromium."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import time
 
 import pytest
+from test_report_html import PAGE_FACTS, browser, screenshot  # noqa: F401 (browser: a fixture)
 
 from deadzone import fileio
 from deadzone.cli import main
@@ -14,7 +16,12 @@ STAGE_FILES = {
     "analyze": ["results.json", "geometry.json", "geometry.csv", "geometry.png", "report.md",
                 "report.html"],
     "crystallize": ["results.json", "report.md", "report.html", "curves.png", "verdicts.png"],
+    "scan": ["results.json", "report.md", "report.html", "heatmap.png", "plan.json",
+             "axolotl.yaml", "frozen_parameters.txt"],
+    "freeze-25": ["results.json", "report.md", "report.html", "pareto.png"],
+    "freeze-50": ["results.json", "report.md", "report.html", "pareto.png"],
 }  # fmt: skip
+STAGES = ["pretrain", "analyze", "crystallize", "scan", "freeze-25", "freeze-50"]
 
 
 @pytest.fixture(scope="module")
@@ -31,23 +38,26 @@ def demo(tmp_path_factory):
 
 
 def snapshot(out) -> dict:
-    return {
-        "crystallize": fileio.read_json(out / "crystallize" / "results.json"),
-        "html": (out / "report.html").read_bytes(),
+    runs = {
+        d: {r["key"]: r for r in fileio.read_json(out / d / "results.json")["runs"]}
+        for d in STAGES[2:]
     }
+    return {"runs": runs, "html": (out / "report.html").read_bytes()}
 
 
 def test_quick_demo_writes_every_stages_files_and_both_reports(demo):
     out, [(_, results, _), _] = demo
     for stage, files in STAGE_FILES.items():
         for name in files:
-            assert (out / stage / name).is_file() and (out / stage / name).stat().st_size, name
+            path = out / stage / name
+            empty = name == "frozen_parameters.txt"  # empty when no site is jointly negligible
+            assert path.is_file() and (empty or path.stat().st_size), name
     assert results["experiment"] == "demo" and results["budget"]["name"] == "quick"
     by = {s["name"]: s for s in results["stages"]}
-    assert list(by) == ["pretrain", "analyze", "crystallize", "scan", "freeze"]
+    assert list(by) == STAGES
     assert by["analyze"]["directory"] == "analyze" and by["crystallize"]["runs"] == 8
-    for name in ("scan", "freeze"):  # not in the library yet: skipped, and said why
-        assert by[name]["status"] == "skipped" and by[name]["note"]
+    assert all(by[name]["status"] == "ran" for name in STAGES[1:])
+    assert all(by[name]["directory"] == name for name in STAGES[1:])
     crystallized = fileio.read_json(out / "crystallize" / "results.json")
     assert crystallized["targets"] == ["L1.attn.c_proj"] and crystallized["seeds"] == [0, 1]
     assert all(r["status"] == "ok" for r in crystallized["runs"])
@@ -63,17 +73,46 @@ def test_quick_demo_writes_every_stages_files_and_both_reports(demo):
     )
     assert "Attention c_proj has a lower PR than c_attn" in html
     assert "re-drawn at random and frozen" in html  # the crystallize claims
-    assert "A model tolerates 25–50% of its matrices frozen" in html  # skipped: undetermined
-    assert html.count("<img ") >= 3 and "http" not in html.split("<body>", 1)[1]
+    assert html.count("<img ") >= 6 and "http" not in html.split("<body>", 1)[1]
     report = (out / "report.md").read_text()
     assert "## The study's claims" in report and "(crystallize/report.md)" in report
+    assert "(scan/report.md)" in report and "(freeze-50/report.md)" in report
+
+
+def test_the_scan_is_adaptive_over_the_budgets_sites_and_jointly_checked(demo):
+    out, _ = demo
+    scan = fileio.read_json(out / "scan" / "results.json")
+    assert scan["experiment"] == "scan" and scan["mode"] == "adaptive"
+    assert scan["summary"]["complete"] and set(scan["summary"]["strategies"]) == {
+        "frozen",
+        "random",
+    }
+    sites = {e["site"] for r in scan["runs"] for e in r["sites"] if e["strategy"] != "full"}
+    assert sites and sites <= {"L1.attn.c_attn", "L1.attn.c_proj"}
+    assert set(scan["summary"]["effective"]) == {"frozen", "random"}
+    plan = fileio.read_json(out / "scan" / "plan.json")
+    assert {e["site"] for e in plan["sites"]} <= sites
+
+
+def test_freeze_runs_the_plan_or_geometry_against_random_and_full_at_25_and_50(demo):
+    out, [(_, results, _), _] = demo
+    plan = fileio.read_json(out / "scan" / "plan.json")
+    schedule = f"plan:{out / 'scan' / 'plan.json'}" if plan["sites"] else "geometry:pr"
+    for name, fraction in (("freeze-25", 0.25), ("freeze-50", 0.5)):
+        frozen = fileio.read_json(out / name / "results.json")
+        assert frozen["experiment"] == "freeze" and frozen["target_fraction"] == fraction
+        assert frozen["schedules"] == ["full", schedule, "random"]
+        assert len(frozen["runs"]) == 6 and all(r["status"] == "ok" for r in frozen["runs"])
+    by = {s["name"]: s for s in results["stages"]}
+    assert by["freeze-25"]["runs"] == by["freeze-50"]["runs"] == 6
 
 
 def test_a_second_run_resumes_every_stage_and_trains_nothing(demo):
     out, [(first_s, first, before), (second_s, second, after)] = demo
-    assert after["crystallize"]["runs"] == before["crystallize"]["runs"]  # same records, clocks too
+    assert after["runs"] == before["runs"]  # the same records, clocks too
     by = {s["name"]: s for s in second["stages"]}
-    assert by["crystallize"]["status"] == "reused" and by["crystallize"]["runs"] == 0
+    for name in STAGES[2:]:
+        assert by[name]["status"] == "reused" and by[name]["runs"] == 0, name
     assert by["analyze"]["status"] == "reused" and by["pretrain"]["status"] == "reused"
     assert second["seconds"] < first["seconds"]
 
@@ -81,13 +120,13 @@ def test_a_second_run_resumes_every_stage_and_trains_nothing(demo):
 def test_deadzone_report_rebuilds_the_same_html_byte_for_byte(demo, capsys):
     out, _ = demo
     pages = {p: p.read_bytes() for p in [out / "report.html", *out.glob("*/report.html")]}
-    assert len(pages) == 3
+    assert len(pages) == 6
     for page in pages:
         page.unlink()
     assert main(["report", str(out)]) == 0
     for page, data in pages.items():
         assert page.read_bytes() == data, page
-    assert main(["report", str(out / "analyze"), str(out / "crystallize")]) == 0  # each alone
+    assert main(["report", *(str(out / d) for d in STAGES[1:])]) == 0  # each alone
 
 
 @pytest.mark.parametrize(
@@ -134,3 +173,37 @@ def test_help_states_every_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: deadzone-demo)" in text and "(default: the full demo" in text
     assert "(default: none)" in text and "(default: OUT/tracking)" in text
+
+
+def test_the_demo_report_opens_in_chromium_whole_and_readable_on_a_phone(demo, browser):  # noqa: F811  # noqa: F811
+    out, _ = demo
+    session = browser.open((out / "report.html").as_uri(), 1280, 900)
+    facts = browser.evaluate(session, PAGE_FACTS)
+    assert browser.problems(session) == []
+    assert len(facts["images"]) >= 6 and all(width > 0 for width in facts["images"]), facts
+    assert len(facts["claims"]) >= 7  # analyze 2, crystallize 3, freeze at 25% and 50%
+    assert set(facts["claims"]) <= {"confirmed", "refuted", "undetermined"}
+    pixels = screenshot(browser, session)
+    assert pixels.std() > 5 and (pixels < 128).mean() > 0.005  # text and lines, not blank
+    browser.resize(session, 390, 844)
+    phone = browser.evaluate(session, PAGE_FACTS)
+    assert phone["innerWidth"] == 390 and phone["pageWidth"] <= 390, phone
+    assert browser.problems(session) == []
+
+
+def test_freeze_reports_each_run_to_tensorboard_where_the_schedule_freezes(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "freeze"
+    args = ["freeze", "builtin:micro", "--schedule", "random", "--seeds", "1", "--steps", "4",
+            "--batch-size", "4", "--eval-every", "2", "--out", str(out)]  # fmt: skip
+    assert main([*args, "--report-to", "tensorboard"]) == 0
+    results = fileio.read_json(out / "results.json")
+    assert [r["key"] for r in results["runs"]] == ["full/seed0", "random/seed0"]
+    for run in results["runs"]:
+        events = EventAccumulator(str(out / "tracking" / "tensorboard" / run["key"]))
+        events.Reload()
+        trainable = [e.value for e in events.Scalars("trainable_params")]
+        assert trainable == [p["trainable_params"] for p in run["curve"] if p["step"] > 0]
+    full, frozen = ([e for e in r["curve"] if e["step"] == 4][0] for r in results["runs"])
+    assert frozen["trainable_params"] < full["trainable_params"]  # the tracker saw it freeze

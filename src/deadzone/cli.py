@@ -456,14 +456,14 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
         sub,
         "demo",
         "Reproduce and judge the study on the builtin model: pretrain (if not cached), analyze, "
-        "crystallize, then the report; each stage an experiment directory under --out, resumed "
-        "on a rerun.",
+        "crystallize, scan, freeze at 25% and 50%, then the report; each stage an experiment "
+        "directory under --out, resumed on a rerun.",
     )
     p.add_argument("--out", default="deadzone-demo", help="the demo's directory")
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke version in well under a minute: builtin:micro, 2 seeds of 4 steps "
+        help="a smoke version of about a minute: builtin:micro, 2 seeds of 4 steps "
         "(default: the full demo on builtin:tiny)",
     )
     add_execution_options(p)
@@ -549,6 +549,7 @@ def add_freeze(sub: argparse._SubParsersAction) -> None:
         help="output directory, resumed (or extended with more seeds or schedules) if it holds "
         "this experiment",
     )
+    add_tracking_options(p)
     p.set_defaults(handler=_freeze)
 
 
@@ -583,7 +584,9 @@ def _freeze(args: argparse.Namespace) -> int | None:
     executor = make_executor(args)
     main_process = PartialState().is_main_process
     before = _recorded_keys(args.out)
-    results = freeze(config, args.out, executor=executor, save=args.save)
+    results = freeze(
+        config, args.out, executor=executor, save=args.save, tracking=tracking(args, args.out)
+    )
     reused = sum(r["key"] in before for r in results["runs"])
     if reused and main_process:
         print(

@@ -8,15 +8,16 @@ took, or why it was skipped; ``DIR/report.md`` and ``DIR/report.html`` are built
 the stages' own results files (``deadzone report DIR`` rebuilds them).
 
 Stages: ``pretrain`` (only when the builtin model is not cached), ``analyze`` (every matrix),
-``crystallize`` (the study's target with the study's strategies), then ``scan`` and ``freeze``
-when the library has them (``deadzone.experiments.scan.scan``,
-``deadzone.experiments.freeze.freeze``), else skipped with a note. A stage is one entry of
-:data:`STAGES`: a name, a title, what it runs, and the function that runs it.
+``crystallize`` (the study's target with the study's strategies), ``scan`` (adaptive, frozen
+and random, over the budget's sites; the effective parameter count, jointly checked) and one
+``freeze-NN`` per target fraction of :data:`FRACTIONS` (the scan's plan when it names a site,
+else ``geometry:pr``, against ``random`` and ``full``). The scan and freeze runs use the
+budget's ``sweep_steps`` and ``sweep_seeds``. A stage is one entry of :func:`stages`: a name,
+a title, what it runs, the function that runs it, and its units of progress (its runs).
 """
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from deadzone.tracking import NO_TRACKING, Tracking
 from deadzone.train import SFTConfig
 
 EXPERIMENT = "demo"
+FRACTIONS = (0.25, 0.5)  # freeze's target fractions: one stage and directory each
 
 
 @dataclass(frozen=True)
@@ -49,12 +51,27 @@ class Budget:
     strategies: tuple[str, ...] = ("full", "frozen", "crystal", "random")
     data: str = "builtin:docstrings"
     workers: int | None = None  # runs at once (a process pool); None: one after another here
+    scan_sites: str | None = None  # the scan's sites (globs); None: every block matrix
+    scan_strategies: tuple[str, ...] = ("frozen", "random")
+    scan_runs: int = 40  # the scan's runs the progress display expects (adaptive: not known)
+    sweep_steps: int | None = None  # SFT steps of the scan's and freeze's runs (None: steps)
+    sweep_seeds: int | None = None  # their seeds (None: seeds)
     cut: str = ""  # what the budget cut, said in the report
 
     def sft(self) -> SFTConfig:
         return SFTConfig(
             steps=self.steps, batch_size=self.batch_size, eval_every=self.eval_every, lr=3e-4
         )
+
+    def sweep_sft(self) -> SFTConfig:
+        """The SFT of the scan's and freeze's runs: ``sweep_steps``, evaluated at half-way."""
+        steps = self.sweep_steps or self.steps
+        return SFTConfig(
+            steps=steps, batch_size=self.batch_size, eval_every=max(1, steps // 2), lr=3e-4
+        )
+
+    def sweeps(self) -> int:
+        return self.sweep_seeds or self.seeds
 
     def to_dict(self) -> dict:
         return {
@@ -68,6 +85,10 @@ class Budget:
             "max_length": self.max_length,
             "strategies": list(self.strategies),
             "data": self.data,
+            "scan_sites": self.scan_sites,
+            "scan_strategies": list(self.scan_strategies),
+            "sweep_steps": self.sweep_steps,
+            "sweep_seeds": self.sweep_seeds,
             "cut": self.cut,
         }
 
@@ -82,12 +103,19 @@ FULL = Budget(
     eval_every=25,
     max_length=128,
     workers=2,
+    scan_sites="L4.*",
+    scan_runs=20,
+    sweep_steps=20,
+    sweep_seeds=2,
     cut=(
         "To fit 2 CPU cores, the demo runs builtin:tiny (8 blocks, 96 wide) rather than the "
         "study's 10.2M-parameter model, 3 seeds of 50 SFT steps per strategy (the study's "
         "steps; 3 seeds, where the study ran 1, is the fewest that give an interval), "
         "evaluates at steps 0, 25 and 50 only, cuts examples to the model's 128-token context, "
-        "and runs two runs at once."
+        "and runs two runs at once. The scan covers the four matrices of block L4 only (not "
+        "all 32 block matrices), and the scan and freeze run 2 seeds of 20 steps each "
+        "(evaluated at steps 0, 10 and 20), so their intervals are wide and many of their "
+        "verdicts undetermined."
     ),
 )
 QUICK = Budget(
@@ -99,9 +127,12 @@ QUICK = Budget(
     batch_size=4,
     eval_every=2,
     max_length=64,
+    scan_sites="L1.attn.*",
+    scan_runs=14,
     cut=(
         "--quick: a smoke test, not a measurement: builtin:micro (2 blocks, 32 wide), its last "
-        "attention output projection, 2 seeds of 4 SFT steps."
+        "attention output projection, 2 seeds of 4 SFT steps; the scan covers the last block's "
+        "two attention matrices only."
     ),
 )
 
@@ -194,37 +225,93 @@ def _crystallize(ctx: Context) -> Done:
     return Done("ran" if ran else "reused", "crystallize", runs=len(ran))
 
 
-def _pending(name: str, module: str, function: str) -> Callable[[Context], Done]:
-    """A stage the demo cannot run yet: skipped, with the reason for the report."""
+def _counting(ctx: Context, expected: float) -> tuple[list[str], Callable[[dict], None]]:
+    """The keys of the runs trained now, and the ``on_record`` that records them and advances
+    the display by one per run, up to ``expected`` (the stage's units)."""
+    ran: list[str] = []
 
-    def skip(ctx: Context) -> Done:
-        ctx.advance(1.0)
-        try:
-            there = hasattr(importlib.import_module(module), function)
-        except ImportError:
-            there = False
-        if there:
-            return Done("skipped", note=f"the demo's {name} stage is not written yet")
-        return Done("skipped", note=f"this deadzone has no {module}.{function} yet")
+    def finished(record: dict) -> None:
+        ran.append(record["key"])
+        if len(ran) <= expected:
+            ctx.advance(1.0)
 
-    return skip
+    return ran, finished
 
 
-# The adaptive scan of the block matrices and the effective parameter count, jointly checked,
-# and progressive freezing with the best schedule against random and full at 25% and 50%:
-# each becomes a stage running its library function (one entry in stages()).
-SCAN = Stage(
-    "scan",
-    "Scan",
-    lambda b: "redundancy of every block matrix",
-    _pending("scan", "deadzone.experiments.scan", "scan"),
-)
-FREEZE = Stage(
-    "freeze",
-    "Freeze",
-    lambda b: "schedules at 25% and 50% frozen",
-    _pending("freeze", "deadzone.experiments.freeze", "freeze"),
-)
+def _scan(ctx: Context) -> Done:
+    from deadzone.experiments.scan import ScanConfig, scan
+
+    b = ctx.budget
+    config = ScanConfig(
+        model=b.model,
+        sites=b.scan_sites,
+        strategies=b.scan_strategies,
+        seeds=b.sweeps(),
+        data=b.data,
+        max_length=b.max_length,
+        sft=b.sweep_sft(),
+    )
+    ran, finished = _counting(ctx, b.scan_runs)
+    executor = ctx.executor or make_executor(workers=b.workers, show_progress=False)
+    scan(
+        config, ctx.out / "scan", executor=executor, show_progress=False, on_record=finished,
+        say=lambda text: None,
+    )  # fmt: skip
+    ctx.advance(max(0, b.scan_runs - len(ran)))
+    return Done("ran" if ran else "reused", "scan", runs=len(ran))
+
+
+def freeze_schedule(out: Path) -> str:
+    """The demo's best plan- or geometry-driven schedule: the scan's plan when it names sites
+    that need not train, else geometry:pr."""
+    from deadzone.plans import PLAN
+
+    path = out / "scan" / PLAN
+    if path.is_file() and fileio.read_json(path).get("sites"):
+        return f"plan:{path}"
+    return "geometry:pr"
+
+
+def freeze_directory(fraction: float) -> str:
+    return f"freeze-{round(100 * fraction)}"
+
+
+def _freeze_units(b: Budget) -> float:
+    return float(3 * b.sweeps())  # full, the schedule and random, per seed
+
+
+def _freezing(fraction: float) -> Callable[[Context], Done]:
+    """The stage running freeze at ``fraction`` into ``DIR/freeze-NN``."""
+
+    def run(ctx: Context) -> Done:
+        from deadzone.experiments.freeze import CONTROL, FreezeConfig, freeze
+
+        b = ctx.budget
+        schedule = freeze_schedule(ctx.out)
+        config = FreezeConfig(
+            model=b.model,
+            schedules=(schedule, CONTROL),
+            target_fraction=fraction,
+            seeds=b.sweeps(),
+            data=b.data,
+            max_length=b.max_length,
+            sft=b.sweep_sft(),
+        )
+        ran, finished = _counting(ctx, _freeze_units(b))
+        executor = ctx.executor or make_executor(workers=b.workers, show_progress=False)
+        name = freeze_directory(fraction)
+        freeze(
+            config, ctx.out / name, executor=executor, show_progress=False,
+            on_record=finished, tracking=ctx.tracking,
+        )  # fmt: skip
+        ctx.advance(max(0, _freeze_units(b) - len(ran)))
+        if schedule.startswith("plan:"):
+            note = "schedule: plan:scan/plan.json (the scan's jointly negligible frozen set)"
+        else:
+            note = "schedule: geometry:pr (the scan's plan names no site)"
+        return Done("ran" if ran else "reused", name, runs=len(ran), note=note)
+
+    return run
 
 
 def _crystallize_units(b: Budget) -> float:
@@ -243,8 +330,30 @@ def stages() -> list[Stage]:
             _crystallize,
             _crystallize_units,
         ),
-        SCAN,
-        FREEZE,
+        Stage(
+            "scan",
+            "Scan",
+            lambda b: (
+                f"{b.scan_sites or 'every block matrix'}: {', '.join(b.scan_strategies)}, "
+                f"adaptive, {b.sweeps()} seeds, {b.sweep_sft().steps} steps; the effective "
+                "parameter count, jointly checked"
+            ),
+            _scan,
+            lambda b: float(b.scan_runs),
+        ),
+        *(
+            Stage(
+                freeze_directory(f),
+                f"Freeze {100 * f:.0f}%",
+                lambda b, f=f: (
+                    f"the scan's plan (or geometry:pr) against random and full, {100 * f:.0f}% "
+                    f"frozen, {b.sweeps()} seeds, {b.sweep_sft().steps} steps"
+                ),
+                _freezing(f),
+                _freeze_units,
+            )
+            for f in FRACTIONS
+        ),
     ]
 
 

@@ -46,6 +46,7 @@ from deadzone.experiments.execute import (
 from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, provenance, run_one, writing
 from deadzone.schedules import SCHEDULES, UNITS, ScheduleSpec
 from deadzone.schema import SCHEMA_VERSION
+from deadzone.tracking import NO_TRACKING, Tracking
 from deadzone.train import SFTConfig
 
 EXPERIMENT = "freeze"
@@ -136,10 +137,12 @@ def freeze(
     save: str | Path | None = None,
     show_progress: bool = True,
     on_record: Callable[[dict], None] | None = None,
+    tracking: Tracking = NO_TRACKING,
 ) -> dict:
     """Run (or resume, or extend) the experiment into ``out``; return the ``results.json``
     document. ``save``: a directory to write seed 0 of the first schedule that is not ``full``
-    to, in Hugging Face format (trained here, in this process; again if already recorded)."""
+    to, in Hugging Face format (trained here, in this process; again if already recorded).
+    ``tracking`` is where each run reports its curves (``deadzone.tracking``; default none)."""
     executor = executor or InProcess(show_progress=show_progress)
     state = PartialState(cpu=config.sft.cpu)
     if state.num_processes > 1 and not isinstance(executor, InProcess):
@@ -149,7 +152,7 @@ def freeze(
             raise DeadzoneError("--save writes a frozen schedule's model: list one beside full")
         check_save_dir(save)
     with writing(out, state.is_main_process):
-        tasks, inputs, identity, tokenizer = _plan(config, executor.threads)
+        tasks, inputs, identity, tokenizer = _plan(config, executor.threads, tracking)
         prime(tasks[0], inputs)
         runset = {"schedules": list(config.schedules), "seeds": list(range(config.seeds))}
         summary = partial(summarize, margin=config.margin, margin_nats=config.margin_nats)
@@ -166,7 +169,9 @@ def freeze(
     return results.document()
 
 
-def _plan(config: FreezeConfig, threads: int) -> tuple[list[RunTask], RunInputs, dict, object]:
+def _plan(
+    config: FreezeConfig, threads: int, tracking: Tracking = NO_TRACKING
+) -> tuple[list[RunTask], RunInputs, dict, object]:
     """Load the model and data once; build every schedule on the pristine model (so that one
     that cannot run stops here); the tasks, their inputs, the identity and the tokenizer."""
     from deadzone import sites as sites_mod
@@ -199,7 +204,7 @@ def _plan(config: FreezeConfig, threads: int) -> tuple[list[RunTask], RunInputs,
         config.data, config.eval_data, config.eval_fraction, max_length, data.info["content_hash"]
     )
     tasks = [
-        RunTask(model_ref, data_ref, config.sft, spec, threads)
+        RunTask(model_ref, data_ref, config.sft, spec, threads, tracking)
         for spec in plan_runs(specs, config.seeds)
     ]
     return tasks, inputs, _identity(config, model, model_ref, data.info), tokenizer

@@ -42,8 +42,9 @@ def stage_table(results: dict) -> TableModel:
 def skipped_claims(results: dict) -> list[Claim]:
     claims = []
     for s in results["stages"]:
-        if s["status"] == "skipped" and s["name"] in STAGE_CLAIMS:
-            claim, study = STAGE_CLAIMS[s["name"]]
+        kind = s["name"].partition("-")[0]  # freeze-25, freeze-50: freeze
+        if s["status"] == "skipped" and kind in STAGE_CLAIMS:
+            claim, study = STAGE_CLAIMS[kind]
             claims.append(Claim(claim, study, "undetermined", f"Not run here: {s['note']}."))
     return claims
 
