@@ -24,16 +24,15 @@ from accelerate import PartialState
 
 from deadzone import __version__
 from deadzone import sites as sites_mod
-from deadzone.data.sft import load_sft_data, pad_id_for
 from deadzone.errors import DeadzoneError
 from deadzone.experiments import stats
 from deadzone.experiments.execute import (
-    DataRef,
     Executor,
     InProcess,
-    ModelRef,
     RunTask,
     execute,
+    load_inputs,
+    model_info,
     prime,
 )
 from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, provenance, writing
@@ -190,7 +189,7 @@ def _plan(
 ) -> tuple[list[RunTask], RunInputs, dict, dict]:
     """Load the model and data once here: the run tasks, their inputs, the identity, and the
     targets' shapes."""
-    from deadzone.checkpoints import context_length, load_model, model_fingerprint, resolve
+    from deadzone.checkpoints import load_model
 
     model, tokenizer = load_model(config.model)
     if tokenizer is None:
@@ -202,22 +201,8 @@ def _plan(
         for site in targets:
             for rank in config.ranks:
                 check_rank(site, rank)
-    max_length = min(config.max_length, context_length(model) or config.max_length)
-    data = load_sft_data(
-        config.data,
-        tokenizer,
-        max_length=max_length,
-        eval_spec=config.eval_data,
-        eval_fraction=config.eval_fraction,
-    )
-    inputs = RunInputs(
-        model, {s.name: s for s in all_sites}, data, pad_id_for(tokenizer), config.sft
-    )
-    path = resolve(config.model)
-    model_ref = ModelRef(config.model, model_fingerprint(path), str(path))
-    data_ref = DataRef(
-        config.data, config.eval_data, config.eval_fraction, max_length, data.info["content_hash"]
-    )
+    inputs, model_ref, data_ref = load_inputs(config, model, tokenizer, all_sites)
+    data = inputs.data
     specs = plan_runs(config.strategies, [s.name for s in targets], config.seeds, config.ranks)
     tasks = [RunTask(model_ref, data_ref, config.sft, spec, threads, tracking) for spec in specs]
     identity = _identity(config, model, model_ref, targets, data.info)
@@ -245,11 +230,7 @@ def _identity(config: CrystallizeConfig, model, model_ref, targets: list, data_i
         "experiment": EXPERIMENT,
         "deadzone_version": __version__,
         "model": config.model,
-        "model_info": {
-            "model_type": getattr(model.config, "model_type", None),
-            "params": sum(p.numel() for p in model.parameters()),
-            "fingerprint": model_ref.fingerprint,
-        },
+        "model_info": model_info(model, model_ref),
         "targets": [s.name for s in targets],
         "target_params": sum(s.params for s in targets),
         "steps": config.sft.steps,

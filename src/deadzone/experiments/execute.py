@@ -97,6 +97,41 @@ class RunTask:
 _loaded: dict[tuple, RunInputs] = {}  # this process's inputs, for the last model and data
 
 
+def load_inputs(config, model, tokenizer, all_sites) -> tuple[RunInputs, ModelRef, DataRef]:
+    """What every experiment driver loads once: the SFT data of ``config`` (a config with
+    ``model``, ``data``, ``eval_data``, ``eval_fraction``, ``max_length`` and ``sft``) for
+    ``model`` and ``tokenizer``, the runs' shared inputs, and the references a run task carries."""
+    from deadzone.checkpoints import context_length, model_fingerprint, resolve
+    from deadzone.data.sft import load_sft_data, pad_id_for
+
+    max_length = min(config.max_length, context_length(model) or config.max_length)
+    data = load_sft_data(
+        config.data,
+        tokenizer,
+        max_length=max_length,
+        eval_spec=config.eval_data,
+        eval_fraction=config.eval_fraction,
+    )
+    inputs = RunInputs(
+        model, {s.name: s for s in all_sites}, data, pad_id_for(tokenizer), config.sft
+    )
+    path = resolve(config.model)
+    model_ref = ModelRef(config.model, model_fingerprint(path), str(path))
+    data_ref = DataRef(
+        config.data, config.eval_data, config.eval_fraction, max_length, data.info["content_hash"]
+    )
+    return inputs, model_ref, data_ref
+
+
+def model_info(model, model_ref: ModelRef) -> dict:
+    """The model's part of a results identity: its type, parameter count and fingerprint."""
+    return {
+        "model_type": getattr(model.config, "model_type", None),
+        "params": sum(p.numel() for p in model.parameters()),
+        "fingerprint": model_ref.fingerprint,
+    }
+
+
 def prime(task: RunTask, inputs: RunInputs) -> None:
     """Let tasks like ``task`` reuse ``inputs`` already built in this process (the driver's)."""
     _loaded.clear()

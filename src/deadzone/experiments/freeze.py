@@ -30,17 +30,17 @@ import torch
 from accelerate import PartialState
 
 from deadzone import __version__, fileio, plans
-from deadzone.data.sft import load_sft_data, pad_id_for
 from deadzone.errors import DeadzoneError
 from deadzone.experiments import crystallize as crystal
 from deadzone.experiments import stats
 from deadzone.experiments.execute import (
-    DataRef,
     Executor,
     InProcess,
     ModelRef,
     RunTask,
     execute,
+    load_inputs,
+    model_info,
     prime,
 )
 from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, provenance, run_one, writing
@@ -175,7 +175,7 @@ def _plan(
     """Load the model and data once; build every schedule on the pristine model (so that one
     that cannot run stops here); the tasks, their inputs, the identity and the tokenizer."""
     from deadzone import sites as sites_mod
-    from deadzone.checkpoints import context_length, load_model, model_fingerprint, resolve
+    from deadzone.checkpoints import load_model
 
     model, tokenizer = load_model(config.model)
     if tokenizer is None:
@@ -188,21 +188,9 @@ def _plan(
         spec = ScheduleSpec(name, config.unit, config.target_fraction, config.freeze_by, plan=plan)
         spec.build(model, config.sft.steps)  # refuses what cannot run, before any run
         specs[name] = spec
-    max_length = min(config.max_length, context_length(model) or config.max_length)
-    data = load_sft_data(
-        config.data,
-        tokenizer,
-        max_length=max_length,
-        eval_spec=config.eval_data,
-        eval_fraction=config.eval_fraction,
-    )
-    all_sites = {s.name: s for s in sites_mod.find_sites(model)}
-    inputs = RunInputs(model, all_sites, data, pad_id_for(tokenizer), config.sft)
-    path = resolve(config.model)
-    model_ref = ModelRef(config.model, model_fingerprint(path), str(path))
-    data_ref = DataRef(
-        config.data, config.eval_data, config.eval_fraction, max_length, data.info["content_hash"]
-    )
+    all_sites = sites_mod.find_sites(model)
+    inputs, model_ref, data_ref = load_inputs(config, model, tokenizer, all_sites)
+    data = inputs.data
     tasks = [
         RunTask(model_ref, data_ref, config.sft, spec, threads, tracking)
         for spec in plan_runs(specs, config.seeds)
@@ -218,11 +206,7 @@ def _identity(config: FreezeConfig, model, model_ref: ModelRef, data_info: dict)
         "experiment": EXPERIMENT,
         "deadzone_version": __version__,
         "model": config.model,
-        "model_info": {
-            "model_type": getattr(model.config, "model_type", None),
-            "params": sum(p.numel() for p in model.parameters()),
-            "fingerprint": model_ref.fingerprint,
-        },
+        "model_info": model_info(model, model_ref),
         "unit": config.unit,
         "target_fraction": config.target_fraction,
         "freeze_by": config.freeze_by,

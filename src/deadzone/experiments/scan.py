@@ -56,7 +56,6 @@ from pathlib import Path
 
 from deadzone import __version__
 from deadzone import sites as sites_mod
-from deadzone.data.sft import load_sft_data, pad_id_for
 from deadzone.errors import DeadzoneError
 from deadzone.experiments import search as search_mod
 from deadzone.experiments import stats
@@ -67,12 +66,12 @@ from deadzone.experiments.crystallize import (
     check_vocabulary,
 )
 from deadzone.experiments.execute import (
-    DataRef,
     Executor,
     InProcess,
-    ModelRef,
     RunTask,
     execute,
+    load_inputs,
+    model_info,
     prime,
 )
 from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, provenance, writing
@@ -526,7 +525,7 @@ def _at_most(config: ScanConfig, sites: list[Site]) -> int:
 
 def _load(config: ScanConfig, threads: int) -> dict:
     """Load the model and data once here: sites, the task maker, identity, scores, priority."""
-    from deadzone.checkpoints import context_length, load_model, model_fingerprint, resolve
+    from deadzone.checkpoints import load_model
 
     model, tokenizer = load_model(config.model)
     if tokenizer is None:
@@ -539,22 +538,8 @@ def _load(config: ScanConfig, threads: int) -> dict:
         chosen = sites_mod.select(all_sites, config.sites)
     if not chosen:
         raise DeadzoneError(f"{config.model} has no site to scan ({config.sites or 'blocks'})")
-    max_length = min(config.max_length, context_length(model) or config.max_length)
-    data = load_sft_data(
-        config.data,
-        tokenizer,
-        max_length=max_length,
-        eval_spec=config.eval_data,
-        eval_fraction=config.eval_fraction,
-    )
-    inputs = RunInputs(
-        model, {s.name: s for s in all_sites}, data, pad_id_for(tokenizer), config.sft
-    )
-    path = resolve(config.model)
-    model_ref = ModelRef(config.model, model_fingerprint(path), str(path))
-    data_ref = DataRef(
-        config.data, config.eval_data, config.eval_fraction, max_length, data.info["content_hash"]
-    )
+    inputs, model_ref, data_ref = load_inputs(config, model, tokenizer, all_sites)
+    data = inputs.data
 
     def task(spec: RunSpec) -> RunTask:
         return RunTask(model_ref, data_ref, config.sft, spec, threads)
@@ -571,11 +556,9 @@ def _load(config: ScanConfig, threads: int) -> dict:
         "deadzone_version": __version__,
         "model": config.model,
         "model_info": {
-            "model_type": getattr(model.config, "model_type", None),
-            "params": sum(p.numel() for p in model.parameters()),
+            **model_info(model, model_ref),
             "trainable_params": trainable,
             "block_params": in_blocks,
-            "fingerprint": model_ref.fingerprint,
         },
         "sites": [s.name for s in chosen],
         "steps": config.sft.steps,
