@@ -87,7 +87,6 @@ def test_tracking_changes_no_result_and_is_no_part_of_the_identity(setup, tmp_pa
     assert [r["seconds"] for r in again["runs"]] == [r["seconds"] for r in tracked["runs"]]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow not installed")
 def test_mlflow_metrics_and_params_match_each_runs_curve(setup, tmp_path):
     from mlflow.tracking import MlflowClient
 
