@@ -64,6 +64,11 @@ def records(doc: dict) -> dict:
     return {r["key"]: computed(r) for r in doc["runs"]}
 
 
+def mean_run_seconds(doc: dict) -> float:
+    """Mean wall seconds of a run, as its process measured it (training and evaluation)."""
+    return sum(r["seconds"] for r in doc["runs"]) / len(doc["runs"])
+
+
 def timed(fn) -> tuple[float, object]:
     start = time.perf_counter()
     value = fn()
@@ -111,6 +116,10 @@ def main() -> None:
         finally:
             ray.shutdown()
     same = records(doc_in) == records(doc_pool) == records(doc_ray)
+    run_s = {
+        name: mean_run_seconds(doc)
+        for name, doc in (("inprocess", doc_in), ("pool2", doc_pool), ("ray2", doc_ray))
+    }
     figures = {
         "model": model,
         "runs": runs,
@@ -124,6 +133,12 @@ def main() -> None:
         "ray_efficiency": round(t_in / (2 * t_ray), 3),
         "ray_efficiency_with_startup": round(t_in / (2 * (t_ray + t_start)), 3),
         "identical_records": same,
+        # what a run took inside its process: two at once on two cores, each is slower
+        "mean_run_s": {k: round(v, 2) for k, v in run_s.items()},
+        # the parallel time that is not the runs themselves, shared out over 2 workers
+        "pool2_rest_s": round(t_pool - runs * run_s["pool2"] / 2, 2),
+        "ray2_rest_s": round(t_ray - runs * run_s["ray2"] / 2, 2),
+        "inprocess_rest_s": round(t_in - runs * run_s["inprocess"], 2),
     }
     print(f"{runs} runs of {args.steps} steps on {model}, one torch thread per run")
     print(f"  in-process        {t_in:8.2f} s")
@@ -133,6 +148,14 @@ def main() -> None:
         f"(start-up {t_start:.2f} s apart; {figures['ray_efficiency_with_startup']:.3f} with it)"
     )
     print(f"  identical records across the three: {same}")
+    print(
+        "  mean seconds per run inside its process: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in run_s.items())
+    )
+    print(
+        f"  time besides the runs: in-process {figures['inprocess_rest_s']:.2f} s, "
+        f"pool {figures['pool2_rest_s']:.2f} s, ray {figures['ray2_rest_s']:.2f} s"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     if not same:

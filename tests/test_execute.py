@@ -94,6 +94,55 @@ def test_a_killed_worker_is_retried_then_its_run_fails_and_the_others_go_on(
     assert by_key(again) == reference
 
 
+def test_a_pool_entered_once_serves_every_experiment_inside_it_with_the_drivers_data(
+    setup,  # noqa: F811
+    reference,
+    tmp_path,
+    monkeypatch,
+):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    handed: list[int] = []
+    pool = Pool(2, on_start=lambda task, pid: handed.append(pid))
+    cfg = config(setup, strategies=("full", "frozen"), seeds=1)
+    with pool:
+        started = {w.process.pid for w in pool._pool}  # they start here, before any plan
+        assert len(started) == 2
+        first = crystallize(cfg, tmp_path / "a", executor=pool)
+        second = crystallize(cfg, tmp_path / "b", executor=pool)
+        assert set(handed) <= started and len(handed) == 4  # no worker started again
+        # each worker was sent the driver's tokenized data instead of rebuilding it
+        assert {w.data for w in pool._pool if w.data} == {tasks_data(setup, cfg)}
+    assert pool._pool == []  # stopped on leaving
+    assert by_key(first) == by_key(second) == {k: reference[k] for k in by_key(first)}
+
+
+def tasks_data(setup, cfg):  # noqa: F811
+    """The DataRef of ``cfg``'s runs, as the driver plans them."""
+    from deadzone.experiments.crystallize import _plan
+
+    tasks, *_ = _plan(cfg, 1)
+    return tasks[0].data
+
+
+def test_a_worker_builds_its_inputs_from_the_data_the_driver_sent(setup):  # noqa: F811
+    from dataclasses import replace
+
+    from deadzone.experiments import execute
+    from deadzone.experiments.crystallize import _plan
+
+    tasks, inputs, *_ = _plan(config(setup, strategies=("full",), seeds=1), 1)
+    execute._loaded.clear()
+    execute.receive(tasks[0].data, inputs.data)
+    assert execute.inputs_for(tasks[0]).data is inputs.data
+    # data whose content is not the planned data is refused, as rebuilt data would be
+    execute._loaded.clear()
+    other = replace(inputs.data, info={**inputs.data.info, "content_hash": "0" * 64})
+    execute.receive(tasks[0].data, other)
+    with pytest.raises(DeadzoneError, match="not the data the experiment was planned on"):
+        execute.inputs_for(tasks[0])
+    execute._loaded.clear()
+
+
 KILLED_DRIVER = """
 import sys, time
 from test_crystallize import config

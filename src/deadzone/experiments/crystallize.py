@@ -162,7 +162,7 @@ def crystallize(
     state = PartialState(cpu=config.sft.cpu)  # the processes of this launch, if several
     if state.num_processes > 1 and not isinstance(executor, InProcess):
         raise DeadzoneError("under accelerate launch, runs execute in process (no --workers)")
-    with writing(out, state.is_main_process):
+    with writing(out, state.is_main_process), executor:  # workers start as this loads
         tasks, inputs, identity, shapes = _plan(config, executor.threads, tracking)
         prime(tasks[0], inputs)  # runs in this process use the model and data loaded here
         runset = {

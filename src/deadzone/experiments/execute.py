@@ -7,7 +7,10 @@ the SFT config, the run's plan, seed and rank, and the number of torch threads i
 data once per process and reuses them for every task of the same model and data.
 
 Executors are siblings with one method, ``run(tasks, on_record)``, that calls ``on_record``
-with each record as it arrives (in the driver's process, in completion order):
+with each record as it arrives (in the driver's process, in completion order). Each is also a
+context manager: an experiment enters it before it loads its model and data, so that workers
+start (spawn, import torch and transformers) while the driver loads, and stay up for every
+``run`` inside it (a scan's rounds reuse them); ``run`` outside one starts and stops them:
 
 - :class:`InProcess` runs the tasks one after another here (under ``accelerate launch``, every
   process runs every task on its shard of the batches);
@@ -95,6 +98,7 @@ class RunTask:
 # --- the worker side --------------------------------------------------------------------------
 
 _loaded: dict[tuple, RunInputs] = {}  # this process's inputs, for the last model and data
+_shipped: dict[DataRef, object] = {}  # SFT data the driver sent, not yet loaded into inputs
 
 
 def load_inputs(config, model, tokenizer, all_sites) -> tuple[RunInputs, ModelRef, DataRef]:
@@ -138,6 +142,19 @@ def prime(task: RunTask, inputs: RunInputs) -> None:
     _loaded[_inputs_key(task)] = inputs
 
 
+def driver_data(task: RunTask):
+    """The SFT data this process loaded for ``task`` (the driver's, after :func:`prime`), or
+    None: a worker sent it builds its inputs without rebuilding and tokenizing the data."""
+    inputs = _loaded.get(_inputs_key(task))
+    return inputs.data if inputs is not None else None
+
+
+def receive(ref: DataRef, data) -> None:
+    """Keep ``data``, the driver's SFT data of ``ref``, for the next task that needs it here."""
+    _shipped.clear()
+    _shipped[ref] = data
+
+
 def _inputs_key(task: RunTask) -> tuple:
     sft = task.sft.to_dict()
     sft.pop("seed")
@@ -169,7 +186,7 @@ def _load(task: RunTask) -> RunInputs:
     model, tokenizer = load_model(str(path))
     if tokenizer is None:
         raise DeadzoneError(f"{spec} has no tokenizer; SFT needs one")
-    data = load_sft_data(
+    data = _shipped.pop(d, None) or load_sft_data(
         d.spec,
         tokenizer,
         max_length=d.max_length,
@@ -265,6 +282,12 @@ class InProcess:
     def __init__(self, *, show_progress: bool = True) -> None:
         self.show_progress = show_progress
 
+    def __enter__(self) -> InProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
     @property
     def threads(self) -> int:
         return torch.get_num_threads()
@@ -284,6 +307,16 @@ class _Worker:
     process: multiprocessing.process.BaseProcess
     conn: object
     task: RunTask | None = None
+    data: DataRef | None = None  # the data sent to it
+
+
+def warm() -> None:
+    """Import what a run needs, so that a worker started early does it while the driver loads."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401 (lazy modules)
+
+    import deadzone.checkpoints
+    import deadzone.data.sft
+    import deadzone.sites  # noqa: F401
 
 
 def _worker_main(conn, threads: int) -> None:
@@ -291,14 +324,27 @@ def _worker_main(conn, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what Ctrl-C ends
     _no_process_locks()
     torch.set_num_threads(threads)
-    while (task := conn.recv()) is not None:
-        conn.send(work(task))
+    warm()
+    while (message := conn.recv()) is not None:
+        if isinstance(message, _Data):
+            receive(message.ref, message.data)
+        else:
+            conn.send(work(message))
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The driver's SFT data, sent to a worker once before its first task on that data."""
+
+    ref: DataRef
+    data: object
 
 
 class Pool:
     """``workers`` spawned processes, each running one task at a time on ``threads`` threads.
 
-    ``on_start(task, pid)`` (if given) is called as each task is handed to a worker.
+    Inside ``with pool:`` the workers start at once and serve every ``run``; a worker that
+    died is replaced. ``on_start(task, pid)`` (if given) is called as each task is handed out.
     """
 
     name = "pool"
@@ -308,8 +354,24 @@ class Pool:
         self.retries = retries
         self.on_start = on_start
         self.threads = threads_per_run(workers)
+        self._pool: list[_Worker] = []
+        self._depth = 0
 
-    def _spawn(self, ctx) -> _Worker:
+    def __enter__(self) -> Pool:
+        if self._depth == 0:
+            self._pool = [self._spawn() for _ in range(self.workers)]
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            for w in self._pool:
+                _stop(w)
+            self._pool = []
+
+    def _spawn(self) -> _Worker:
+        ctx = multiprocessing.get_context("spawn")
         here, there = ctx.Pipe()
         process = ctx.Process(target=_worker_main, args=(there, self.threads), daemon=True)
         process.start()
@@ -317,37 +379,40 @@ class Pool:
         return _Worker(process, here)
 
     def run(self, tasks: list[RunTask], on_record: OnRecord) -> None:
-        ctx = multiprocessing.get_context("spawn")
         queue, attempts = deque(tasks), dict.fromkeys((t.key for t in tasks), 0)
-        pool: list[_Worker] = []
-        try:
-            while queue or any(w.task for w in pool):
-                for w in pool:  # hand out work
-                    if w.task is None and queue:
-                        self._assign(w, queue.popleft(), attempts)
-                while queue and len(pool) < self.workers:
-                    pool.append(w := self._spawn(ctx))
-                    self._assign(w, queue.popleft(), attempts)
-                busy = [w for w in pool if w.task]
-                wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
-                for w in busy:
-                    pool = self._collect(w, pool, queue, attempts, on_record)
-        finally:
-            for w in pool:
-                _stop(w)
+        with self:
+            try:
+                while queue or any(w.task for w in self._pool):
+                    while queue and len(self._pool) < self.workers:  # replace the dead
+                        self._pool.append(self._spawn())
+                    for w in self._pool:  # hand out work
+                        if w.task is None and queue:
+                            self._assign(w, queue.popleft(), attempts)
+                    busy = [w for w in self._pool if w.task]
+                    wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+                    for w in busy:
+                        self._collect(w, queue, attempts, on_record)
+            except BaseException:  # Ctrl-C, an error: the runs in flight are abandoned
+                for w in [w for w in self._pool if w.task]:
+                    _stop(w)
+                    self._pool.remove(w)
+                raise
 
     def _assign(self, w: _Worker, task: RunTask, attempts: dict) -> None:
         w.task = task
         attempts[task.key] += 1
         try:
+            if w.data != task.data and (data := driver_data(task)) is not None:
+                w.conn.send(_Data(task.data, data))
+                w.data = task.data
             w.conn.send(task)
         except OSError:  # it died between two tasks: _collect sees it and retries the task
             return
         if self.on_start is not None:
             self.on_start(task, w.process.pid)
 
-    def _collect(self, w, pool, queue, attempts, on_record) -> list[_Worker]:
-        """Take ``w``'s answer if it has one; replace ``w`` if it died. Returns the pool."""
+    def _collect(self, w, queue, attempts, on_record) -> None:
+        """Take ``w``'s answer if it has one; drop ``w`` if it died, its task retried."""
         task = w.task
         try:
             answer = w.conn.recv() if w.conn.poll() else None
@@ -359,11 +424,11 @@ class Pool:
             if status == "error":
                 raise DeadzoneError(payload)
             on_record(payload)
-            return pool
+            return
         if w.process.is_alive():
-            return pool  # still working
+            return  # still working
         _stop(w)
-        pool = [x for x in pool if x is not w]
+        self._pool.remove(w)
         how = _death(w.process.exitcode)
         if attempts[task.key] <= self.retries:
             log.warning("%s: the worker process %s; running it again", task.key, how)
@@ -371,7 +436,6 @@ class Pool:
         else:
             reason = f"the worker process {how}, on {attempts[task.key]} attempts"
             on_record(failed_record(task.run, reason, threads=task.threads, crashed=True))
-        return pool
 
 
 def _death(exitcode: int | None) -> str:
@@ -425,8 +489,25 @@ class Ray:
         self.workers = None if workers is None else check_workers(workers)
         self.retries = retries
         self.threads = threads_per_run(self.workers or _cores())
+        self._depth, self._started = 0, False
         if address:
             _probe(address)
+
+    def __enter__(self) -> Ray:
+        """Connect (or start a local cluster) and warm one worker per run slot."""
+        if self._depth == 0:
+            self._started = self._connect()
+            cpus = int(self.ray.cluster_resources().get("CPU", 1))
+            slots = self.workers or max(1, cpus // self.threads)
+            warming = self.ray.remote(warm).options(num_cpus=self.threads)
+            self._warming = [warming.remote() for _ in range(slots)]  # not waited for
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._started:
+            self.ray.shutdown()
 
     def _connect(self) -> bool:
         """Connect (or start a local cluster); True when this executor started it."""
@@ -445,24 +526,23 @@ class Ray:
         if not tasks:
             return
         ray = self.ray
-        started = self._connect()
-        remote = ray.remote(work)
-        refs = {}
-        try:
-            for task in tasks:
-                ref = remote.options(num_cpus=task.threads, max_retries=self.retries).remote(task)
-                refs[ref] = task
-            pending = list(refs)
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                self._collect(done[0], refs[done[0]], on_record)
-        except BaseException:
-            for ref in refs:
-                ray.cancel(ref, force=True)
-            raise
-        finally:
-            if started:
-                ray.shutdown()
+        with self:
+            remote = ray.remote(_ray_work)
+            data = driver_data(tasks[0])
+            box = [(tasks[0].data, ray.put(data))] if data is not None else []
+            refs = {}
+            try:
+                for task in tasks:
+                    options = dict(num_cpus=task.threads, max_retries=self.retries)
+                    refs[remote.options(**options).remote(task, box)] = task
+                pending = list(refs)
+                while pending:
+                    done, pending = ray.wait(pending, num_returns=1)
+                    self._collect(done[0], refs[done[0]], on_record)
+            except BaseException:
+                for ref in refs:
+                    ray.cancel(ref, force=True)
+                raise
 
     def _collect(self, ref, task: RunTask, on_record: OnRecord) -> None:
         ray = self.ray
@@ -475,6 +555,16 @@ class Ray:
         if status == "error":
             raise DeadzoneError(payload)
         on_record(payload)
+
+
+def _ray_work(task: RunTask, box: list) -> tuple[str, object]:
+    """``work`` on a Ray worker; ``box`` holds the driver's SFT data as ``(DataRef, object
+    reference)``, fetched only by a worker that has not loaded the task's inputs yet."""
+    if box and box[0][0] == task.data and _inputs_key(task) not in _loaded:
+        import ray
+
+        receive(task.data, ray.get(box[0][1]))
+    return work(task)
 
 
 def import_ray():

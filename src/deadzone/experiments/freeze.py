@@ -151,7 +151,7 @@ def freeze(
         if config.first_frozen() is None:
             raise DeadzoneError("--save writes a frozen schedule's model: list one beside full")
         check_save_dir(save)
-    with writing(out, state.is_main_process):
+    with writing(out, state.is_main_process), executor:  # workers start as this loads
         tasks, inputs, identity, tokenizer = _plan(config, executor.threads, tracking)
         prime(tasks[0], inputs)
         runset = {"schedules": list(config.schedules), "seeds": list(range(config.seeds))}

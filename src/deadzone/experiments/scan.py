@@ -432,7 +432,7 @@ def scan(
     ``frozen_parameters.txt`` of the ``frozen`` joint set when ``frozen`` was scanned.
     """
     executor = executor or InProcess(show_progress=show_progress)
-    with writing(out):
+    with writing(out), executor:  # workers start as this loads, and serve every round
         ctx = _load(config, executor.threads)
         sites, names = ctx["sites"], [s.name for s in ctx["sites"]]
         state: dict = {"scale": None, "records": {}, "pending": True, "answered": {}}
