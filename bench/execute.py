@@ -16,6 +16,7 @@ three give the same records (less their timings), which the script checks.
     python bench/execute.py               # 8 runs of 50 steps
     python bench/execute.py --quick       # 4 runs of 3 steps: does it work
     python bench/execute.py --json out.json
+    python bench/execute.py --repeat 3    # three rounds, and the median efficiencies
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -75,10 +77,70 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, value
 
 
+def measure(config: CrystallizeConfig, root: Path, ray) -> dict:
+    """One round: the experiment in-process, on the pool, on Ray; its figures."""
+    runs = 4 * config.seeds
+
+    def experiment(name, executor=None):
+        return lambda: crystallize(config, root / name, executor=executor, show_progress=False)
+
+    t_in, doc_in = timed(experiment("inprocess"))
+    t_pool, doc_pool = timed(experiment("pool", Pool(2)))
+    t_start, _ = timed(
+        lambda: ray.init(
+            num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False
+        )
+    )
+    try:
+        t_ray, doc_ray = timed(experiment("ray", Ray(workers=2)))
+    finally:
+        ray.shutdown()
+    run_s = {
+        name: mean_run_seconds(doc)
+        for name, doc in (("inprocess", doc_in), ("pool2", doc_pool), ("ray2", doc_ray))
+    }
+    return {
+        "inprocess_s": round(t_in, 2),
+        "pool2_s": round(t_pool, 2),
+        "ray2_s": round(t_ray, 2),
+        "ray_startup_s": round(t_start, 2),
+        "pool_efficiency": round(t_in / (2 * t_pool), 3),
+        "ray_efficiency": round(t_in / (2 * t_ray), 3),
+        "ray_efficiency_with_startup": round(t_in / (2 * (t_ray + t_start)), 3),
+        "identical_records": records(doc_in) == records(doc_pool) == records(doc_ray),
+        # what a run took inside its process: two at once on two cores, each may be slower
+        "mean_run_s": {k: round(v, 2) for k, v in run_s.items()},
+        # the time that is not the runs themselves (for the parallel ones, shared over 2)
+        "inprocess_rest_s": round(t_in - runs * run_s["inprocess"], 2),
+        "pool2_rest_s": round(t_pool - runs * run_s["pool2"] / 2, 2),
+        "ray2_rest_s": round(t_ray - runs * run_s["ray2"] / 2, 2),
+    }
+
+
+def show(f: dict) -> None:
+    print(f"  in-process        {f['inprocess_s']:8.2f} s")
+    print(f"  --workers 2       {f['pool2_s']:8.2f} s   efficiency {f['pool_efficiency']:.3f}")
+    print(
+        f"  ray, 2 workers    {f['ray2_s']:8.2f} s   efficiency {f['ray_efficiency']:.3f} "
+        f"(start-up {f['ray_startup_s']:.2f} s apart; "
+        f"{f['ray_efficiency_with_startup']:.3f} with it)"
+    )
+    print(f"  identical records across the three: {f['identical_records']}")
+    print(
+        "  mean seconds per run inside its process: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in f["mean_run_s"].items())
+    )
+    print(
+        f"  time besides the runs: in-process {f['inprocess_rest_s']:.2f} s, "
+        f"pool {f['pool2_rest_s']:.2f} s, ray {f['ray2_rest_s']:.2f} s"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--steps", type=int, default=50, help="SFT steps per run (default: 50)")
     p.add_argument("--seeds", type=int, default=2, help="seeds; 4 runs each (default: 2)")
+    p.add_argument("--repeat", type=int, default=1, help="rounds of the three (default: 1)")
     p.add_argument("--quick", action="store_true", help="3 steps, 1 seed: a smoke test")
     p.add_argument("--model", help="model spec (default: builtin:tiny or a model of its shape)")
     p.add_argument("--json", help="also write the figures to this file")
@@ -89,6 +151,7 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     ray = import_ray()
+    rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = args.model or tiny_shaped_model(root)
@@ -99,66 +162,28 @@ def main() -> None:
             max_length=128,
             sft=SFTConfig(steps=args.steps, eval_every=args.steps),
         )
-        runs = 4 * args.seeds
-
-        def experiment(name, executor=None):
-            return lambda: crystallize(config, root / name, executor=executor, show_progress=False)
-
-        t_in, doc_in = timed(experiment("inprocess"))
-        t_pool, doc_pool = timed(experiment("pool", Pool(2)))
-        t_start, _ = timed(
-            lambda: ray.init(
-                num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False
-            )
-        )
-        try:
-            t_ray, doc_ray = timed(experiment("ray", Ray(workers=2)))
-        finally:
-            ray.shutdown()
-    same = records(doc_in) == records(doc_pool) == records(doc_ray)
-    run_s = {
-        name: mean_run_seconds(doc)
-        for name, doc in (("inprocess", doc_in), ("pool2", doc_pool), ("ray2", doc_ray))
-    }
+        print(f"{4 * args.seeds} runs of {args.steps} steps on {model}, one torch thread per run")
+        for i in range(args.repeat):
+            rounds.append(measure(config, root / f"round{i}", ray))
+            print(f"round {i + 1} of {args.repeat}")
+            show(rounds[-1])
     figures = {
         "model": model,
-        "runs": runs,
+        "runs": 4 * args.seeds,
         "steps": args.steps,
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "inprocess_s": round(t_in, 2),
-        "pool2_s": round(t_pool, 2),
-        "ray2_s": round(t_ray, 2),
-        "ray_startup_s": round(t_start, 2),
-        "pool_efficiency": round(t_in / (2 * t_pool), 3),
-        "ray_efficiency": round(t_in / (2 * t_ray), 3),
-        "ray_efficiency_with_startup": round(t_in / (2 * (t_ray + t_start)), 3),
-        "identical_records": same,
-        # what a run took inside its process: two at once on two cores, each is slower
-        "mean_run_s": {k: round(v, 2) for k, v in run_s.items()},
-        # the parallel time that is not the runs themselves, shared out over 2 workers
-        "pool2_rest_s": round(t_pool - runs * run_s["pool2"] / 2, 2),
-        "ray2_rest_s": round(t_ray - runs * run_s["ray2"] / 2, 2),
-        "inprocess_rest_s": round(t_in - runs * run_s["inprocess"], 2),
+        "rounds": rounds,
+        "median_pool_efficiency": statistics.median(r["pool_efficiency"] for r in rounds),
+        "median_ray_efficiency": statistics.median(r["ray_efficiency"] for r in rounds),
     }
-    print(f"{runs} runs of {args.steps} steps on {model}, one torch thread per run")
-    print(f"  in-process        {t_in:8.2f} s")
-    print(f"  --workers 2       {t_pool:8.2f} s   efficiency {figures['pool_efficiency']:.3f}")
-    print(
-        f"  ray, 2 workers    {t_ray:8.2f} s   efficiency {figures['ray_efficiency']:.3f} "
-        f"(start-up {t_start:.2f} s apart; {figures['ray_efficiency_with_startup']:.3f} with it)"
-    )
-    print(f"  identical records across the three: {same}")
-    print(
-        "  mean seconds per run inside its process: "
-        + ", ".join(f"{k} {v:.2f}" for k, v in run_s.items())
-    )
-    print(
-        f"  time besides the runs: in-process {figures['inprocess_rest_s']:.2f} s, "
-        f"pool {figures['pool2_rest_s']:.2f} s, ray {figures['ray2_rest_s']:.2f} s"
-    )
+    if args.repeat > 1:
+        print(
+            f"median over {args.repeat} rounds: pool efficiency "
+            f"{figures['median_pool_efficiency']:.3f}, Ray {figures['median_ray_efficiency']:.3f}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-    if not same:
+    if not all(r["identical_records"] for r in rounds):
         raise SystemExit("the executors gave different records")
 
 
