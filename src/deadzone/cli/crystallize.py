@@ -31,11 +31,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="rank(s) k of the crystal approximation, comma-separated for a sweep (1,2,4,8): "
         "crystal runs once per rank",
     )
-    opt.add_verdict_options(p)
-    opt.add_run_options(p)
-    opt.add_execution_options(p)
-    opt.add_tracking_options(p)
-    opt.add_out(p, "strategies")
+    opt.add_experiment_options(p, "strategies")
     p.set_defaults(handler=run)
 
 
@@ -51,8 +47,7 @@ def run(args: argparse.Namespace) -> int | None:
         targets=args.target,
         strategies=opt.comma_list(args.strategies),
         ranks=ranks(args.rank),
-        **opt.verdict_options(args),
-        **opt.run_options(args),
+        **opt.experiment_options(args),
     )
     executor = opt.make_executor(args)
     tracked = opt.tracking(args, args.out)

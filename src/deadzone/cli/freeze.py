@@ -44,17 +44,13 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="what freezes at once: one block weight matrix, or a whole block (its biases and "
         "norms too)",
     )
-    opt.add_verdict_options(p)
     p.add_argument(
         "--save",
         metavar="DIR",
         help="write the fine-tuned model of seed 0 of the first schedule that is not full, in "
         "Hugging Face format (default: not written)",
     )
-    opt.add_run_options(p)
-    opt.add_execution_options(p)
-    opt.add_out(p, "schedules")
-    opt.add_tracking_options(p)
+    opt.add_experiment_options(p, "schedules")
     p.set_defaults(handler=run)
 
 
@@ -83,8 +79,7 @@ def run(args: argparse.Namespace) -> int | None:
         target_fraction=args.target_fraction,
         freeze_by=freeze_by(args.freeze_by),
         unit=args.unit,
-        **opt.verdict_options(args),
-        **opt.run_options(args),
+        **opt.experiment_options(args),
     )
     executor = opt.make_executor(args)
     main_process = PartialState().is_main_process

@@ -1,8 +1,9 @@
 """The parser classes and every option more than one command takes, each declared once.
 
 A command module calls the ``add_*`` functions here to declare its options and the matching
-readers (:func:`run_options`, :func:`verdict_options`, :func:`make_executor`,
-:func:`tracking`) to turn the parsed arguments into library objects. Nothing here imports
+readers (:func:`experiment_options`, :func:`make_executor`, :func:`tracking`) to turn the
+parsed arguments into library objects; :func:`add_experiment_options` declares at once all that
+crystallize, scan and freeze share. Nothing here imports
 torch or transformers at import time: building the parser must stay fast.
 """
 
@@ -100,6 +101,24 @@ def add_out(p: argparse.ArgumentParser, grows: str, what: str = "experiment") ->
         help=f"output directory, resumed (or extended with more seeds or {grows}) if it holds "
         f"this {what}",
     )
+
+
+def add_experiment_options(
+    p: argparse.ArgumentParser, grows: str, what: str = "experiment"
+) -> None:
+    """Everything an experiment of SFT runs judged against ``full`` takes: the margin, the
+    runs, where they execute, tracking and ``--out`` (see :func:`add_out`); read by
+    :func:`experiment_options`, :func:`make_executor` and :func:`tracking`."""
+    add_verdict_options(p)
+    add_run_options(p)
+    add_execution_options(p)
+    add_tracking_options(p)
+    add_out(p, grows, what)
+
+
+def experiment_options(args: argparse.Namespace) -> dict:
+    """The fields of an experiment config that :func:`add_experiment_options` declared."""
+    return verdict_options(args) | run_options(args)
 
 
 # --- the SFT runs: steps, seeds, data, optimiser ----------------------------------------------

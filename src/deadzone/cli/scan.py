@@ -36,11 +36,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="how the adaptive search groups sites first: layer (all matrices of a block) or "
         "role (one role across blocks)",
     )
-    opt.add_verdict_options(p)
-    opt.add_run_options(p)
-    opt.add_execution_options(p)
-    opt.add_out(p, "strategies", "scan")
-    opt.add_tracking_options(p)
+    opt.add_experiment_options(p, "strategies", "scan")
     p.set_defaults(handler=run)
 
 
@@ -57,8 +53,7 @@ def run(args: argparse.Namespace) -> None:
         strategies=opt.comma_list(args.strategies),
         mode=args.mode,
         groups=args.groups,
-        **opt.verdict_options(args),
-        **opt.run_options(args),
+        **opt.experiment_options(args),
     )
     ran: list[dict] = []
     results = scan(
