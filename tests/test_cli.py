@@ -1,4 +1,6 @@
 import argparse
+import subprocess
+import sys
 
 import pytest
 
@@ -57,3 +59,49 @@ def test_no_command_lists_the_commands(capsys):
         f"deadzone: error: no command given; choose one of {', '.join(COMMAND_NAMES)} "
         "(see --help)\n"
     )
+
+
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in COMMAND_NAMES)
+    assert "freeze at 25% and 50%" in " ".join(
+        printed.split()
+    )  # a '%' in a command's help is no format error
+
+
+def test_help_imports_neither_torch_nor_transformers():
+    """Building the parser and every --help stays light: the handlers import the library."""
+    code = (
+        "import sys\n"
+        "from deadzone.cli import build_parser\n"
+        "parser = build_parser()\n"
+        "parser.format_help()\n"
+        "for sub in parser._subparsers._group_actions[0].choices.values():\n"
+        "    sub.format_help()\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_report_to_offers_exactly_the_trackers_the_library_knows():
+    from deadzone.cli.options import REPORT_TO_CHOICES
+    from deadzone.tracking import CHOICES
+
+    assert REPORT_TO_CHOICES == CHOICES
+
+
+@pytest.mark.parametrize("command", ["crystallize", "scan", "freeze", "demo"])
+def test_every_experiment_command_takes_the_execution_and_tracking_options(command):
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    flags = {flag for action in sub._actions for flag in action.option_strings}
+    assert {"--workers", "--backend", "--ray-address", "--report-to", "--tracking-dir"} <= flags
+    args = sub.parse_args(
+        [*(["MODEL", "--out", "o"] if command != "demo" else []), "--report-to", "tensorboard"]
+        + (["--target", "L0.attn.c_proj"] if command == "crystallize" else [])
+    )
+    assert args.report_to == "tensorboard" and args.workers is None and args.backend == "local"

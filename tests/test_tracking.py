@@ -150,3 +150,36 @@ def test_runs_in_a_worker_process_report_too(setup, tmp_path):
         logged = [e.value for e in events.Scalars("eval_loss")]
         expected = [p["eval_loss"] for p in run["curve"] if p["eval_loss"] is not None]
         assert logged == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_scan_reports_each_of_its_runs(setup, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model, data = setup
+    out = tmp_path / "scan"
+    argv = [
+        "scan", model, "--sites", "L1.attn.c_proj", "--strategies", "frozen",
+        "--mode", "exhaustive", "--steps", "2", "--seeds", "2", "--data", data,
+        "--eval-every", "2", "--batch-size", "4", "--lr", "3e-3", "--max-length", "32",
+        "--report-to", "tensorboard", "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    runs = fileio.read_json(out / "results.json")["runs"]
+    board = out / "tracking" / "tensorboard"
+    # one event file per run, in the run's directory (TensorBoard puts the run's hparams in a
+    # subdirectory named by a timestamp)
+    files = [p for p in board.rglob("events.out.tfevents*") if not _timestamp(p.parent.name)]
+    logged = sorted(p.parent.relative_to(board).as_posix() for p in files)
+    assert logged == sorted(r["key"] for r in runs) and len(runs) == 4  # 2 full, 2 frozen
+    for run in runs:
+        events = EventAccumulator(str(board / run["key"]))
+        events.Reload()
+        expected = [p["eval_loss"] for p in run["curve"] if p["eval_loss"] is not None]
+        assert [e.value for e in events.Scalars("eval_loss")] == pytest.approx(expected, rel=1e-6)
+
+
+def _timestamp(name: str) -> bool:
+    try:
+        return float(name) > 0
+    except ValueError:
+        return False

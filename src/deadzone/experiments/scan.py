@@ -80,6 +80,7 @@ from deadzone.plans import make_plan, write_plan
 from deadzone.schema import SCHEMA_VERSION
 from deadzone.scores import spearman_permutation
 from deadzone.sites import Site
+from deadzone.tracking import NO_TRACKING, Tracking
 from deadzone.train import SFTConfig
 
 log = logging.getLogger(__name__)
@@ -422,8 +423,10 @@ def scan(
     show_progress: bool = True,
     on_record: Callable[[dict], None] | None = None,
     say: Callable[[str], None] = print,
+    tracking: Tracking = NO_TRACKING,
 ) -> dict:
-    """Run (or resume, or extend) a scan into ``out``; return the ``results.json`` document.
+    """Run (or resume, or extend) a scan into ``out``; return the ``results.json`` document;
+    ``tracking`` is where each run reports its curves (``deadzone.tracking``; default none).
 
     Rounds: the baselines of every seed first (the first one alone, timed, for the plan's
     estimate), then, until every strategy's search is answered, the runs of the next question
@@ -433,7 +436,7 @@ def scan(
     """
     executor = executor or InProcess(show_progress=show_progress)
     with writing(out), executor:  # workers start as this loads, and serve every round
-        ctx = _load(config, executor.threads)
+        ctx = _load(config, executor.threads, tracking)
         sites, names = ctx["sites"], [s.name for s in ctx["sites"]]
         state: dict = {"scale": None, "records": {}, "pending": True, "answered": {}}
         header = {"schema_version": SCHEMA_VERSION, **provenance(), "mode": config.mode}
@@ -523,7 +526,7 @@ def _at_most(config: ScanConfig, sites: list[Site]) -> int:
     return config.seeds * (1 + len(config.strategies) * (judged + n))
 
 
-def _load(config: ScanConfig, threads: int) -> dict:
+def _load(config: ScanConfig, threads: int, tracking: Tracking = NO_TRACKING) -> dict:
     """Load the model and data once here: sites, the task maker, identity, scores, priority."""
     from deadzone.checkpoints import load_model
 
@@ -542,7 +545,7 @@ def _load(config: ScanConfig, threads: int) -> dict:
     data = inputs.data
 
     def task(spec: RunSpec) -> RunTask:
-        return RunTask(model_ref, data_ref, config.sft, spec, threads)
+        return RunTask(model_ref, data_ref, config.sft, spec, threads, tracking)
 
     prime(task(full_spec(0)), inputs)  # runs in this process use the model and data loaded here
     scores = cheap_scores(model, chosen, inputs)

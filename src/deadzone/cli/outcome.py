@@ -1,0 +1,40 @@
+"""What the experiment commands share after their runs: how much of a resumed directory was
+reused, and the error when every baseline run failed."""
+
+from __future__ import annotations
+
+from deadzone.errors import DeadzoneError
+
+
+def recorded_keys(out: str) -> set[str]:
+    """Keys of the runs already in ``out``'s results file (none if it cannot be read)."""
+    from deadzone.experiments.runs import RESULTS
+    from deadzone.fileio import read_json
+
+    try:
+        runs = read_json(f"{out}/{RESULTS}").get("runs", [])
+        return {r["key"] for r in runs if isinstance(r, dict) and isinstance(r.get("key"), str)}
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
+def say_resumed(out: str, before: set[str], results: dict) -> None:
+    """Print how many of ``results``' runs were in ``out`` before (``before``: their keys),
+    if any were."""
+    reused = sum(r["key"] in before for r in results["runs"])
+    if reused:
+        print(f"resumed {out}: {reused} run(s) reused, {len(results['runs']) - reused} run now")
+
+
+def check_baseline(out: str, results: dict, baseline: str, main_process: bool) -> int | None:
+    """Raise when every ``baseline`` run failed (nothing to compare against), on the main
+    process; return 2 on the others (the main process says why); None when one succeeded."""
+    runs = [r for r in results["runs"] if r["strategy"] == baseline]
+    if not runs or any(r["status"] == "ok" for r in runs):
+        return None
+    if not main_process:
+        return 2
+    raise DeadzoneError(
+        f"every {baseline} run failed ({runs[0]['error']}): nothing to compare against; "
+        f"see {out}/results.json"
+    )
