@@ -108,13 +108,19 @@ def crystallize_claims(results: dict) -> list[Claim]:
     return claims
 
 
-def _provenance(results: dict) -> str:
+def _provenance(results: dict) -> list[Paragraph]:
+    """What wrote the results (versions, git revision) as a paragraph; none when unrecorded."""
     versions = results.get("versions", {})
     said = [f"{name} {versions[name]}" for name in sorted(versions)]
     git = results.get("git") or {}
     if git.get("revision"):
         said.append(f"git {git['revision'][:12]}" + (" (dirty)" if git.get("dirty") else ""))
-    return "Written by " + ", ".join(said) + "." if said else ""
+    return [Paragraph("Written by " + ", ".join(said) + ".")] if said else []
+
+
+def _figures(directory: Path, figures: tuple[tuple[str, str], ...]) -> list[Image]:
+    """The ``(file name, alt text)`` figures that ``directory`` holds, as images."""
+    return [Image(directory / name, alt) for name, alt in figures if (directory / name).is_file()]
 
 
 def crystallize_report(directory: Path, results: dict) -> Report:
@@ -126,11 +132,8 @@ def crystallize_report(directory: Path, results: dict) -> Report:
     note = crystallize_md.shared_note(results).strip()
     if note:
         blocks.append(Paragraph(note))
-    for name, alt in (("curves.png", "loss curves"), ("verdicts.png", "verdicts")):
-        if (directory / name).is_file():
-            blocks.append(Image(directory / name, alt))
-    if _provenance(results):
-        blocks.append(Paragraph(_provenance(results)))
+    blocks += _figures(directory, (("curves.png", "loss curves"), ("verdicts.png", "verdicts")))
+    blocks += _provenance(results)
     title = f"Crystallize {targets} of `{results['model']}`"
     return Report(title, crystallize_claims(results), [Section(title, blocks)])
 
@@ -251,8 +254,7 @@ def scan_report(directory: Path, results: dict) -> Report:
     summary = results["summary"]
     blocks: list = [Paragraph(scan_md.statistics_text(results))]
     blocks += [Paragraph(scan_md.effective_text(summary, s)) for s in summary["strategies"]]
-    if (directory / "heatmap.png").is_file():
-        blocks.append(Image(directory / "heatmap.png", "cost of each site"))
+    blocks += _figures(directory, (("heatmap.png", "cost of each site"),))
     for strategy in summary["strategies"]:
         table = from_table(scan_md.sites_table(summary, strategy))
         blocks.append(Section(strategy, [table]))
@@ -266,10 +268,8 @@ def scan_report(directory: Path, results: dict) -> Report:
     ]
     columns = ["Score", *(f"{st}: ρ (p, n)" for st in summary["strategies"])]
     blocks.append(from_table(TableModel(columns, rows)))
-    if (directory / "scores.png").is_file():
-        blocks.append(Image(directory / "scores.png", "scores against costs"))
-    if _provenance(results):
-        blocks.append(Paragraph(_provenance(results)))
+    blocks += _figures(directory, (("scores.png", "scores against costs"),))
+    blocks += _provenance(results)
     title = f"Scan of `{results['model']}`"
     return Report(title, scan_claims(results), [Section(title, blocks)])
 
@@ -287,8 +287,7 @@ def analyze_report(directory: Path, results: dict) -> Report:
     blocks.append(from_table(analyze_md.study_table(results)))
     blocks.append(Image(directory / "geometry.png", "PR and PC1 per layer"))
     blocks.append(Section("Every matrix", [from_table(analyze_md.matrices_table(results))]))
-    if _provenance(results):
-        blocks.append(Paragraph(_provenance(results)))
+    blocks += _provenance(results)
     claims = [Claim(c.claim, c.study, c.verdict, c.numbers) for c in analyze_md.claims(results)]
     title = f"Geometry of `{results['model']}`"
     return Report(title, claims, [Section(title, blocks)])
@@ -346,11 +345,10 @@ def freeze_report(directory: Path, results: dict) -> Report:
     blocks: list = [from_table(freeze_md.table_model(results))]
     blocks.append(Paragraph(f"Conclusion. {freeze_md.conclusion(results)}"))
     blocks.append(Paragraph(freeze_md.EXPLAINED))
-    for name, alt in (("pareto.png", "saving against cost"), ("timeline.png", "timeline")):
-        if (directory / name).is_file():
-            blocks.append(Image(directory / name, alt))
-    if _provenance(results):
-        blocks.append(Paragraph(_provenance(results)))
+    blocks += _figures(
+        directory, (("pareto.png", "saving against cost"), ("timeline.png", "timeline"))
+    )
+    blocks += _provenance(results)
     title = f"Freeze schedules on `{results['model']}`"
     return Report(title, freeze_claims(results), [Section(title, blocks)])
 
