@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import time
+from html import escape
 
 import pytest
 from test_report_html import PAGE_FACTS, browser, screenshot  # noqa: F401 (browser: a fixture)
 
 from deadzone import fileio
 from deadzone.cli import main
+from deadzone.report.build import STUDY_SCAN
 
 STAGE_FILES = {
     "analyze": ["results.json", "geometry.json", "geometry.csv", "geometry.png", "report.md",
@@ -73,6 +75,10 @@ def test_quick_demo_writes_every_stages_files_and_both_reports(demo):
     )
     assert "Attention c_proj has a lower PR than c_attn" in html
     assert "re-drawn at random and frozen" in html  # the crystallize claims
+    for claim, study in STUDY_SCAN:  # the scan ran: its claims are judged, not "not run here"
+        row = f'{escape(claim)}</td><td data-label="The study">{escape(study)}</td><td class="'
+        assert html.count(row) == 1, claim
+        assert "Not run here" not in html.split(row)[1].split("</tr>")[0]
     assert html.count("<img ") >= 6 and "http" not in html.split("<body>", 1)[1]
     report = (out / "report.md").read_text()
     assert "## The study's claims" in report and "(crystallize/report.md)" in report
@@ -181,7 +187,7 @@ def test_the_demo_report_opens_in_chromium_whole_and_readable_on_a_phone(demo, b
     facts = browser.evaluate(session, PAGE_FACTS)
     assert browser.problems(session) == []
     assert len(facts["images"]) >= 6 and all(width > 0 for width in facts["images"]), facts
-    assert len(facts["claims"]) >= 7  # analyze 2, crystallize 3, freeze at 25% and 50%
+    assert len(facts["claims"]) >= 9  # analyze 2, crystallize 3, scan 2, freeze at 25% and 50%
     assert set(facts["claims"]) <= {"confirmed", "refuted", "undetermined"}
     pixels = screenshot(browser, session)
     assert pixels.std() > 5 and (pixels < 128).mean() > 0.005  # text and lines, not blank

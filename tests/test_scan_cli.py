@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from html import escape
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from deadzone.cli import main
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.scan import ScanConfig, scan
 from deadzone.plans import apply_plan, load_plan
+from deadzone.report.build import STUDY_SCAN
 from deadzone.schema import SCHEMA_VERSION
 from deadzone.train import SFTConfig, computed
 
@@ -98,7 +100,13 @@ def test_a_free_strategy_is_found_negligible_in_few_runs_and_its_plan_freezes_ex
 
     # The report rebuilds from results.json alone, as HTML too.
     assert main(["report", str(out)]) == 0
-    assert "Scan of" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "Scan of" in page
+    # ... opening with the study's scan claims, both confirmed by the jointly negligible set.
+    for claim, study in STUDY_SCAN:
+        row = f'{escape(claim)}</td><td data-label="The study">{escape(study)}</td>'
+        assert f'{row}<td class="confirmed"' in page, claim
+    assert "need not train" in page.split('<section id="claims">')[1].split("</section>")[0]
 
 
 def test_exhaustive_mode_reuses_the_adaptive_runs_and_runs_every_site_alone(

@@ -108,13 +108,19 @@ def crystallize_claims(results: dict) -> list[Claim]:
     return claims
 
 
-def _provenance(results: dict) -> str:
+def _provenance(results: dict) -> list[Paragraph]:
+    """What wrote the results (versions, git revision) as a paragraph; none when unrecorded."""
     versions = results.get("versions", {})
     said = [f"{name} {versions[name]}" for name in sorted(versions)]
     git = results.get("git") or {}
     if git.get("revision"):
         said.append(f"git {git['revision'][:12]}" + (" (dirty)" if git.get("dirty") else ""))
-    return "Written by " + ", ".join(said) + "." if said else ""
+    return [Paragraph("Written by " + ", ".join(said) + ".")] if said else []
+
+
+def _figures(directory: Path, figures: tuple[tuple[str, str], ...]) -> list[Image]:
+    """The ``(file name, alt text)`` figures that ``directory`` holds, as images."""
+    return [Image(directory / name, alt) for name, alt in figures if (directory / name).is_file()]
 
 
 def crystallize_report(directory: Path, results: dict) -> Report:
@@ -126,16 +132,117 @@ def crystallize_report(directory: Path, results: dict) -> Report:
     note = crystallize_md.shared_note(results).strip()
     if note:
         blocks.append(Paragraph(note))
-    for name, alt in (("curves.png", "loss curves"), ("verdicts.png", "verdicts")):
-        if (directory / name).is_file():
-            blocks.append(Image(directory / name, alt))
-    if _provenance(results):
-        blocks.append(Paragraph(_provenance(results)))
+    blocks += _figures(directory, (("curves.png", "loss curves"), ("verdicts.png", "verdicts")))
+    blocks += _provenance(results)
     title = f"Crystallize {targets} of `{results['model']}`"
     return Report(title, crystallize_claims(results), [Section(title, blocks)])
 
 
 # --- scan --------------------------------------------------------------------------------------
+
+# The study's claims a scan judges (DESIGN.md): what it concluded from L4 c_proj's redundancy.
+STUDY_EFFECTIVE = (
+    "The model's effective parameter count is lower than its trainable count",
+    "concluded from one matrix's redundancy (no scan)",
+)
+STUDY_OTHERS = (
+    "If L4 c_proj is redundant, other layers may be too",
+    "conjectured from L4 c_proj alone (no other matrix tested)",
+)
+STUDY_SCAN = (STUDY_EFFECTIVE, STUDY_OTHERS)
+REDUNDANT = ("negligible", "better")
+
+
+def _verdicts(summary: dict, strategy: str) -> dict[str, str]:
+    return {s["site"]: s["verdict"] for s in summary["strategies"][strategy]["sites"]}
+
+
+def _counts(summary: dict, strategy: str, names: list[str]) -> str:
+    """``frozen: 2 negligible, 1 costly`` over ``names``; a site without a verdict is
+    ``not decided``."""
+    verdicts, counts = _verdicts(summary, strategy), {}
+    for name in names:
+        verdict = verdicts.get(name, "not decided")
+        counts[verdict] = counts.get(verdict, 0) + 1
+    return f"{strategy}: " + ", ".join(f"{n} {v}" for v, n in counts.items())
+
+
+def _all_costly(summary: dict, strategy: str, names: list[str]) -> bool:
+    verdicts = _verdicts(summary, strategy)
+    return bool(names) and all(verdicts.get(n) == "costly" for n in names)
+
+
+def _here(claim: tuple[str, str], verdict: str, said: str, results: dict) -> Claim:
+    """A scan claim whose numbers are ``said`` and what the scan covered: ``Scanned: 4 site(s)
+    in block(s) L1 (48.4% of the block parameters), up to 2 seeds, 3 steps.``"""
+    by_name = {
+        s["site"]: s for st in results["summary"]["strategies"].values() for s in st["sites"]
+    }
+    known = [by_name[n] for n in results["sites"] if n in by_name]
+    blocks = sorted({s["layer"] for s in known if s["layer"] is not None})
+    scope = f"{len(results['sites'])} site(s)"
+    if blocks:
+        scope += " in block(s) " + ", ".join(f"L{b}" for b in blocks)
+    in_blocks = results["model_info"].get("block_params")
+    if in_blocks and len(known) == len(results["sites"]):
+        share = sum(s["params"] for s in known) / in_blocks
+        scope += f" ({100 * share:.1f}% of the block parameters)"
+    scope += f", up to {len(results['seeds'])} seeds, {results['steps']} steps"
+    return Claim(*claim, verdict, f"Here: {said} Scanned: {scope}.")
+
+
+def _effective_claim(results: dict) -> Claim:
+    """Confirmed by a strategy whose jointly checked set is negligible and not empty (its
+    parameters need not train); refuted when every scanned site is costly in every strategy."""
+    from deadzone.report import scan as scan_md
+
+    summary, names = results["summary"], results["sites"]
+    strategies = list(summary["strategies"])
+    found = [
+        st
+        for st in strategies
+        if summary["effective"][st]["sites"] and summary["effective"][st]["verdict"] in REDUNDANT
+    ]
+    if found:
+        joints = [summary["strategies"][st].get("joint") or {} for st in found]
+        seeds = sorted({j["seeds"] for j in joints if j.get("seeds")})
+        said = " ".join(scan_md.effective_text(summary, st) for st in found)
+        checked = f" Joint check on {', '.join(map(str, seeds))} seeds." if seeds else ""
+        return _here(STUDY_EFFECTIVE, "confirmed", said + checked, results)
+    counts = "; ".join(_counts(summary, st, names) for st in strategies)
+    if all(_all_costly(summary, st, names) for st in strategies):
+        said = f"every site scanned is costly, so none can be frozen ({counts})."
+        return _here(STUDY_EFFECTIVE, "refuted", said, results)
+    why = "no set of sites was found jointly negligible"
+    if not summary.get("complete", True):
+        why += " and the scan is not complete"
+    return _here(STUDY_EFFECTIVE, "undetermined", f"{why} ({counts}).", results)
+
+
+def _others_claim(results: dict) -> Claim:
+    """Judged by ``frozen``: confirmed when a site other than L4.attn.c_proj is negligible,
+    refuted when every other scanned site is costly."""
+    summary = results["summary"]
+    others = [n for n in results["sites"] if n != STUDY_TARGET]
+    if "frozen" not in summary["strategies"]:
+        return _here(STUDY_OTHERS, "undetermined", "frozen was not scanned.", results)
+    if not others:
+        said = f"the scan covered no site but {STUDY_TARGET}."
+        return _here(STUDY_OTHERS, "undetermined", said, results)
+    verdicts = _verdicts(summary, "frozen")
+    redundant = [n for n in others if verdicts.get(n) in REDUNDANT]
+    counts = _counts(summary, "frozen", others)
+    said = f"of the {len(others)} site(s) other than {STUDY_TARGET}, {counts}."
+    if redundant:
+        listed = ", ".join(redundant[:5]) + (", …" if len(redundant) > 5 else "")
+        return _here(STUDY_OTHERS, "confirmed", f"{said} Redundant: {listed}.", results)
+    judged = "refuted" if _all_costly(summary, "frozen", others) else "undetermined"
+    return _here(STUDY_OTHERS, judged, said, results)
+
+
+def scan_claims(results: dict) -> list[Claim]:
+    """The study's scan claims, each with its verdict here and the numbers behind it."""
+    return [_effective_claim(results), _others_claim(results)]
 
 
 def scan_report(directory: Path, results: dict) -> Report:
@@ -147,8 +254,7 @@ def scan_report(directory: Path, results: dict) -> Report:
     summary = results["summary"]
     blocks: list = [Paragraph(scan_md.statistics_text(results))]
     blocks += [Paragraph(scan_md.effective_text(summary, s)) for s in summary["strategies"]]
-    if (directory / "heatmap.png").is_file():
-        blocks.append(Image(directory / "heatmap.png", "cost of each site"))
+    blocks += _figures(directory, (("heatmap.png", "cost of each site"),))
     for strategy in summary["strategies"]:
         table = from_table(scan_md.sites_table(summary, strategy))
         blocks.append(Section(strategy, [table]))
@@ -162,12 +268,10 @@ def scan_report(directory: Path, results: dict) -> Report:
     ]
     columns = ["Score", *(f"{st}: ρ (p, n)" for st in summary["strategies"])]
     blocks.append(from_table(TableModel(columns, rows)))
-    if (directory / "scores.png").is_file():
-        blocks.append(Image(directory / "scores.png", "scores against costs"))
-    if _provenance(results):
-        blocks.append(Paragraph(_provenance(results)))
+    blocks += _figures(directory, (("scores.png", "scores against costs"),))
+    blocks += _provenance(results)
     title = f"Scan of `{results['model']}`"
-    return Report(title, [], [Section(title, blocks)])
+    return Report(title, scan_claims(results), [Section(title, blocks)])
 
 
 def _rho_cell(c: dict | None) -> str:
@@ -183,8 +287,7 @@ def analyze_report(directory: Path, results: dict) -> Report:
     blocks.append(from_table(analyze_md.study_table(results)))
     blocks.append(Image(directory / "geometry.png", "PR and PC1 per layer"))
     blocks.append(Section("Every matrix", [from_table(analyze_md.matrices_table(results))]))
-    if _provenance(results):
-        blocks.append(Paragraph(_provenance(results)))
+    blocks += _provenance(results)
     claims = [Claim(c.claim, c.study, c.verdict, c.numbers) for c in analyze_md.claims(results)]
     title = f"Geometry of `{results['model']}`"
     return Report(title, claims, [Section(title, blocks)])
@@ -242,11 +345,10 @@ def freeze_report(directory: Path, results: dict) -> Report:
     blocks: list = [from_table(freeze_md.table_model(results))]
     blocks.append(Paragraph(f"Conclusion. {freeze_md.conclusion(results)}"))
     blocks.append(Paragraph(freeze_md.EXPLAINED))
-    for name, alt in (("pareto.png", "saving against cost"), ("timeline.png", "timeline")):
-        if (directory / name).is_file():
-            blocks.append(Image(directory / name, alt))
-    if _provenance(results):
-        blocks.append(Paragraph(_provenance(results)))
+    blocks += _figures(
+        directory, (("pareto.png", "saving against cost"), ("timeline.png", "timeline"))
+    )
+    blocks += _provenance(results)
     title = f"Freeze schedules on `{results['model']}`"
     return Report(title, freeze_claims(results), [Section(title, blocks)])
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from deadzone import fileio
-from deadzone.errors import DeadzoneError
-from deadzone.report import pyplot, save_png
+from deadzone.report import pyplot, save_png, write_files
 from deadzone.report.table import Table, to_markdown
-from deadzone.schema import SCHEMA_VERSION
 
 LABELS = {
     "full": "Full SFT (all params)",
@@ -365,22 +362,8 @@ def plot_curves(results: dict, path: str | Path) -> None:
     save_png(fig, path)
 
 
-def write_report(out: str | Path) -> tuple[Path, Path, Path]:
+def write_report(out: str | Path) -> tuple[Path, ...]:
     """Write ``report.md``, ``verdicts.png`` and ``curves.png`` in ``out`` from
     ``out/results.json``."""
-    out = Path(out)
-    try:
-        results = fileio.read_json(out / "results.json")
-    except (OSError, ValueError) as e:
-        raise DeadzoneError(f"cannot read {out / 'results.json'}: {e}") from None
-    if not isinstance(results, dict) or results.get("experiment") != "crystallize":
-        raise DeadzoneError(f"{out / 'results.json'} is not a crystallize results file")
-    if results.get("schema_version", 1) != SCHEMA_VERSION:
-        raise DeadzoneError(
-            f"{out / 'results.json'} has schema version {results.get('schema_version', 1)}; "
-            f"this deadzone reads version {SCHEMA_VERSION}: rerun the experiment"
-        )
-    fileio.write_text(out / "report.md", markdown(results))
-    plot_verdicts(results, out / "verdicts.png")
-    plot_curves(results, out / "curves.png")
-    return out / "report.md", out / "verdicts.png", out / "curves.png"
+    plots = {"verdicts.png": plot_verdicts, "curves.png": plot_curves}
+    return write_files(out, "crystallize", markdown, plots)

@@ -11,21 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from deadzone import fileio
+from deadzone.report.build import STUDY_FREEZE, STUDY_SCAN
 from deadzone.report.html import Claim, Paragraph, Section, from_table
 from deadzone.report.table import Table as TableModel
 from deadzone.report.table import to_markdown
 
-# The study's claims a skipped stage would have judged.
-STAGE_CLAIMS = {
-    "scan": (
-        "The model's effective parameter count is lower than its trainable count",
-        "concluded from one matrix's redundancy (no scan)",
-    ),
-    "freeze": (
-        "A model tolerates 25–50% of its matrices frozen during SFT",
-        "conjectured from one matrix's redundancy (not tested)",
-    ),
-}
+# The study's claims a skipped stage would have judged: the same claims its reporter judges
+# when the stage runs.
+STAGE_CLAIMS = {"scan": STUDY_SCAN, "freeze": (STUDY_FREEZE,)}
 
 
 def stage_table(results: dict) -> TableModel:
@@ -44,8 +37,8 @@ def skipped_claims(results: dict) -> list[Claim]:
     for s in results["stages"]:
         kind = s["name"].partition("-")[0]  # freeze-25, freeze-50: freeze
         if s["status"] == "skipped" and kind in STAGE_CLAIMS:
-            claim, study = STAGE_CLAIMS[kind]
-            claims.append(Claim(claim, study, "undetermined", f"Not run here: {s['note']}."))
+            for claim, study in STAGE_CLAIMS[kind]:
+                claims.append(Claim(claim, study, "undetermined", f"Not run here: {s['note']}."))
     return claims
 
 

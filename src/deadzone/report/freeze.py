@@ -6,24 +6,24 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from deadzone import fileio
-from deadzone.errors import DeadzoneError
-from deadzone.report import pyplot, save_png
+from deadzone.report import pyplot, save_png, write_files
 from deadzone.report.crystallize import _in_unit, _interval, _loss, _unit_name, _verdict
 from deadzone.report.table import Table, to_markdown
-from deadzone.schema import SCHEMA_VERSION
 
-FILES = ("report.md", "pareto.png", "timeline.png")
+
+def _estimate(estimate: dict | None, fmt: str, unit: str = "") -> str:
+    """A mean with its 95% interval when there is one, each as ``fmt``: ``0.71× [0.65, 0.77]``
+    (``fmt`` ``.2f``, ``unit`` ×), ``+0.0123 [-0.0040, +0.0286]`` (``fmt`` ``+.4f``)."""
+    if not estimate or estimate["mean"] is None:
+        return "—"
+    interval = estimate["interval"]
+    said = f"{estimate['mean']:{fmt}}{unit}"
+    return said + (f" [{interval[0]:{fmt}}, {interval[1]:{fmt}}]" if interval else "")
 
 
 def _ratio(saving: dict | None) -> str:
     """``0.71× [0.65, 0.77]``: a paired ratio against full with its 95% interval."""
-    if not saving or saving["mean"] is None:
-        return "—"
-    interval = saving["interval"]
-    return f"{saving['mean']:.2f}×" + (
-        f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""
-    )
+    return _estimate(saving, ".2f", "×")
 
 
 def _share(value: float | None) -> str:
@@ -61,19 +61,10 @@ def table_model(results: dict) -> Table:
                 "1.00×" if base else _ratio(s["optimizer_peak"]),
                 "1.00×" if base else _ratio(s["optimizer_mean"]),
                 f"{_share(s['frozen_fraction'])} ({_share(s['frozen_fraction_mean'])})",
-                _versus(arm.get("vs_random")),
+                _estimate(arm.get("vs_random"), "+.4f"),
             ]
         )
     return Table(columns, rows, right=frozenset({1, 2, 3, 6, 7, 8, 9, 10}))
-
-
-def _versus(versus: dict | None) -> str:
-    if not versus or versus["mean"] is None:
-        return "—"
-    interval = versus["interval"]
-    return f"{versus['mean']:+.4f}" + (
-        f" [{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else ""
-    )
 
 
 def _pct(value: float | None) -> str:
@@ -228,19 +219,5 @@ def plot_timeline(results: dict, path: str | Path) -> None:
 def write_report(out: str | Path) -> tuple[Path, ...]:
     """Write ``report.md``, ``pareto.png`` and ``timeline.png`` in ``out`` from
     ``out/results.json``."""
-    out = Path(out)
-    try:
-        results = fileio.read_json(out / "results.json")
-    except (OSError, ValueError) as e:
-        raise DeadzoneError(f"cannot read {out / 'results.json'}: {e}") from None
-    if not isinstance(results, dict) or results.get("experiment") != "freeze":
-        raise DeadzoneError(f"{out / 'results.json'} is not a freeze results file")
-    if results.get("schema_version", 1) != SCHEMA_VERSION:
-        raise DeadzoneError(
-            f"{out / 'results.json'} has schema version {results.get('schema_version', 1)}; "
-            f"this deadzone reads version {SCHEMA_VERSION}: rerun the experiment"
-        )
-    fileio.write_text(out / "report.md", markdown(results))
-    plot_pareto(results, out / "pareto.png")
-    plot_timeline(results, out / "timeline.png")
-    return tuple(out / name for name in FILES)
+    plots = {"pareto.png": plot_pareto, "timeline.png": plot_timeline}
+    return write_files(out, "freeze", markdown, plots)

@@ -25,11 +25,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from deadzone import fileio
-from deadzone.errors import DeadzoneError
-from deadzone.report import pyplot, save_png
+from deadzone.report import pyplot, save_png, write_files
 from deadzone.report.table import Table, to_markdown
-from deadzone.schema import SCHEMA_VERSION
 from deadzone.sites import ROLE_ORDER
 
 NEGLIGIBLE = ("negligible", "better")
@@ -282,29 +279,11 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def load(directory: str | Path) -> dict:
-    path = Path(directory) / "results.json"
-    try:
-        results = fileio.read_json(path)
-    except (OSError, ValueError) as e:
-        raise DeadzoneError(f"cannot read {path}: {e}") from None
-    if not isinstance(results, dict) or results.get("experiment") != "scan":
-        raise DeadzoneError(f"{path} is not a scan results file")
-    if results.get("schema_version", 1) != SCHEMA_VERSION:
-        raise DeadzoneError(
-            f"{path} has schema version {results.get('schema_version', 1)}; this deadzone "
-            f"reads version {SCHEMA_VERSION}: rerun the scan"
-        )
-    return results
-
-
 def write_report(directory: str | Path) -> dict[str, Path]:
     """Write ``report.md``, ``heatmap.png`` and ``scores.png`` in ``directory`` from its
-    ``results.json``; returns their paths."""
-    directory = Path(directory)
-    results = load(directory)
-    paths = {n: directory / n for n in ("report.md", "heatmap.png", "scores.png")}
-    fileio.write_text(paths["report.md"], markdown(results))
-    heatmap(results["summary"], paths["heatmap.png"])
-    scores_plot(results["summary"], paths["scores.png"])
-    return paths
+    ``results.json``; returns their paths by name."""
+    plots = {
+        "heatmap.png": lambda results, path: heatmap(results["summary"], path),
+        "scores.png": lambda results, path: scores_plot(results["summary"], path),
+    }
+    return {p.name: p for p in write_files(directory, "scan", markdown, plots)}
