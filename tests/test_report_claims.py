@@ -60,8 +60,8 @@ def test_a_jointly_negligible_frozen_set_confirms_the_effective_count_with_its_n
     assert "4 site(s) in block(s) L3, L4 (50.0% of the block parameters)" in said
     assert "up to 3 seeds, 20 steps" in said
     assert "random" not in said  # only the strategy whose set was accepted speaks
-    assert "other than L4.attn.c_proj, frozen: 2 negligible, 1 undetermined." in others.numbers
-    assert "Redundant: L3.attn.c_proj, L4.attn.c_attn" in others.numbers
+    assert "of the 1 site(s) in blocks other than L4, frozen: 1 negligible." in others.numbers
+    assert "Redundant: L3.attn.c_proj." in others.numbers
 
 
 def test_a_jointly_negligible_random_set_confirms_it_too():
@@ -78,8 +78,10 @@ def test_a_jointly_negligible_random_set_confirms_it_too():
         # L4.attn.c_proj itself redundant says nothing of the others
         ({"frozen": [C, C, N, C], "random": [C, C, C, C]}, ("undetermined", "refuted")),
         ({"frozen": [C, C, C, C], "random": [C, C, C, U]}, ("undetermined", "refuted")),
-        ({"frozen": [C, U, C, C]}, ("undetermined", "undetermined")),
-        ({"frozen": [C, C, C]}, ("undetermined", "undetermined")),  # one site not decided
+        # only the other block's site judges the second claim
+        ({"frozen": [C, U, C, C]}, ("undetermined", "refuted")),
+        ({"frozen": [U, C, C, C]}, ("undetermined", "undetermined")),
+        ({"frozen": [C, C, C]}, ("undetermined", "refuted")),  # one site not decided
         ({"random": [C, C, C, C]}, ("refuted", "undetermined")),  # frozen was not scanned
     ],
 )
@@ -93,7 +95,7 @@ def test_the_numbers_say_why_a_claim_is_undetermined():
     effective, others = scan_claims(results({"frozen": [C, U, C], "random": [C, C, C, C]}))
     assert "no set of sites was found jointly negligible" in effective.numbers
     assert "frozen: 2 costly, 1 undetermined, 1 not decided; random: 4 costly" in effective.numbers
-    assert "of the 3 site(s) other than L4.attn.c_proj" in others.numbers
+    assert "of the 1 site(s) in blocks other than L4" in others.numbers
 
     doc = results({"frozen": [C, C, C, C], "random": [C, C, C, C]})
     assert "every site scanned is costly, so none can be frozen" in scan_claims(doc)[0].numbers
@@ -109,8 +111,17 @@ def test_a_scan_of_l4_c_proj_alone_says_nothing_of_other_layers():
     frozen["sites"] = [s for s in frozen["sites"] if s["site"] == "L4.attn.c_proj"]
     _, others = scan_claims(doc)
     assert others.verdict == "undetermined"
-    assert "no site but L4.attn.c_proj" in others.numbers
+    assert "no block but L4" in others.numbers
     assert "1 site(s) in block(s) L4 (12.5% of the block parameters)" in others.numbers
+
+
+def test_a_scan_of_block_4_alone_says_nothing_of_other_layers_either():
+    doc = results({"frozen": [C, C, C, C]})  # L4's matrices all costly: other layers unknown
+    doc["sites"] = SITES[1:]
+    frozen = doc["summary"]["strategies"]["frozen"]
+    frozen["sites"] = frozen["sites"][1:]
+    _, others = scan_claims(doc)
+    assert others.verdict == "undetermined" and "no block but L4" in others.numbers
 
 
 def test_a_skipped_scan_shows_the_same_claims_undetermined():

@@ -44,6 +44,7 @@ Reporter = Callable[[Path, dict], Report]
 # --- crystallize -------------------------------------------------------------------------------
 
 STUDY_TARGET = "L4.attn.c_proj"
+STUDY_LAYER = 4  # its block
 STUDY_SETUP = "1 seed, 50 SFT steps"
 NO_COST, BETTER = "costs nothing", "is better"
 # The study's crystallize table: each strategy's final loss against full SFT on L4 c_proj, and
@@ -220,19 +221,20 @@ def _effective_claim(results: dict) -> Claim:
 
 
 def _others_claim(results: dict) -> Claim:
-    """Judged by ``frozen``: confirmed when a site other than L4.attn.c_proj is negligible,
-    refuted when every other scanned site is costly."""
+    """Judged by ``frozen`` on the sites of blocks other than L4: confirmed when one of them is
+    negligible, refuted when every one scanned is costly (the numbers say how many)."""
     summary = results["summary"]
-    others = [n for n in results["sites"] if n != STUDY_TARGET]
     if "frozen" not in summary["strategies"]:
         return _here(STUDY_OTHERS, "undetermined", "frozen was not scanned.", results)
+    layer = {s["site"]: s["layer"] for s in summary["strategies"]["frozen"]["sites"]}
+    others = [n for n in results["sites"] if layer.get(n) not in (None, STUDY_LAYER)]
     if not others:
-        said = f"the scan covered no site but {STUDY_TARGET}."
+        said = f"the scan covered no block but L{STUDY_LAYER}."
         return _here(STUDY_OTHERS, "undetermined", said, results)
     verdicts = _verdicts(summary, "frozen")
     redundant = [n for n in others if verdicts.get(n) in REDUNDANT]
     counts = _counts(summary, "frozen", others)
-    said = f"of the {len(others)} site(s) other than {STUDY_TARGET}, {counts}."
+    said = f"of the {len(others)} site(s) in blocks other than L{STUDY_LAYER}, {counts}."
     if redundant:
         listed = ", ".join(redundant[:5]) + (", …" if len(redundant) > 5 else "")
         return _here(STUDY_OTHERS, "confirmed", f"{said} Redundant: {listed}.", results)
