@@ -64,11 +64,10 @@ class Budget:
         )
 
     def sweep_sft(self) -> SFTConfig:
-        """The SFT of the scan's and freeze's runs: ``sweep_steps``, evaluated at half-way."""
+        """The SFT of the scan's and freeze's runs: ``sweep_steps``, evaluated at the start and
+        the end only (their verdicts read the final eval loss)."""
         steps = self.sweep_steps or self.steps
-        return SFTConfig(
-            steps=steps, batch_size=self.batch_size, eval_every=max(1, steps // 2), lr=3e-4
-        )
+        return SFTConfig(steps=steps, batch_size=self.batch_size, eval_every=steps, lr=3e-4)
 
     def sweeps(self) -> int:
         return self.sweep_seeds or self.seeds
@@ -100,21 +99,23 @@ FULL = Budget(
     steps=50,
     seeds=3,
     batch_size=8,
-    eval_every=25,
+    eval_every=50,
     max_length=128,
     workers=2,
     scan_sites="L4.*",
-    scan_runs=20,
+    scan_strategies=("frozen",),
+    scan_runs=12,
     sweep_steps=20,
     sweep_seeds=2,
     cut=(
         "To fit 2 CPU cores, the demo runs builtin:tiny (8 blocks, 96 wide) rather than the "
         "study's 10.2M-parameter model, 3 seeds of 50 SFT steps per strategy (the study's "
         "steps; 3 seeds, where the study ran 1, is the fewest that give an interval), "
-        "evaluates at steps 0, 25 and 50 only, cuts examples to the model's 128-token context, "
+        "evaluates at steps 0 and 50 only, cuts examples to the model's 128-token context, "
         "and runs two runs at once. The scan covers the four matrices of block L4 only (not "
-        "all 32 block matrices), and the scan and freeze run 2 seeds of 20 steps each "
-        "(evaluated at steps 0, 10 and 20), so their intervals are wide and many of their "
+        "all 32 block matrices) and the frozen strategy only (random is tested on L4 c_proj "
+        "by the crystallize stage), and the scan and freeze run 2 seeds of 20 steps each "
+        "(evaluated at steps 0 and 20), so their intervals are wide and many of their "
         "verdicts undetermined."
     ),
 )
@@ -145,7 +146,7 @@ class Context:
     budget: Budget
     tracking: Tracking = NO_TRACKING
     advance: Callable[[float], None] = lambda units: None
-    executor: Executor | None = None  # where stages of runs run them (default: the budget's)
+    executor: Executor | None = None  # where the stages' runs run (the demo's, for all stages)
 
 
 @dataclass
@@ -216,9 +217,8 @@ def _crystallize(ctx: Context) -> Done:
         ran.append(record["key"])
         ctx.advance(1.0)
 
-    executor = ctx.executor or make_executor(workers=b.workers, show_progress=False)
     results = crystallize(
-        config, ctx.out / "crystallize", executor=executor, show_progress=False,
+        config, ctx.out / "crystallize", executor=ctx.executor, show_progress=False,
         on_record=finished, tracking=ctx.tracking,
     )  # fmt: skip
     ctx.advance(len(results["runs"]) - len(ran))  # the reused runs
@@ -252,10 +252,9 @@ def _scan(ctx: Context) -> Done:
         sft=b.sweep_sft(),
     )
     ran, finished = _counting(ctx, b.scan_runs)
-    executor = ctx.executor or make_executor(workers=b.workers, show_progress=False)
     scan(
-        config, ctx.out / "scan", executor=executor, show_progress=False, on_record=finished,
-        say=lambda text: None,
+        config, ctx.out / "scan", executor=ctx.executor, show_progress=False, on_record=finished,
+        tracking=ctx.tracking, say=lambda text: None,
     )  # fmt: skip
     ctx.advance(max(0, b.scan_runs - len(ran)))
     return Done("ran" if ran else "reused", "scan", runs=len(ran))
@@ -298,10 +297,9 @@ def _freezing(fraction: float) -> Callable[[Context], Done]:
             sft=b.sweep_sft(),
         )
         ran, finished = _counting(ctx, _freeze_units(b))
-        executor = ctx.executor or make_executor(workers=b.workers, show_progress=False)
         name = freeze_directory(fraction)
         freeze(
-            config, ctx.out / name, executor=executor, show_progress=False,
+            config, ctx.out / name, executor=ctx.executor, show_progress=False,
             on_record=finished, tracking=ctx.tracking,
         )  # fmt: skip
         ctx.advance(max(0, _freeze_units(b) - len(ran)))
@@ -409,7 +407,9 @@ def demo(
     check_out(out, budget)
     document = {"schema_version": SCHEMA_VERSION, **_identity(budget), **provenance()}
     plan = stages()
-    with writing(out), make_progress("{task.fields[doing]}", disable=not show_progress) as bar:
+    executor = executor or make_executor(workers=budget.workers, show_progress=False)
+    progress = make_progress("{task.fields[doing]}", disable=not show_progress)
+    with writing(out), executor, progress as bar:  # one set of workers for every stage
         total = sum(s.units(budget) for s in plan)
         task = bar.add_task("demo", total=total, doing="")
         ctx = Context(

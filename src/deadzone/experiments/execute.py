@@ -98,7 +98,7 @@ class RunTask:
 # --- the worker side --------------------------------------------------------------------------
 
 _loaded: dict[tuple, RunInputs] = {}  # this process's inputs, for the last model and data
-_shipped: dict[DataRef, object] = {}  # SFT data the driver sent, not yet loaded into inputs
+_shipped: dict[DataRef, object] = {}  # the SFT data the driver last sent this process
 
 
 def load_inputs(config, model, tokenizer, all_sites) -> tuple[RunInputs, ModelRef, DataRef]:
@@ -186,7 +186,7 @@ def _load(task: RunTask) -> RunInputs:
     model, tokenizer = load_model(str(path))
     if tokenizer is None:
         raise DeadzoneError(f"{spec} has no tokenizer; SFT needs one")
-    data = _shipped.pop(d, None) or load_sft_data(
+    data = _shipped.get(d) or load_sft_data(
         d.spec,
         tokenizer,
         max_length=d.max_length,
