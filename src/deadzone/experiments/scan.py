@@ -428,8 +428,8 @@ def scan(
     """Run (or resume, or extend) a scan into ``out``; return the ``results.json`` document;
     ``tracking`` is where each run reports its curves (``deadzone.tracking``; default none).
 
-    Rounds: the baselines of every seed first (the first one alone, timed, for the plan's
-    estimate), then, until every strategy's search is answered, the runs of the next question
+    Rounds: the baselines of every seed first (as many as run at once first, timed, for the
+    plan's estimate), then, until every strategy's search is answered, the runs of the next question
     of every strategy at once. A resumed scan replays each search against the recorded runs
     and runs only what is missing. The driver writes ``plan.json``, ``axolotl.yaml`` and
     ``frozen_parameters.txt`` of the ``frozen`` joint set when ``frozen`` was scanned.
@@ -460,10 +460,10 @@ def scan(
             f"at most {most} runs, {exhaustive} for the exhaustive scan without its joint check "
             f"({len(results.runs)} recorded already)"
         )
-        if not results.finished("full/seed0"):
-            run([full_spec(0)])
-        first = results.runs["full/seed0"].get("seconds") or 0.0
         workers = getattr(executor, "workers", None) or 1
+        if not results.finished("full/seed0"):  # the baselines that run at once, timed
+            run([full_spec(s) for s in range(min(config.seeds, workers))])
+        first = results.runs["full/seed0"].get("seconds") or 0.0
         left = max(0, most - len(results.runs))
         say(
             f"scan: one run takes {first:.1f} s; at most {left} runs left, about "
