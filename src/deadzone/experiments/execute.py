@@ -500,7 +500,8 @@ class Ray:
             cpus = int(self.ray.cluster_resources().get("CPU", 1))
             slots = self.workers or max(1, cpus // self.threads)
             warming = self.ray.remote(warm).options(num_cpus=self.threads)
-            self._warming = [warming.remote() for _ in range(slots)]  # not waited for
+            for _ in range(slots):
+                warming.remote()  # not waited for: a task runs without its result being kept
         self._depth += 1
         return self
 
