@@ -69,3 +69,63 @@ def test_a_run_lost_to_a_dead_worker_is_asked_for_once_per_invocation():
         _costs(rs, scale, "frozen", ["a"], 3)
     scale["retried"].add(key)
     assert _costs(rs, scale, "frozen", ["a"], 3) is not None
+
+
+TIGHT, LOOSE = (0.001, 0.0012, 0.0008), (0.010, 0.013, 0.007)  # p far below 0.05/4; p = 0.029
+
+
+def claims_runs(costs: dict[tuple[str, tuple[str, ...]], tuple[float, ...]]) -> dict:
+    """Baselines of gain 1 on 3 seeds and one run per (strategy, set of sites) and seed."""
+    out = {f"full/seed{s}": record(f"full/seed{s}", 2.0, 3.0) for s in range(3)}
+    for (strategy, names), per_seed in costs.items():
+        for seed, c in enumerate(per_seed):
+            key = scan.set_key(strategy, names, seed)
+            out[key] = record(key, 2.0 + c)
+    return out
+
+
+def searched(names: list[str], group: list[str], verdict: str = "undetermined") -> dict:
+    site = {"verdict": verdict, "cost": None, "interval": None, "seeds_needed": None,
+            "group_size": len(group), "seeds": 3, "set": group}  # fmt: skip
+    return {n: dict(site) for n in names}
+
+
+def test_holm_over_every_claim_decides_what_the_strictest_level_left_undetermined():
+    rs = claims_runs({("frozen", ("a",)): TIGHT, ("frozen", ("b",)): TIGHT,
+                      ("random", ("a",)): TIGHT, ("random", ("b",)): LOOSE})  # fmt: skip
+    scale = _scale(rs, 3, config(), comparisons=4) | {"retried": set()}
+    steered = _judge_costs(_costs(rs, scale, "random", ["b"], 3), 0.02, scale["alpha"])
+    assert steered.verdict == "undetermined"  # at 0.05 / 4 its interval reaches the margin
+    records = {st: {"sites": {**searched(["a"], ["a"]), **searched(["b"], ["b"])}}
+               for st in ("frozen", "random")}  # fmt: skip
+    scan.holm_verdicts(records, rs, scale)
+    b = records["random"]["sites"]["b"]
+    assert b["verdict"] == "negligible" and b["search_verdict"] == "undetermined"
+    assert b["level"] == pytest.approx(0.05)  # the last of 4 in Holm's order
+    assert b["interval"][1] < 0.02 and b["cost"] == pytest.approx(0.01)
+    levels = sorted(records[st]["sites"][n]["level"] for st in records for n in "ab")
+    assert levels == pytest.approx([0.05 / 4, 0.05 / 3, 0.05 / 2, 0.05])
+
+
+def test_holm_stops_at_the_first_claim_it_cannot_decide_and_the_later_ones_stay_open():
+    rs = claims_runs({("frozen", ("a",)): TIGHT, ("frozen", ("b",)): LOOSE,
+                      ("frozen", ("c",)): LOOSE})  # fmt: skip
+    scale = _scale(rs, 3, config(), comparisons=3) | {"retried": set()}
+    records = {"frozen": {"sites": {n: searched([n], [n])[n] for n in "abc"}}}
+    scan.holm_verdicts(records, rs, scale)
+    sites = records["frozen"]["sites"]
+    assert sites["a"]["verdict"] == "negligible"
+    assert sites["b"]["verdict"] == sites["c"]["verdict"] == "undetermined"  # 0.029 > 0.05 / 2
+    assert sites["b"]["seeds_needed"] > 3
+
+
+def test_the_sites_of_a_group_share_its_claim_and_a_group_better_than_full_is_negligible():
+    better = (-0.02, -0.021, -0.019)
+    rs = claims_runs({("frozen", ("a", "b")): better})
+    scale = _scale(rs, 3, config(), comparisons=2) | {"retried": set()}
+    records = {"frozen": {"sites": searched(["a", "b"], ["a", "b"], "better")}}
+    scan.holm_verdicts(records, rs, scale)
+    a, b = records["frozen"]["sites"]["a"], records["frozen"]["sites"]["b"]
+    assert a["verdict"] == b["verdict"] == "negligible"
+    assert a["interval"] == b["interval"] and a["interval"][1] < 0  # one claim, one interval
+    assert a["level"] == b["level"] == pytest.approx(0.05 / 2)  # the strictest of its two

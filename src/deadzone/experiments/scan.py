@@ -23,14 +23,17 @@ killed scan rerun replays the same questions, gets the same answers and runs onl
 missing; a rerun with more seeds or strategies extends it.
 
 Statistics. A cost is negligible when its interval lies below the margin (an equivalence claim,
-never "not significantly worse"). An adaptive search decides one question at a time, so its
-family of comparisons is not known in advance and Holm's step-down cannot be applied; each of
-its judgements (group, single site, joint set) reads the interval at ``0.05 / m`` with ``m`` =
-sites x strategies, Bonferroni over the per-site claims the scan can make, which is the
-strictest level Holm would use. An exhaustive scan applies Holm
-(:func:`deadzone.experiments.stats.judge`) over each strategy's single-site comparisons; its
-joint check reads at ``0.05 / m``. A failed run (a non-finite loss) makes its judgement
-``costly``. Fewer than 2 seeds are refused: no interval, so no verdict but undetermined.
+never "not significantly worse"). The family is every per-site claim of the scan: ``m`` =
+sites x strategies. While it searches, an adaptive scan decides one question at a time and
+cannot know Holm's levels yet, so it steers (accept a group, split it, add a seed) by intervals
+read at ``0.05 / m``, the strictest level Holm uses. When every search is answered, the final
+verdicts are Holm's step-down (:func:`holm_verdicts`, :func:`deadzone.experiments.stats.judge`)
+over the ``m`` claims, each claim read from the judgement that decided its site (its own, or
+its group's: under monotone costs a group's test is a test of each of its sites), in both modes;
+so an adaptive scan that ends judging every site alone gives exactly the exhaustive verdicts,
+and Holm only adds decisions to those the search took. The joint check then reads at
+``0.05 / m``. A failed run (a non-finite loss) makes its judgement ``costly``. Fewer than 2
+seeds are refused: no interval, so no verdict but undetermined.
 
 Outputs besides ``results.json``: the freeze plan of the ``frozen`` strategy's jointly
 negligible set (``plan.json``, ``axolotl.yaml``, ``frozen_parameters.txt``: the parameters
@@ -184,6 +187,7 @@ def summary_sites(record: dict, sites: list[Site]) -> list[dict]:
                 "verdict": r["verdict"],
                 "cost": r["cost"],
                 "interval": r["interval"],
+                "level": r.get("level"),
                 "single": r["group_size"] == 1,
             }
         )
@@ -370,47 +374,68 @@ def _judge(runs: dict[str, dict], state: dict, strategy: str):
     return judge
 
 
-def _exhaustive_record(runs, scale, strategy: str, names: list[str], seeds: int) -> dict:
-    """Every site alone on every seed, Holm over the scan's comparisons of this strategy."""
-    costs = {n: _costs(runs, scale, strategy, [n], seeds) for n in names}
-    judged = stats.judge({n: c for n, c in costs.items() if c is not None}, scale["margin_used"])
-    sites = {}
-    for n in names:
-        j = judged.get(n)
-        if j is None:
-            sites[n] = {**Judgement("costly").as_dict(), "group_size": 1, "seeds": seeds}
-            continue
-        sites[n] = {
-            "verdict": j.verdict,
-            "cost": j.mean,
-            "interval": list(j.adjusted) if j.adjusted else None,
-            "seeds_needed": j.seeds_needed,
-            "level": j.level,
-            "group_size": 1,
-            "seeds": seeds,
-        }
-    return {"steps": [], "sites": sites, "joint": None, "judgements": len(names),
-            "runs": len(names) * seeds}  # fmt: skip
+def holm_verdicts(records: dict[str, dict], runs: dict[str, dict], scale: dict) -> None:
+    """Replace each site's verdict in ``records`` (strategy -> search record) by Holm's over the
+    claims of every strategy's sites, each read from the judgement that decided it (the site's
+    ``set`` on its ``seeds``), at the levels of :func:`deadzone.experiments.stats.judge`.
+
+    A site's entry gains ``level`` (the level Holm read it at) and keeps the search's verdict as
+    ``search_verdict``; a site whose runs failed stays ``costly`` and is not in the family.
+    """
+    claims = {}
+    for strategy, record in records.items():
+        for name, site in record["sites"].items():
+            costs = _costs(runs, scale, strategy, site["set"], site["seeds"])
+            if costs is not None:
+                claims[(strategy, name)] = costs
+    judged = stats.judge(claims, scale["margin_used"])
+    strictest: dict[tuple, float] = {}  # the sites of one group: one claim, one level
+    for (strategy, name), j in judged.items():
+        group = (strategy, *records[strategy]["sites"][name]["set"])
+        strictest[group] = min(j.level, strictest.get(group, j.level))
+    for (strategy, name), j in judged.items():
+        site = records[strategy]["sites"][name]
+        level = strictest[(strategy, *site["set"])]
+        interval = stats.t_interval(claims[(strategy, name)], level)
+        word = stats.verdict(interval, scale["margin_used"])
+        if word == "better" and site["group_size"] > 1:
+            word = "negligible"
+        site.update(
+            search_verdict=site.get("search_verdict", site["verdict"]),
+            verdict=word,
+            cost=j.mean,
+            interval=list(interval),
+            seeds_needed=j.seeds_needed if word == "undetermined" else None,
+            level=level,
+        )
 
 
 def _search(runs, state, config: ScanConfig, strategy, sites: list[Site], priority) -> dict:
     """The record of one strategy, replayed against the recorded runs (:class:`_Missing` at the
-    first question they cannot answer yet)."""
-    names = [s.name for s in sites]
+    first question they cannot answer yet); its verdicts are the search's, its joint check not
+    made yet (:func:`holm_verdicts`, then :func:`_joint`)."""
     judge = _judge(runs, state, strategy)
     if config.mode == "exhaustive":
-        record = _exhaustive_record(runs, state["scale"], strategy, names, config.seeds)
-        record["joint"] = search_mod.joint_check(
-            judge, record["sites"], max_seeds=config.seeds, priority=priority, names=names,
-            margin=state["scale"]["margin_used"],
-        )  # fmt: skip
-        return record
+        return search_mod.exhaustive(judge, [s.name for s in sites], seeds=config.seeds)
     return search_mod.search(
         judge,
         search_mod.groups_by(sites, config.groups),
         max_seeds=config.seeds,
         start_seeds=min(START_SEEDS, config.seeds),
         priority=priority,
+        joint=False,
+    )
+
+
+def _joint(runs, state, config: ScanConfig, strategy, record: dict, sites, priority) -> None:
+    """The joint check of one strategy's record, on its final verdicts (:class:`_Missing` until
+    its runs are recorded)."""
+    record["joint"] = search_mod.joint_check(
+        _judge(runs, state, strategy),
+        record["sites"],
+        max_seeds=config.seeds,
+        priority=priority,
+        names=[s.name for s in sites],
         margin=state["scale"]["margin_used"],
     )
 
@@ -484,6 +509,14 @@ def scan(
                     )
                 except _Missing as m:
                     missing += m.specs
+            if not missing:  # every search answered: Holm's verdicts, then the joint checks
+                holm_verdicts(state["records"], results.runs, state["scale"])
+                for strategy, record in state["records"].items():
+                    try:
+                        _joint(results.runs, state, config, strategy, record, sites,
+                               ctx["priority"])  # fmt: skip
+                    except _Missing as m:
+                        missing += m.specs
             if not missing:
                 break
             if config.mode == "exhaustive" and rounds == 0:

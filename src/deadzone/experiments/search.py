@@ -36,11 +36,14 @@ The record (:func:`search` returns it; every value JSON-ready)::
                 "action": "split"}, ...],
      "sites": {"L0.attn.c_attn": {"verdict": "negligible", "cost": 0.004,
                                   "interval": [...], "seeds_needed": null,
-                                  "group_size": 4, "seeds": 2}, ...},
+                                  "group_size": 4, "seeds": 2,
+                                  "set": ["L0.attn.c_attn", ...]}, ...},
      "joint": {"sites": [...], "verdict": "negligible", "cost": ..., "interval": [...],
                "removed": [...], "steps": [...]} or null,
      "judgements": 17, "runs": 40}
 
+A site's ``set`` and ``seeds`` name the judgement that decided it, so a caller can read that
+judgement again at another level (the scan's final verdicts are Holm's, over every site).
 ``runs`` counts distinct (set of sites, seed) pairs asked for: the SFT runs the answers need,
 besides the ``full`` baseline of each seed.
 """
@@ -176,7 +179,7 @@ def search(
             steps.append(_step("groups", group, seeds, j, "decided"))
             for n in group:
                 sites[n] = {**j.as_dict(), "verdict": verdict, "group_size": len(group),
-                            "seeds": seeds}  # fmt: skip
+                            "seeds": seeds, "set": list(group)}  # fmt: skip
             continue
         if dense():  # costly sites are common: halving would judge most of them twice
             steps.append(_step("groups", group, seeds, j, "singles"))

@@ -212,18 +212,17 @@ def joint_steps(summary: dict, strategy: str) -> list[str]:
 def statistics_text(results: dict) -> str:
     s = summary_of(results)
     unit = "share of the fine-tuning gain" if s["unit"] == "share_of_gain" else "nats"
-    if s["mode"] == "exhaustive":
-        how = (
-            "single sites at Holm's step-down levels over each strategy's sites (each site's "
-            f"`level` in results.json); joint sets at {s['alpha']:.3g} = 0.05 / "
-            f"{s['comparisons']} (sites x strategies, Bonferroni)"
+    how = (
+        f"each site's verdict is Holm's step-down over the {s['comparisons']} site claims "
+        "(sites x strategies), read from the judgement that decided the site (its own or its "
+        "group's; each site's `level` in results.json)"
+    )
+    if s["mode"] == "adaptive":
+        how += (
+            f"; the search steered by intervals at {s['alpha']:.3g} = 0.05 / "
+            f"{s['comparisons']}, the strictest level Holm uses"
         )
-    else:
-        how = (
-            f"every judgement at {s['alpha']:.3g} = 0.05 / {s['comparisons']} (sites x "
-            "strategies): Bonferroni, the strictest level of Holm's procedure, since an adaptive "
-            "search decides one question at a time and its family is not known in advance"
-        )
+    how += f"; joint sets at {s['alpha']:.3g} (Bonferroni)"
     return (
         f"Costs are judged as a {unit} against the margin {s['margin_used']:g}: negligible when "
         f"the interval lies below it; {how}."
