@@ -7,7 +7,11 @@ executor: ``adaptive`` (group testing, seeds added only where undetermined) and 
 - agreement of the per-site verdicts on the (site, strategy) pairs the exhaustive scan decided
   (negligible / better / costly; ``better`` counts as negligible), and the confusion table;
 - runs and wall time of each (every run of each results file, baselines and joint checks
-  included; ``single-site runs`` is the exhaustive scan without its joint check);
+  included; ``single-site runs`` is the exhaustive scan without its joint check), and the
+  verdict counts and effective counts of each;
+- ``alone_for_90pct``: the runs that judging 90% of the pairs the exhaustive scan decided,
+  each alone on every seed, takes with the baselines: the fewest a search needs that decides no
+  group of sites at once and no site on fewer seeds;
 - the cost of the cheap scores against one SFT run (CPU seconds of each, in this process).
 
 Targets (issue): >= 90% agreement using <= 30% of the exhaustive scan's runs, on
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import tempfile
 import time
@@ -136,6 +141,8 @@ def main() -> None:
             "runs": len(runs),
             "wall_s": None if args.compare else time.monotonic() - started,
             "run_s": sum(r["seconds"] or 0 for r in runs),
+            "verdicts": {k: v["verdicts"] for k, v in docs[mode]["summary"]["strategies"].items()},
+            "effective": docs[mode]["summary"]["effective"],
         }
     e = docs["exhaustive"]
     sites = len(e["sites"])
@@ -144,6 +151,14 @@ def main() -> None:
     )
     figures["comparison"] = compare(docs["adaptive"], e)
     figures["runs_ratio"] = figures["adaptive"]["runs"] / figures["exhaustive"]["single_site_runs"]
+    # The runs that judging 90% of the pairs the exhaustive scan decided, each alone on every
+    # seed, takes with the baselines: a search that decides no group of sites at once and no
+    # site on fewer seeds needs at least this many.
+    needed = math.ceil(0.9 * figures["comparison"]["decided_by_exhaustive"])
+    figures["alone_for_90pct"] = args.seeds * (1 + needed)
+    figures["alone_for_90pct_ratio"] = (
+        figures["alone_for_90pct"] / figures["exhaustive"]["single_site_runs"]
+    )
     figures["cheap_scores"] = cheap_score_cost(args.model, args.data, sft)
     print(json.dumps(figures, indent=1))
     print(confusion_table(figures["comparison"]["confusion"]))

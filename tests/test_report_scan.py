@@ -75,3 +75,15 @@ def test_rho_table() -> None:
         "| pr | -0.12 (p=0.51, n=12) | — |\n"
         "| snr | — (n=2) | — |\n"
     )
+
+
+def test_statistics_text_says_holm_once_the_levels_are_in_and_the_search_level_before():
+    s = summary() | {"unit": "share_of_gain", "margin_used": 0.02, "alpha": 0.05 / 32}
+    s |= {"comparisons": 32, "mode": "adaptive"}
+    before = report.statistics_text({"summary": s})
+    assert "so far at 0.00156 = 0.05 / 32" in before and "step-down over" not in before
+    for row in s["strategies"]["frozen"]["sites"]:
+        row["level"] = 0.05
+    after = report.statistics_text({"summary": s})
+    assert "Holm's step-down over the site claims (32 = sites x strategies" in after
+    assert "steered by intervals at 0.00156" in after

@@ -28,12 +28,13 @@ sites x strategies. While it searches, an adaptive scan decides one question at 
 cannot know Holm's levels yet, so it steers (accept a group, split it, add a seed) by intervals
 read at ``0.05 / m``, the strictest level Holm uses. When every search is answered, the final
 verdicts are Holm's step-down (:func:`holm_verdicts`, :func:`deadzone.experiments.stats.judge`)
-over the ``m`` claims, each claim read from the judgement that decided its site (its own, or
-its group's: under monotone costs a group's test is a test of each of its sites), in both modes;
-so an adaptive scan that ends judging every site alone gives exactly the exhaustive verdicts,
-and Holm only adds decisions to those the search took. The joint check then reads at
-``0.05 / m``. A failed run (a non-finite loss) makes its judgement ``costly``. Fewer than 2
-seeds are refused: no interval, so no verdict but undetermined.
+over the ``m`` claims, each read from the judgement that decided its site (its own, or its
+group's), in both modes: an adaptive scan that ends judging every site alone on every seed
+gives exactly the exhaustive verdicts, and Holm only adds decisions to those the search took.
+The search's repeated looks at a site (group, half, alone; more seeds) are not adjusted for
+(``docs/statistics.md``). The joint check then reads at ``0.05 / m``. A failed run (a
+non-finite loss) makes its judgement ``costly``. Fewer than 2 seeds are refused: no interval,
+so no verdict but undetermined.
 
 Outputs besides ``results.json``: the freeze plan of the ``frozen`` strategy's jointly
 negligible set (``plan.json``, ``axolotl.yaml``, ``frozen_parameters.txt``: the parameters
@@ -188,6 +189,7 @@ def summary_sites(record: dict, sites: list[Site]) -> list[dict]:
                 "cost": r["cost"],
                 "interval": r["interval"],
                 "level": r.get("level"),
+                "search_verdict": r.get("search_verdict"),
                 "single": r["group_size"] == 1,
             }
         )
@@ -299,16 +301,6 @@ class _Missing(Exception):
         self.specs = specs
 
 
-@dataclass
-class _Scale:
-    """The unit costs are judged in (fixed by the baselines of every seed) and its margin."""
-
-    unit: str
-    margin: float
-    gains: dict[int, float]
-    alpha: float  # each judgement's level: ALPHA / comparisons (Bonferroni; see the module doc)
-
-
 def _scale(runs: dict[str, dict], seeds: int, config: ScanConfig, comparisons: int) -> dict:
     full = [runs[f"full/seed{s}"] for s in range(seeds)]
     failed = [r for r in full if r.get("status") != "ok"]
@@ -413,12 +405,12 @@ def holm_verdicts(records: dict[str, dict], runs: dict[str, dict], scale: dict) 
 def _search(runs, state, config: ScanConfig, strategy, sites: list[Site], priority) -> dict:
     """The record of one strategy, replayed against the recorded runs (:class:`_Missing` at the
     first question they cannot answer yet); its verdicts are the search's, its joint check not
-    made yet (:func:`holm_verdicts`, then :func:`_joint`)."""
-    judge = _judge(runs, state, strategy)
+    made yet (:func:`holm_verdicts`, then :func:`_joint`, which asks through the same tally)."""
+    ask = state["askers"][strategy] = search_mod.Asker(_judge(runs, state, strategy))
     if config.mode == "exhaustive":
-        return search_mod.exhaustive(judge, [s.name for s in sites], seeds=config.seeds)
+        return search_mod.exhaustive(ask, [s.name for s in sites], seeds=config.seeds)
     return search_mod.search(
-        judge,
+        ask,
         search_mod.groups_by(sites, config.groups),
         max_seeds=config.seeds,
         start_seeds=min(START_SEEDS, config.seeds),
@@ -427,17 +419,19 @@ def _search(runs, state, config: ScanConfig, strategy, sites: list[Site], priori
     )
 
 
-def _joint(runs, state, config: ScanConfig, strategy, record: dict, sites, priority) -> None:
+def _joint(state, config: ScanConfig, strategy, record: dict, sites, priority) -> None:
     """The joint check of one strategy's record, on its final verdicts (:class:`_Missing` until
-    its runs are recorded)."""
+    its runs are recorded); the record's counts then include its questions."""
+    ask = state["askers"][strategy]
     record["joint"] = search_mod.joint_check(
-        _judge(runs, state, strategy),
+        ask,
         record["sites"],
         max_seeds=config.seeds,
         priority=priority,
         names=[s.name for s in sites],
         margin=state["scale"]["margin_used"],
     )
+    record["judgements"], record["runs"] = len(ask.answers), ask.runs
 
 
 def scan(
@@ -463,7 +457,7 @@ def scan(
     with writing(out), executor:  # workers start as this loads, and serve every round
         ctx = _load(config, executor.threads, tracking)
         sites, names = ctx["sites"], [s.name for s in ctx["sites"]]
-        state: dict = {"scale": None, "records": {}, "pending": True, "answered": {}}
+        state: dict = {"scale": None, "records": {}, "askers": {}, "pending": True, "answered": {}}
         header = {"schema_version": SCHEMA_VERSION, **provenance(), "mode": config.mode}
         runset = {"strategies": list(config.strategies), "seeds": list(range(config.seeds))}
         results = ResultsDir(
@@ -513,8 +507,7 @@ def scan(
                 holm_verdicts(state["records"], results.runs, state["scale"])
                 for strategy, record in state["records"].items():
                     try:
-                        _joint(results.runs, state, config, strategy, record, sites,
-                               ctx["priority"])  # fmt: skip
+                        _joint(state, config, strategy, record, sites, ctx["priority"])
                     except _Missing as m:
                         missing += m.specs
             if not missing:

@@ -90,8 +90,9 @@ class Judgement:
 Judge = Callable[[frozenset[str], int], Judgement]
 
 
-class _Asker:
-    """The judge, asked each (set, seeds) once, counting judgements and distinct runs."""
+class Asker:
+    """The judge, asked each (set, seeds) once, counting judgements and distinct runs. Pass one
+    to :func:`search` and then to :func:`joint_check` to count both in one tally."""
 
     def __init__(self, judge: Judge) -> None:
         self.judge = judge
@@ -147,7 +148,7 @@ def search(
     def order(group: Iterable[str]) -> list[str]:
         return sorted(group, key=lambda n: (priority.get(n, 0.0), n))
 
-    ask = _Asker(judge)
+    ask = judge if isinstance(judge, Asker) else Asker(judge)
     steps: list[dict] = []
     sites: dict[str, dict] = {}
     queue = deque((order(g), True) for g in groups if g)  # (group, one of the groups given)

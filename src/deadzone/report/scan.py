@@ -212,10 +212,18 @@ def joint_steps(summary: dict, strategy: str) -> list[str]:
 def statistics_text(results: dict) -> str:
     s = summary_of(results)
     unit = "share of the fine-tuning gain" if s["unit"] == "share_of_gain" else "nats"
+    rows = [r for st in s["strategies"].values() for r in st["sites"]]
+    if not any(r.get("level") is not None for r in rows):  # unfinished, or written before Holm
+        return (
+            f"Costs are judged as a {unit} against the margin {s['margin_used']:g}: negligible "
+            f"when the interval lies below it; every judgement so far at {s['alpha']:.3g} = "
+            f"0.05 / {s['comparisons']} (sites x strategies), the strictest level of Holm's "
+            "procedure; Holm's own verdicts come once every search is answered."
+        )
     how = (
-        f"each site's verdict is Holm's step-down over the {s['comparisons']} site claims "
-        "(sites x strategies), read from the judgement that decided the site (its own or its "
-        "group's; each site's `level` in results.json)"
+        f"each site's verdict is Holm's step-down over the site claims ({s['comparisons']} = "
+        "sites x strategies, less any whose runs failed), read from the judgement that decided "
+        "the site (its own or its group's; each site's `level` in results.json)"
     )
     if s["mode"] == "adaptive":
         how += (
