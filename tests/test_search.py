@@ -211,3 +211,17 @@ def test_where_costly_sites_are_common_it_tests_them_one_at_a_time() -> None:
     assert halving["judgements"] == 8 * 7  # a group of 4, its halves, its sites
     assert switched["judgements"] < len(names) + 8
     assert any(s["action"] == "singles" for s in switched["steps"])
+
+
+def test_joint_check_removes_at_most_half_the_set_when_costs_do_not_add_up() -> None:
+    sites = {f"s{i:02d}": {"verdict": "negligible", "cost": 0.001, "group_size": 1}
+             for i in range(20)}  # fmt: skip
+
+    def judge(chosen: frozenset[str], seeds: int) -> S.Judgement:  # 20 x 0.001 costs 0.1
+        if len(chosen) > 5:
+            return S.Judgement("costly", 0.1, (0.08, 0.12))
+        return S.Judgement("negligible", 0.004, (0.0, 0.01))
+
+    joint = S.joint_check(judge, sites, max_seeds=3, margin=MARGIN)
+    assert [len(s["sites"]) for s in joint["steps"]] == [20, 10, 5]
+    assert joint["verdict"] == "negligible" and len(joint["sites"]) == 5
