@@ -182,8 +182,10 @@ def test_a_killed_driver_resumes_losing_and_repeating_nothing(setup, reference, 
 def test_ctrl_c_keeps_finished_runs_and_exits_130_with_one_line(setup, tmp_path, workers):  # noqa: F811
     model, data = setup
     out = tmp_path / "out"
+    # 400 steps: runs of several seconds, so that the signal lands before all 8 are done even
+    # when this process is slow to notice the first one (60-step runs finished unseen in CI)
     argv = [sys.executable, "-m", "deadzone.cli", "crystallize", model, "--target",
-            "L1.attn.c_proj", "--steps", "60", "--seeds", "2", "--data", data, "--batch-size",
+            "L1.attn.c_proj", "--steps", "400", "--seeds", "2", "--data", data, "--batch-size",
             "4", *workers, "--out", str(out)]  # fmt: skip
     driver = subprocess.Popen(argv, env=env(), stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
