@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -182,12 +183,15 @@ def test_a_killed_driver_resumes_losing_and_repeating_nothing(setup, reference, 
 def test_ctrl_c_keeps_finished_runs_and_exits_130_with_one_line(setup, tmp_path, workers):  # noqa: F811
     model, data = setup
     out = tmp_path / "out"
-    # 400 steps: runs of several seconds, so that the signal lands before all 8 are done even
-    # when this process is slow to notice the first one (60-step runs finished unseen in CI)
     argv = [sys.executable, "-m", "deadzone.cli", "crystallize", model, "--target",
-            "L1.attn.c_proj", "--steps", "400", "--seeds", "2", "--data", data, "--batch-size",
+            "L1.attn.c_proj", "--steps", "60", "--seeds", "2", "--data", data, "--batch-size",
             "4", *workers, "--out", str(out)]  # fmt: skip
-    driver = subprocess.Popen(argv, env=env(), stderr=subprocess.PIPE, text=True)
+    # The driver gets SIGINT's default action whatever this process inherited or was given by
+    # earlier tests (Python turns SIGINT into KeyboardInterrupt only when it starts at default).
+    default_sigint = partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
+    driver = subprocess.Popen(
+        argv, env=env(), stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and driver.poll() is None:
         if (out / "results.json").exists() and fileio.read_json(out / "results.json")["runs"]:
