@@ -381,19 +381,22 @@ def holm_verdicts(records: dict[str, dict], runs: dict[str, dict], scale: dict) 
             if costs is not None:
                 claims[(strategy, name)] = costs
     judged = stats.judge(claims, scale["margin_used"])
-    strictest: dict[tuple, float] = {}  # the sites of one group: one claim, one level
-    for (strategy, name), j in judged.items():
-        group = (strategy, *records[strategy]["sites"][name]["set"])
-        strictest[group] = min(j.level, strictest.get(group, j.level))
+
+    def claim(strategy: str, name: str) -> tuple:  # the sites of one group share one claim
+        return (strategy, *records[strategy]["sites"][name]["set"])
+
+    strictest: dict[tuple, float] = {}
+    for key, j in judged.items():
+        strictest[claim(*key)] = min(j.level, strictest.get(claim(*key), j.level))
     for (strategy, name), j in judged.items():
         site = records[strategy]["sites"][name]
-        level = strictest[(strategy, *site["set"])]
+        level = strictest[claim(strategy, name)]
         interval = stats.t_interval(claims[(strategy, name)], level)
         word = stats.verdict(interval, scale["margin_used"])
         if word == "better" and site["group_size"] > 1:
             word = "negligible"
         site.update(
-            search_verdict=site.get("search_verdict", site["verdict"]),
+            search_verdict=site["verdict"],
             verdict=word,
             cost=j.mean,
             interval=list(interval),
