@@ -225,3 +225,16 @@ def test_joint_check_removes_at_most_half_the_set_when_costs_do_not_add_up() -> 
     joint = S.joint_check(judge, sites, max_seeds=3, margin=MARGIN)
     assert [len(s["sites"]) for s in joint["steps"]] == [20, 10, 5]
     assert joint["verdict"] == "negligible" and len(joint["sites"]) == 5
+
+
+def test_joint_check_keeps_the_claim_of_a_set_already_decided_on_every_seed() -> None:
+    # one site left, decided negligible by a looser level than the judge reads at
+    sites = {"a": {"verdict": "negligible", "cost": 0.005, "interval": [0.0, 0.015],
+                   "group_size": 1, "seeds": 3, "set": ["a"]}}  # fmt: skip
+
+    def strict(chosen: frozenset[str], seeds: int) -> S.Judgement:
+        raise AssertionError("a set already decided is judged again")
+
+    joint = S.joint_check(strict, sites, max_seeds=3, margin=MARGIN)
+    assert joint["sites"] == ["a"] and joint["verdict"] == "negligible"
+    assert joint["interval"] == [0.0, 0.015]

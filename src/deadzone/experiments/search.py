@@ -223,6 +223,10 @@ def joint_check(
     interval under the margin, but never more than half of the set: costs need not add up (on
     ``builtin:tiny`` 20 frozen matrices negligible alone cost 10% of the gain together, twice the
     sum of their single costs), and past half the estimate would empty the set.
+
+    A set that is exactly the set some site was decided with, on ``max_seeds``, is not judged
+    again: its claim stands as ``sites`` gives it (a caller may have read it at a looser level
+    than ``judge``'s, as the scan's Holm step does).
     """
     priority = priority or {}
     names = names or list(sites)
@@ -234,10 +238,18 @@ def joint_check(
         cost = sites[n]["cost"]
         return 0.0 if cost is None else cost / sites[n]["group_size"]
 
+    def decided(names: list[str]) -> Judgement | None:
+        """The judgement that decided exactly ``names`` on ``max_seeds`` seeds, if one did."""
+        site = sites[names[0]]
+        if site.get("seeds") != max_seeds or sorted(site.get("set", ())) != sorted(names):
+            return None
+        interval = site["interval"]
+        return Judgement(site["verdict"], site["cost"], interval and tuple(interval))
+
     removal = sorted(chosen, key=lambda n: (-single(n), -priority.get(n, 0.0), n))
     steps, removed = [], []
     while True:
-        j = judge(frozenset(chosen), max_seeds)
+        j = decided(chosen) or judge(frozenset(chosen), max_seeds)
         done = j.verdict in ACCEPTED or len(chosen) == 1
         steps.append(_step("joint", chosen, max_seeds, j, "decided" if done else "shrink"))
         if done:
