@@ -17,10 +17,12 @@ Variants, each frozen before the first step:
 
 Time is the process's CPU time of one optimizer step on one thread (other work on a shared
 machine does not count), the median over ``--repeats`` steps per variant after ``--warmup``;
-the variants alternate step by step in one process.
+the variants alternate step by step in one process. How a process's memory happens to be laid
+out moves its ratios by several hundredths, so ``--rounds N`` runs N fresh processes one after
+the other and reports the median of their ratios per variant.
 
-    python bench/freeze.py                  # figures of docs/benchmarks.md
-    python bench/freeze.py --json out.json  # also write them
+    python bench/freeze.py --rounds 5 --json out.json  # figures of docs/benchmarks.md
+    python bench/freeze.py                             # one round
 
 Part 2, ``--schedules DIR``: the schedules themselves, through ``deadzone freeze`` on
 ``builtin:tiny`` (target fraction 0.5, 3 seeds, whole blocks, all reached by half of training),
@@ -36,7 +38,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
@@ -98,6 +104,9 @@ def main() -> None:
         "elementwise kernels), or gelu_pytorch_tanh, the same function in one kernel "
         "(default: gelu_new)",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="fresh processes, one after another (default: 1)"
+    )
     parser.add_argument("--json", help="also write the figures to this file (default: none)")
     parser.add_argument(
         "--schedules",
@@ -110,6 +119,9 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.schedules:
         schedules(args.schedules, args.steps, args.seeds)
+        return
+    if args.rounds > 1:
+        rounds(args)
         return
 
     preset = get_preset(args.preset)
@@ -159,6 +171,37 @@ def main() -> None:
         }
         with open(args.json, "w") as f:
             json.dump({"setup": meta, "variants": rows}, f, indent=2)
+
+
+def rounds(args: argparse.Namespace) -> None:
+    """Part 1 in ``args.rounds`` fresh processes; the median of their ratios per variant."""
+    figures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.rounds):
+            print(f"round {i + 1} of {args.rounds}", flush=True)
+            out = os.path.join(tmp, f"round{i}.json")
+            argv = [sys.executable, __file__, "--json", out]
+            for key in ("preset", "batch", "repeats", "warmup", "activation"):
+                argv += [f"--{key}", str(getattr(args, key))]
+            subprocess.run(argv, check=True)
+            with open(out) as f:
+                figures.append(json.load(f))
+    print(f"\nmedian over {args.rounds} processes (each: median of {args.repeats} steps)")
+    print(f"{'variant':<15} {'vs full':>8} {'min':>7} {'max':>7}   per round")
+    summary = []
+    for variant in VARIANTS:
+        ratios = [
+            row["ratio_to_full"] for fig in figures for row in fig["variants"]
+            if row["variant"] == variant
+        ]  # fmt: skip
+        median = statistics.median(ratios)
+        summary.append({"variant": variant, "median_ratio_to_full": median, "ratios": ratios})
+        spread = f"{min(ratios):>7.3f} {max(ratios):>7.3f}"
+        print(f"{variant:<15} {median:>7.3f}x {spread}   {' '.join(f'{r:.3f}' for r in ratios)}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"setup": figures[0]["setup"], "rounds": figures, "median": summary}, f,
+                      indent=2)  # fmt: skip
 
 
 SCHEDULES = "geometry:pr,freezeout,autofreeze,lisa,random"

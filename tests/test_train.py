@@ -6,11 +6,20 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from deadzone import sites, strategies
 from deadzone.errors import DeadzoneError
-from deadzone.train import SFTConfig, SFTLoop, batch_stream, computed, lr_factor, train
+from deadzone.train import (
+    SFTConfig,
+    SFTLoop,
+    batch_stream,
+    computed,
+    loss_sum,
+    lr_factor,
+    train,
+)
 
 VOCAB, SEQ = 96, 16
 
@@ -97,6 +106,62 @@ def test_record_shape_and_token_weighted_eval():
         mask = torch.cat([b["attention_mask"] for b in EVAL])
         ref = loop.model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
     assert math.isclose(result.final_eval_loss, ref, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_training_loss_and_gradients_are_cross_entropys(dtype):
+    model = no_dropout_gpt2().to(dtype)
+    batch = TRAIN[0] | {"labels": TRAIN[0]["labels"].clone()}
+    batch["labels"][0] = -100  # a row without a labelled token
+    total, count = loss_sum(model, batch)
+    total.mul(0.37).backward()
+    ours = {n: p.grad.float().clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    labels = torch.nn.functional.pad(batch["labels"], (0, 1), value=-100)[:, 1:]
+    ref = torch.nn.functional.cross_entropy(
+        out.logits.reshape(-1, VOCAB).float(), labels.reshape(-1), reduction="sum"
+    )
+    ref.mul(0.37).backward()
+    assert count == (labels != -100).sum()
+    assert math.isclose(total.item(), ref.item(), rel_tol=1e-5)
+    for name, p in model.named_parameters():
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(ours[name], p.grad.float(), rtol=tol, atol=tol, msg=name)
+    with torch.no_grad():  # evaluation: the same number
+        assert math.isclose(loss_sum(model, batch)[0].item(), ref.item(), rel_tol=1e-5)
+
+
+class NewTensors(TorchDispatchMode):
+    """Shapes of the tensors that aten ops allocate (views and in-place results apart)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        fresh = isinstance(out, torch.Tensor) and not any(out is a for a in args)
+        if fresh and not func.is_view:
+            self.shapes.append(tuple(out.shape))
+        return out
+
+
+def test_training_loss_allocates_one_vocabulary_sized_buffer_besides_the_logits():
+    vocab = 211  # no other tensor of the model is this wide
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=vocab, n_positions=SEQ)
+    )
+    batch = TRAIN[0]
+    with NewTensors() as new:
+        total, _ = loss_sum(model, batch)
+        total.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    # the logits and one buffer; F.cross_entropy allocates its log-softmax, and its backward
+    # two more (the loss's gradient, zeros but at the labels, and the logits')
+    n = batch["input_ids"].numel()
+    assert [s for s in new.shapes if s == (n, vocab)] == [(n, vocab)] * 2
 
 
 def test_final_train_loss_is_the_mean_over_the_last_tenth_of_steps():

@@ -223,20 +223,56 @@ def make_accelerator(config: SFTConfig) -> Accelerator:
     return Accelerator(mixed_precision=precision, cpu=config.cpu)
 
 
+class _CrossEntropySum(torch.autograd.Function):
+    """Sum of cross-entropy over rows of ``logits`` (N, V) whose label is not -100, with the
+    gradient of the logits taken in the forward pass into one (N, V) float32 buffer.
+
+    ``F.cross_entropy`` keeps the log-softmax (N, V) for its backward pass, which then allocates
+    two more: the loss's gradient, zeros but for the labels, and the logits' gradient. Here the
+    softmax minus the one-hot labels is kept instead, and the backward pass scales it in place:
+    one vocabulary-sized buffer besides the logits instead of three, a tenth of an SFT step on
+    the builtin model on CPU (``docs/benchmarks.md``, "Freeze"). The graph can be run backward
+    once (``retain_graph`` is not supported).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(logits.device.type, enabled=False):
+            x = logits.float()
+            valid = labels != IGNORE_INDEX
+            target = torch.where(valid, labels, 0)[:, None]  # (N, 1)
+            top, picked = x.amax(dim=1, keepdim=True), x.gather(1, target)  # (N, 1) each
+            # becomes softmax(x) - one_hot(label); in place where x is a float32 copy already
+            grad = (torch.sub(x, top) if x is logits else x.sub_(top)).exp_()
+            norm = grad.sum(dim=1, keepdim=True)
+            nll = top + norm.log() - picked  # (N, 1): logsumexp - logit of the label
+            total = nll.squeeze(1).masked_fill(~valid, 0.0).sum()
+            grad.div_(norm).scatter_add_(1, target, torch.full_like(norm, -1.0))
+            grad.masked_fill_(~valid[:, None], 0.0)
+        ctx.save_for_backward(grad)
+        ctx.dtype = logits.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (grad,) = ctx.saved_tensors
+        return grad.mul_(grad_total).to(ctx.dtype), None
+
+
 def loss_sum(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of next-token cross-entropy over labels != -100, number of such labels).
 
     The labels are shifted rather than the logits, so the (B, T, V) logits are never copied.
+    Where a gradient is wanted the loss is :class:`_CrossEntropySum`, else ``F.cross_entropy``.
     """
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = model(**inputs, use_cache=False).logits  # (B, T, V)
     labels = F.pad(batch["labels"], (0, 1), value=IGNORE_INDEX)[:, 1:]  # (B, T): next tokens
-    total = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(),
-        labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
+    logits, flat = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+    if torch.is_grad_enabled() and logits.requires_grad:
+        total = _CrossEntropySum.apply(logits, flat)
+    else:
+        total = F.cross_entropy(logits.float(), flat, ignore_index=IGNORE_INDEX, reduction="sum")
     return total, (labels != IGNORE_INDEX).sum()
 
 
