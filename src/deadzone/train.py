@@ -239,16 +239,17 @@ class _CrossEntropySum(torch.autograd.Function):
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(logits.device.type, enabled=False):
             x = logits.float()
-            valid = labels != IGNORE_INDEX
-            target = torch.where(valid, labels, 0)[:, None]  # (N, 1)
+            unlabelled = (labels == IGNORE_INDEX)[:, None]  # (N, 1)
+            target = labels[:, None].masked_fill(unlabelled, 0)
             top, picked = x.amax(dim=1, keepdim=True), x.gather(1, target)  # (N, 1) each
             # becomes softmax(x) - one_hot(label); in place where x is a float32 copy already
             grad = (torch.sub(x, top) if x is logits else x.sub_(top)).exp_()
             norm = grad.sum(dim=1, keepdim=True)
             nll = top + norm.log() - picked  # (N, 1): logsumexp - logit of the label
-            total = nll.squeeze(1).masked_fill(~valid, 0.0).sum()
-            grad.div_(norm).scatter_add_(1, target, torch.full_like(norm, -1.0))
-            grad.masked_fill_(~valid[:, None], 0.0)
+            total = nll.masked_fill(unlabelled, 0.0).sum()
+            # an unlabelled row is divided by infinity to zeros, and gets no one-hot subtracted
+            one_hot = unlabelled.to(grad.dtype) - 1.0
+            grad.div_(norm.masked_fill(unlabelled, math.inf)).scatter_add_(1, target, one_hot)
         ctx.save_for_backward(grad)
         ctx.dtype = logits.dtype
         return total

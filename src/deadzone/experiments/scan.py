@@ -387,7 +387,8 @@ def holm_verdicts(records: dict[str, dict], runs: dict[str, dict], scale: dict) 
 
     strictest: dict[tuple, float] = {}
     for key, j in judged.items():
-        strictest[claim(*key)] = min(j.level, strictest.get(claim(*key), j.level))
+        group = claim(*key)
+        strictest[group] = min(j.level, strictest.get(group, j.level))
     for (strategy, name), j in judged.items():
         site = records[strategy]["sites"][name]
         level = strictest[claim(strategy, name)]
