@@ -17,9 +17,12 @@ Variants, each frozen before the first step:
 
 Time is the process's CPU time of one optimizer step on one thread (other work on a shared
 machine does not count), the median over ``--repeats`` steps per variant after ``--warmup``;
-the variants alternate step by step in one process. How a process's memory happens to be laid
-out moves its ratios by several hundredths, so ``--rounds N`` runs N fresh processes one after
-the other and reports the median of their ratios per variant.
+the variants alternate step by step in one process. Beside it, each variant's FLOPs per step
+(its matrix products, forward and backward, counted by ``torch.utils.flop_counter``): their
+ratio to ``full`` is the time ratio a step made of nothing but those products would have.
+How a process's memory happens to be laid out moves its time ratios by several hundredths, so
+``--rounds N`` runs N fresh processes one after the other and reports the median of their
+ratios per variant.
 
     python bench/freeze.py --rounds 5 --json out.json  # figures of docs/benchmarks.md
     python bench/freeze.py                             # one round
@@ -46,6 +49,7 @@ import tempfile
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from deadzone.freezing import optimizer_state_bytes
@@ -55,12 +59,15 @@ from deadzone.train import SFTConfig, SFTLoop, batch_stream
 EMBEDDINGS = ("transformer.wte.weight", "transformer.wpe.weight")
 
 
-def make_model(preset_name: str, activation: str = "gelu_new") -> GPT2LMHeadModel:
+def make_model(
+    preset_name: str, activation: str = "gelu_new", attention: str = "sdpa"
+) -> GPT2LMHeadModel:
     preset = get_preset(preset_name)
     config = GPT2Config(
         n_layer=preset.n_layer, n_embd=preset.n_embd, n_head=preset.n_head,
         n_positions=preset.context, vocab_size=preset.vocab_size,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, activation_function=activation,
+        attn_implementation=attention,
     )  # fmt: skip
     torch.manual_seed(preset.seed)
     return GPT2LMHeadModel(config)
@@ -89,6 +96,22 @@ def frozen_names(model: GPT2LMHeadModel, variant: str) -> list[str]:
 
 
 VARIANTS = ("full", "scattered", "prefix", "prefix-no-wte")
+
+
+def step_flops(args: argparse.Namespace, batch: dict, config: SFTConfig) -> dict[str, int]:
+    """FLOPs of one SFT step's products (forward, backward) per variant, counted by PyTorch's
+    ``FlopCounterMode`` on a model with eager attention: its counter has no formula for the CPU
+    SDPA kernel, so eager attention's ``bmm`` s stand in for it. Elementwise work is not counted:
+    the ratio to ``full`` is what freezing could save if the products were the whole step."""
+    flops = {}
+    for variant in VARIANTS:
+        model = make_model(args.preset, args.activation, attention="eager")
+        loop = SFTLoop(model, [batch], [batch], config, show_progress=False)
+        loop.freeze(frozen_names(loop.module, variant))
+        with FlopCounterMode(display=False) as counter:
+            loop.train_step(batch_stream([batch]), 1)
+        flops[variant] = counter.get_total_flops()
+    return flops
 
 
 def main() -> None:
@@ -145,8 +168,12 @@ def main() -> None:
                 times[variant].append(time.process_time() - t0)
 
     full = statistics.median(times["full"])
+    flops = step_flops(args, batch, config)
     rows = []
-    print(f"{'variant':<15} {'trainable':>10} {'CPU s/step':>11} {'vs full':>8} {'opt. state':>11}")
+    print(
+        f"{'variant':<15} {'trainable':>10} {'CPU s/step':>11} {'vs full':>8} {'opt. state':>11}"
+        f" {'GFLOP/step':>11} {'vs full':>8}"
+    )
     for variant in VARIANTS:
         loop, median = loops[variant], statistics.median(times[variant])
         row = {
@@ -155,11 +182,14 @@ def main() -> None:
             "cpu_seconds_per_step": median,
             "ratio_to_full": median / full,
             "optimizer_state_bytes": optimizer_state_bytes(loop.optimizer),
+            "flops_per_step": flops[variant],
+            "flops_ratio_to_full": flops[variant] / flops["full"],
         }
         rows.append(row)
         print(
             f"{variant:<15} {row['trainable_params']:>10,} {median:>11.4f} "
             f"{row['ratio_to_full']:>7.3f}x {row['optimizer_state_bytes'] / 2**20:>8.2f} MiB"
+            f" {flops[variant] / 1e9:>11.2f} {row['flops_ratio_to_full']:>7.3f}x"
         )
     if args.json:
         meta = {
@@ -187,7 +217,7 @@ def rounds(args: argparse.Namespace) -> None:
             with open(out) as f:
                 figures.append(json.load(f))
     print(f"\nmedian over {args.rounds} processes (each: median of {args.repeats} steps)")
-    print(f"{'variant':<15} {'vs full':>8} {'min':>7} {'max':>7}   per round")
+    print(f"{'variant':<15} {'vs full':>8} {'min':>7} {'max':>7} {'FLOPs':>7}   per round")
     summary = []
     for variant in VARIANTS:
         ratios = [
@@ -195,8 +225,11 @@ def rounds(args: argparse.Namespace) -> None:
             if row["variant"] == variant
         ]  # fmt: skip
         median = statistics.median(ratios)
-        summary.append({"variant": variant, "median_ratio_to_full": median, "ratios": ratios})
-        spread = f"{min(ratios):>7.3f} {max(ratios):>7.3f}"
+        flops = next(r for r in figures[0]["variants"] if r["variant"] == variant)
+        flops = flops["flops_ratio_to_full"]  # the same in every round: a count, not a time
+        summary.append({"variant": variant, "median_ratio_to_full": median, "ratios": ratios,
+                        "flops_ratio_to_full": flops})  # fmt: skip
+        spread = f"{min(ratios):>7.3f} {max(ratios):>7.3f} {flops:>6.3f}x"
         print(f"{variant:<15} {median:>7.3f}x {spread}   {' '.join(f'{r:.3f}' for r in ratios)}")
     if args.json:
         with open(args.json, "w") as f:
