@@ -93,6 +93,64 @@ def test_a_plan_for_another_model_is_refused(tmp_path) -> None:
         plans.apply_plan(tiny_gpt2(), renamed)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_plan_applies_to_its_model_loaded_in_another_dtype_and_not_to_another_model(dtype):
+    plan = plans.make_plan(tiny_gpt2(), choose(tiny_gpt2()), source="tiny gpt2")
+    copy = tiny_gpt2().to(dtype)  # the same checkpoint, loaded in a dtype to fine-tune in
+    assert plans.model_fingerprint(copy) != plan["model"]["fingerprint"]
+    plans.apply_plan(copy, plan)
+    assert {n for n, p in copy.named_parameters() if not p.requires_grad} == {
+        e["param_name"] for e in plan["sites"]
+    }
+    other = tiny_gpt2()
+    with torch.no_grad():
+        other.transformer.h[0].mlp.c_fc.weight.add_(0.01)
+    with pytest.raises(DeadzoneError, match="made for another model"):
+        plans.apply_plan(other.to(dtype), plan)
+    exact_only = json.loads(json.dumps(plan))  # a plan file written before the rounded ones
+    for key in plans.ROUNDED:
+        del exact_only["model"][key]
+    with pytest.raises(DeadzoneError, match="made for another model"):
+        plans.apply_plan(tiny_gpt2().to(dtype), exact_only)
+    plans.apply_plan(tiny_gpt2(), exact_only)
+
+
+def test_an_entry_without_a_rank_is_valid_and_applies() -> None:
+    """``rank`` matters to crystal sites alone: another site may leave it out."""
+    model = tiny_gpt2()
+    plan = plans.make_plan(model, choose(model))
+    for entry in plan["sites"]:
+        del entry["rank"]
+    fresh = tiny_gpt2()
+    records = plans.apply_plan(fresh, plans.validate(plan))
+    assert len(records) == len(plan["sites"])
+    assert {n for n, p in fresh.named_parameters() if not p.requires_grad} == {
+        e["param_name"] for e in plan["sites"]
+    }
+
+
+def test_order_is_written_loaded_and_checked_against_the_model(tmp_path) -> None:
+    model = tiny_gpt2()
+    chosen = choose(model)
+    rest = [s.name for s in find_sites(model) if s.layer is not None and s.name not in chosen]
+    plan = plans.make_plan(model, chosen, order=rest[::-1])
+    paths = plans.write_plan(tmp_path, model, plan)
+    assert plans.load_plan(paths["plan.json"])["order"] == rest[::-1]
+    assert plans.make_plan(model, chosen)["order"] == []
+    with pytest.raises(DeadzoneError, match="no site 'L7.mlp.c_fc'"):
+        plans.make_plan(model, chosen, order=["L7.mlp.c_fc"])
+    with pytest.raises(DeadzoneError, match="order names site 'L7.mlp.c_fc'.*lacks"):
+        plans.apply_plan(tiny_gpt2(), plan | {"order": ["L7.mlp.c_fc"]})
+    older = {k: v for k, v in plan.items() if k != "order"}  # the field is optional
+    plans.apply_plan(tiny_gpt2(), older)
+
+
+BAD_SITES = (
+    '{"plan_version": 1, "model": {"fingerprint": "x"}, "seed": 0, '
+    '"sites": [{"site": "a", "param_name": "a.weight", "strategy": "frozen"}]'
+)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -106,6 +164,15 @@ def test_a_plan_for_another_model_is_refused(tmp_path) -> None:
         ('{"plan_version": 1, "model": {"fingerprint": "x"}, "seed": 0, '
          '"sites": [{"site": "a", "param_name": "a.weight", "strategy": "crystal"}]}',
          "integer rank"),
+        ('{"plan_version": 1, "model": {"fingerprint": "x"}, "seed": 0, '
+         '"sites": [{"site": "a", "param_name": "a.weight", "strategy": "crystal", "rank": 0}]}',
+         "integer rank >= 1"),
+        ('{"plan_version": 1, "model": {"fingerprint": "x", "fingerprint_bf16": 3}, "seed": 0, '
+         '"sites": []}', "fingerprint_bf16 must be a string"),
+        (BAD_SITES + ', "order": "b"}', "order must be a list of site names"),
+        (BAD_SITES + ', "order": ["b", 2]}', "order must be a list of site names"),
+        (BAD_SITES + ', "order": ["b", "c", "b"]}', "order lists b twice"),
+        (BAD_SITES + ', "order": ["b", "a"]}', "order lists a, which is one of the plan's sites"),
     ],
 )  # fmt: skip
 def test_bad_plan_files_are_one_line_errors(tmp_path, text: str, message: str) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from deadzone import fileio
 from deadzone.report import scan as report
+from deadzone.schema import SCHEMA_VERSION
 
 ROLES = ("attn_qkv", "attn_out", "mlp_in", "mlp_out")
 
@@ -87,3 +89,77 @@ def test_statistics_text_says_holm_once_the_levels_are_in_and_the_search_level_b
     after = report.statistics_text({"summary": s})
     assert "Holm's step-down over the site claims (32 = sites x strategies" in after
     assert "steered by intervals at 0.00156" in after
+
+
+def document(s: dict, seeds: list[int]) -> dict:
+    """A finished scan's results around the summary ``s``, its runs left out."""
+    s |= {"unit": "share_of_gain", "margin_used": 0.02, "alpha": 0.05 / 32, "comparisons": 32}
+    s |= {"mode": "adaptive", "runs": 40, "complete": True}
+    s["effective"] = {st: {"sites": 0} for st in s["strategies"]}
+    for st in s["strategies"].values():
+        st |= {"verdicts": {"negligible": 1}, "search": {"judgements": 3, "runs": 6}}
+        for row in st["sites"]:
+            row["level"] = 0.05
+    names = [r["site"] for r in s["strategies"]["frozen"]["sites"]]
+    return {"model": "m", "sites": names, "steps": 3, "data": {"spec": "d"}, "seeds": seeds,
+            "summary": s}  # fmt: skip
+
+
+def test_report_reads_the_seeds_of_the_verdicts_not_every_seed_run_into_the_directory():
+    """A rerun with fewer --seeds: results.json lists the earlier seeds too."""
+    text = report.markdown(document(summary() | {"seeds": 2}, seeds=[0, 1, 2, 3]))
+    assert "up to 2 seeds" in text and "up to 4 seeds" not in text
+
+
+def test_rho_says_it_covers_only_the_sites_judged_alone():
+    s = summary()  # layer 0 judged in a group, layers 1-3 alone
+    note = "ρ for frozen over the 12 of 16 sites judged alone; random over the 12 of 16 sites "
+    note += "judged alone (an adaptive scan judges some sites only in groups)."
+    assert report.rho_note(s) == note
+    assert note in report.markdown(document(s, seeds=[0, 1]))
+    for st in s["strategies"].values():
+        for row in st["sites"]:
+            row["single"] = True
+    assert report.rho_note(s) == ""
+    assert "judged alone" not in report.markdown(document(s, seeds=[0, 1]))
+
+
+def test_statistics_text_says_which_joint_sets_are_read_at_bonferroni():
+    text = report.statistics_text(document(summary(), seeds=[0, 1]))
+    assert "joint sets at 0.00156 (Bonferroni), except one that is exactly a set some site " in text
+    assert "decided with on every seed, whose claim stands as Holm read it." in text
+
+
+def baseline(seed: int, status: str = "ok") -> dict:
+    error = None if status == "ok" else "non-finite loss"
+    return {"key": f"full/seed{seed}", "status": status, "error": error, "final_eval_loss": 2.0}
+
+
+@pytest.mark.parametrize(
+    ("runs", "message"),
+    [
+        ([], "nothing can be judged yet: 0 of its 3 baseline runs finished before the scan "
+             "stopped; rerun the scan to continue"),
+        ([baseline(0)], "nothing can be judged yet: 1 of its 3 baseline runs finished"),
+        ([baseline(0), baseline(1, "failed")],
+         "the baseline run full/seed1 failed (non-finite loss), so nothing can be judged"),
+    ],
+)  # fmt: skip
+def test_a_scan_stopped_in_its_baselines_is_reported_as_judging_nothing_yet(
+    tmp_path, capsys, runs, message
+):
+    """What a scan killed (or failed) before its baselines finished leaves in results.json."""
+    from deadzone.cli import main
+    from deadzone.experiments.scan import ScanConfig, _summary
+
+    state = {"scale": None, "records": {}, "pending": True}
+    summary = _summary(state, {"scores": {"pr": {}}}, ScanConfig(model="m", seeds=3), runs)
+    doc = {"schema_version": SCHEMA_VERSION, "experiment": "scan", "model": "m",
+           "sites": ["L0.attn.c_attn"], "steps": 3, "data": {"spec": "d"},
+           "seeds": [0, 1, 2], "runs": runs, "summary": summary}  # fmt: skip
+    fileio.write_json(tmp_path / "results.json", doc)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"deadzone: error: {tmp_path / 'results.json'}: ")
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "report.md").exists()

@@ -22,6 +22,7 @@ from deadzone.errors import DeadzoneError
 from deadzone.experiments.scan import ScanConfig, scan
 from deadzone.plans import apply_plan, load_plan
 from deadzone.report.build import STUDY_SCAN
+from deadzone.schedules import ScheduleContext, make_schedule, model_units
 from deadzone.schema import SCHEMA_VERSION
 from deadzone.train import SFTConfig, computed
 
@@ -51,7 +52,12 @@ def test_a_free_strategy_is_found_negligible_in_few_runs_and_its_plan_freezes_ex
     rc = main(["scan", model, "--sites", "L1.*", *RUN, "--data", data, "--out", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "at most" in printed and "one run takes" in printed
+    assert "one run takes" in printed and "about" not in printed
+    assert re.search(r"runs left, at most \S+ s with 1 at a time", printed)
+    # one line per round: runs done of the bound, time left, the verdicts so far
+    rounds = [x for x in printed.splitlines() if x.startswith("scan: round ")]
+    assert rounds and all(re.search(r"done of at most \d+ \(at most .* left\)", x) for x in rounds)
+    assert "; frozen 4 negligible; random " in rounds[-1] and rounds[-1].endswith(" so far")
     for name in FILES:
         assert (out / name).is_file(), name
     results = fileio.read_json(out / "results.json")
@@ -107,6 +113,62 @@ def test_a_free_strategy_is_found_negligible_in_few_runs_and_its_plan_freezes_ex
         row = f'{escape(claim)}</td><td data-label="The study">{escape(study)}</td>'
         assert f'{row}<td class="confirmed"' in page, claim
     assert "need not train" in page.split('<section id="claims">')[1].split("</section>")[0]
+
+
+def wrote(printed: str) -> list[str]:
+    """The file names of the scan's closing ``wrote ...`` line."""
+    line = [x for x in printed.splitlines() if x.startswith("wrote ")][-1]
+    return [Path(p).name for p in line[len("wrote ") :].split(", ")]
+
+
+def test_the_plan_orders_the_other_sites_by_single_cost_and_a_rerun_claims_only_its_files(
+    setup,  # noqa: F811
+    tmp_path,
+    capsys,
+    monkeypatch,
+):
+    """``frozen`` made free on two sites (they train) and dear on the other two (zeroed): the
+    plan holds the free two, its ``order`` the others by their single-site cost, and ``freeze``'s
+    ``plan:FILE`` schedule freezes in that order. Each round says the verdicts so far. A rerun
+    with ``--strategies random`` into the same directory writes no plan and says so."""
+    model, data = setup
+    free = {"L1.attn.c_attn", "L1.mlp.c_proj"}
+
+    def mixed(m, site, ctx) -> None:
+        (strategies.full if site.name in free else strategies.zero)(m, site, ctx)
+
+    monkeypatch.setitem(strategies.STRATEGIES, "frozen", mixed)
+    monkeypatch.setitem(strategies.STRATEGIES, "random", strategies.full)
+    out = tmp_path / "scan"
+    args = ["scan", model, "--sites", "L1.*", *RUN, "--data", data, "--out", str(out)]
+    assert main([*args, "--strategies", "frozen"]) == 0
+    printed = capsys.readouterr().out
+    rounds = [x for x in printed.splitlines() if x.startswith("scan: round ")]
+    assert len(rounds) > 1 and all(x.endswith(" so far") for x in rounds)
+    assert rounds[0].endswith("; frozen none decided so far")
+    counts = re.search(r"; frozen ((?:\d+ \w+(?:, )?)+) so far$", rounds[-1])
+    assert counts and sum(int(n) for n in re.findall(r"\d+", counts.group(1))) >= 3
+    assert "about" not in printed
+    assert wrote(printed)[-3:] == ["plan.json", "axolotl.yaml", "frozen_parameters.txt"]
+
+    rows = fileio.read_json(out / "results.json")["summary"]["strategies"]["frozen"]["sites"]
+    plan = load_plan(out / "plan.json")
+    assert {e["site"] for e in plan["sites"]} == free
+    dear = [r for r in rows if r["site"] not in free]
+    assert all(r["single"] for r in dear)  # so each one's cost is its own
+    assert plan["order"] == [r["site"] for r in sorted(dear, key=lambda r: r["cost"])]
+    assert len({r["cost"] for r in dear}) == 2
+
+    fresh = AutoModelForCausalLM.from_pretrained(model)
+    units, embed = model_units(fresh, "matrix")
+    ctx = ScheduleContext(units=units, embed=embed, steps=8, model=fresh)
+    order = [u.name for u in make_schedule(f"plan:{out / 'plan.json'}", ctx).order()]
+    assert set(order[:2]) == free and order[2:4] == plan["order"]
+
+    assert main([*args, "--strategies", "random"]) == 0
+    again = capsys.readouterr().out
+    assert wrote(again) == ["results.json", "report.md", "heatmap.png", "scores.png"]
+    assert load_plan(out / "plan.json") == plan  # the earlier plan, left as it was
 
 
 def test_exhaustive_mode_reuses_the_adaptive_runs_and_runs_every_site_alone(
@@ -221,4 +283,5 @@ def test_help_gives_every_option_its_default(capsys):
     }.items():  # fmt: skip
         assert helps[option].endswith(f"(default: {default})"), helps[option]
     assert helps["--sites"].endswith("(default: every matrix inside the blocks)")
+    assert "at least 2" in helps["--seeds"]
     assert helps["--out"].endswith("(required)") and "None" not in options

@@ -80,3 +80,21 @@ def test_search_record_to_summary_and_report(tmp_path) -> None:
     report.heatmap(summary, tmp_path / "heatmap.png")
     report.scores_plot(summary, tmp_path / "scores.png")
     assert "| pr |" in report.rho_table(summary)
+
+
+def entry(cost: float | None, group: int = 1) -> dict:
+    return {"verdict": "negligible", "cost": cost, "group_size": group}
+
+
+def test_cost_order_is_by_single_site_cost_then_name_with_the_costless_last() -> None:
+    """A site's own cost, or its group's shared out; the joint set and other names left out."""
+    record = {
+        "sites": {
+            "a": entry(0.03), "b": entry(None), "c": entry(0.04, group=4), "d": entry(0.01),
+            "e": entry(0.01), "f": entry(-0.02), "g": entry(0.0), "joint": entry(0.0),
+        },
+        "joint": {"sites": ["joint"]},
+    }  # fmt: skip
+    names = ["a", "b", "c", "d", "e", "f", "g", "joint", "not judged"]
+    assert scan.cost_order(record, names) == ["f", "g", "c", "d", "e", "a", "b"]
+    assert scan.cost_order(record | {"joint": None}, ["joint", "a"]) == ["joint", "a"]

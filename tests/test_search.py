@@ -238,3 +238,22 @@ def test_joint_check_keeps_the_claim_of_a_set_already_decided_on_every_seed() ->
     joint = S.joint_check(strict, sites, max_seeds=3, margin=MARGIN)
     assert joint["sites"] == ["a"] and joint["verdict"] == "negligible"
     assert joint["interval"] == [0.0, 0.015]
+
+
+def test_a_judge_that_stops_the_search_leaves_the_sites_decided_before_it():
+    """``decided`` holds each site as it is decided, so a caller whose judge raises (the scan,
+    missing runs) can say how far the search got."""
+    oracle = Oracle({"a": 0.0, "b": 0.0, "c": 0.5, "d": 0.0}, 0.001)
+
+    def judge(sites: frozenset[str], seeds: int) -> S.Judgement:
+        if "c" in sites:
+            raise LookupError("not run yet")
+        return oracle(sites, seeds)
+
+    decided: dict[str, dict] = {}
+    with pytest.raises(LookupError):
+        S.search(judge, [["a", "b"], ["c", "d"]], max_seeds=3, decided=decided)
+    assert {n: s["verdict"] for n, s in decided.items()} == {"a": "negligible", "b": "negligible"}
+    record = S.search(oracle, [["a", "b"], ["c", "d"]], max_seeds=3, decided=decided)
+    assert record["sites"] == decided and decided["c"]["verdict"] == "costly"
+    assert S.single_cost(decided["a"]) == pytest.approx(decided["a"]["cost"] / 2)

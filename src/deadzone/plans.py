@@ -3,14 +3,25 @@
 ``plan.json`` (written by a scan, read by ``freeze`` and by :func:`apply_plan`)::
 
     {"plan_version": 1,
-     "model": {"fingerprint": "<sha256>", "model_type": "gpt2", "source": "builtin:tiny"},
+     "model": {"fingerprint": "<sha256>", "fingerprint_bf16": "<sha256>",
+               "fingerprint_fp16": "<sha256>", "model_type": "gpt2", "source": "builtin:tiny"},
      "seed": 0,
      "sites": [{"site": "L4.attn.c_proj", "param_name": "transformer.h.4.attn.c_proj.weight",
-                "strategy": "frozen", "rank": null}, ...]}
+                "strategy": "frozen", "rank": null}, ...],
+     "order": ["L2.mlp.c_fc", "L0.attn.c_proj", ...]}
 
-``rank`` is the rank of a ``crystal`` site and ``null`` for every other strategy; ``seed`` seeds
-the draws of ``random`` sites. The fingerprint (:func:`model_fingerprint`) identifies the
-weights of the model in memory, so a plan is refused by a model it was not made for.
+``rank`` is the rank of a ``crystal`` site (an integer >= 1); every other strategy ignores it,
+and it may be ``null`` or left out. ``seed`` seeds the draws of ``random`` sites. ``order``
+(optional) names other sites of the model, none of them in ``sites``, by increasing single-site
+cost: a scan lists there the sites it did not find jointly negligible, so that a schedule
+freezing more than the plan's sites (``freeze --schedule plan:FILE``) takes the cheapest next.
+
+The fingerprint (:func:`model_fingerprint`) identifies the weights of the model in memory, so a
+plan is refused by a model it was not made for. It hashes dtypes and exact values, so the same
+checkpoint loaded in bfloat16 or float16 (to fine-tune) is recognised by ``fingerprint_bf16`` or
+``fingerprint_fp16`` instead (:func:`rounded_fingerprint`: no dtypes, the values rounded to that
+dtype; one per dtype, as float32 to float16 to bfloat16 rounds some values otherwise than float32
+to bfloat16). A plan without them (an older file) is checked against the exact one alone.
 
 Two more files for other trainers (both freeze only; ``random``, ``crystal`` and ``zero`` sites
 also need their values rewritten, which :func:`apply_plan` does):
@@ -26,7 +37,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -40,6 +52,8 @@ PLAN_VERSION = 1
 PLAN, AXOLOTL, FROZEN_LIST = "plan.json", "axolotl.yaml", "frozen_parameters.txt"
 # Values sampled from each parameter for the fingerprint.
 FINGERPRINT_SAMPLES = 16
+# The plan's fingerprints of the weights rounded to a dtype they may be loaded in to fine-tune.
+ROUNDED = {"fingerprint_bf16": torch.bfloat16, "fingerprint_fp16": torch.float16}
 # Characters of parameter names a pattern can hold as they are (axolotl escapes only dots).
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
 
@@ -48,13 +62,37 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     """sha256 of the model's type, parameter names, shapes and dtypes, and ``FINGERPRINT_SAMPLES``
     values spread evenly over each parameter: the same weights give the same fingerprint
     whatever device they are on; other weights (another checkpoint, values rewritten), another."""
+    return _fingerprint(model, None)
+
+
+def rounded_fingerprint(model: torch.nn.Module, dtype: torch.dtype) -> str:
+    """:func:`model_fingerprint` without the dtypes and with the sampled values rounded to
+    ``dtype``: the same weights in float32 or in ``dtype`` give the same one."""
+    return _fingerprint(model, dtype)
+
+
+def _fingerprint(model: torch.nn.Module, rounded_to: torch.dtype | None) -> str:
     h = hashlib.sha256(str(getattr(model.config, "model_type", "")).encode())
     for name, p in model.named_parameters():
-        h.update(f"\0{name}\0{tuple(p.shape)}\0{p.dtype}\0".encode())
+        dtype = f"{p.dtype}\0" if rounded_to is None else ""
+        h.update(f"\0{name}\0{tuple(p.shape)}\0{dtype}".encode())
         flat = p.detach().reshape(-1)
         index = torch.linspace(0, flat.numel() - 1, FINGERPRINT_SAMPLES).long().to(flat.device)
-        h.update(flat[index].to("cpu", torch.float32).numpy().tobytes())
+        sample = flat[index] if rounded_to is None else flat[index].to(rounded_to)
+        h.update(sample.to("cpu", torch.float32).numpy().tobytes())
     return h.hexdigest()
+
+
+def same_weights(model: torch.nn.Module, made_for: dict) -> bool:
+    """Whether ``model`` holds the weights a plan's ``model`` entry was made for: its exact
+    fingerprint, or one of the rounded ones the plan records (:data:`ROUNDED`)."""
+    if model_fingerprint(model) == made_for["fingerprint"]:
+        return True
+    return any(
+        made_for.get(key) == rounded_fingerprint(model, dtype)
+        for key, dtype in ROUNDED.items()
+        if made_for.get(key) is not None
+    )
 
 
 def make_plan(
@@ -64,31 +102,36 @@ def make_plan(
     rank: int | None = None,
     seed: int = 0,
     source: str | None = None,
+    order: Iterable[str] = (),
 ) -> dict:
     """The plan putting each site named in ``strategies`` (site name -> strategy) into its
-    strategy (``rank`` for ``crystal`` sites), fingerprinted from ``model``."""
+    strategy (``rank`` for ``crystal`` sites), fingerprinted from ``model``; ``order``: other
+    sites by increasing single-site cost (the plan's ``order``)."""
     by_name = {s.name: s for s in find_sites(model)}
-    entries = []
-    for name, strategy in strategies.items():
+    order = list(order)
+    for name in [*strategies, *order]:
         if name not in by_name:
             raise DeadzoneError(f"no site {name!r} in this model")
-        entries.append(
-            {
-                "site": name,
-                "param_name": by_name[name].param_name,
-                "strategy": strategy,
-                "rank": rank if strategy == "crystal" else None,
-            }
-        )
+    entries = [
+        {
+            "site": name,
+            "param_name": by_name[name].param_name,
+            "strategy": strategy,
+            "rank": rank if strategy == "crystal" else None,
+        }
+        for name, strategy in strategies.items()
+    ]
     plan = {
         "plan_version": PLAN_VERSION,
         "model": {
             "fingerprint": model_fingerprint(model),
+            **{key: rounded_fingerprint(model, dtype) for key, dtype in ROUNDED.items()},
             "model_type": getattr(model.config, "model_type", None),
             "source": source,
         },
         "seed": seed,
         "sites": entries,
+        "order": order,
     }
     validate(plan)
     return plan
@@ -108,7 +151,10 @@ def validate(plan: object, where: str = "plan") -> dict:
     model = plan.get("model")
     if not isinstance(model, dict) or not isinstance(model.get("fingerprint"), str):
         raise bad("no model fingerprint")
-    if not isinstance(plan.get("seed"), int) or isinstance(plan.get("seed"), bool):
+    for key in ROUNDED:
+        if not isinstance(model.get(key, ""), str):
+            raise bad(f"{key} must be a string")
+    if not _is_int(plan.get("seed")):
         raise bad("seed must be an integer")
     sites = plan.get("sites")
     if not isinstance(sites, list):
@@ -123,12 +169,29 @@ def validate(plan: object, where: str = "plan") -> dict:
         strategy, rank = entry["strategy"], entry.get("rank")
         if strategy not in STRATEGIES or strategy == "full":
             raise bad(f"site {entry['site']}: strategy {strategy!r} is not one a plan applies")
-        if strategy == "crystal" and (not isinstance(rank, int) or isinstance(rank, bool)):
-            raise bad(f"site {entry['site']}: a crystal site needs an integer rank")
+        if strategy == "crystal" and not (_is_int(rank) and rank >= 1):
+            raise bad(f"site {entry['site']}: a crystal site needs an integer rank >= 1")
         if entry["param_name"] in seen:
             raise bad(f"parameter {entry['param_name']} is listed twice")
         seen.add(entry["param_name"])
+    _validate_order(plan.get("order", []), {e["site"] for e in sites}, bad)
     return plan
+
+
+def _validate_order(order: object, planned: set[str], bad: Callable[[str], Exception]) -> None:
+    """The plan's optional ``order``: site names, each once, none of them the plan's own."""
+    if not isinstance(order, list) or not all(isinstance(n, str) for n in order):
+        raise bad("order must be a list of site names")
+    twice = [n for n, count in Counter(order).items() if count > 1]
+    if twice:
+        raise bad(f"order lists {twice[0]} twice")
+    both = [n for n in order if n in planned]
+    if both:
+        raise bad(f"order lists {both[0]}, which is one of the plan's sites")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def load_plan(path: str | Path) -> dict:
@@ -158,7 +221,11 @@ def _check_matches(model: torch.nn.Module, plan: dict, check_fingerprint: bool) 
                 f"the plan calls {entry['param_name']} {entry['site']!r}; this model, {site.name!r}"
             )
         sites.append(site)
-    if check_fingerprint and model_fingerprint(model) != plan["model"]["fingerprint"]:
+    names = {s.name for s in by_param.values()}
+    unknown = [n for n in plan.get("order", []) if n not in names]
+    if unknown:
+        raise DeadzoneError(f"the plan's order names site {unknown[0]!r}, which this model lacks")
+    if check_fingerprint and not same_weights(model, plan["model"]):
         source = plan["model"].get("source")
         made_for = f" (it was made for {source})" if source else ""
         raise DeadzoneError(
@@ -187,15 +254,19 @@ def apply_plan(
     plan = load_plan(plan) if isinstance(plan, (str, Path)) else validate(plan)
     sites = _check_matches(model, plan, check_fingerprint)
     records = []
-    ranks = sorted({e["rank"] or 1 for e in plan["sites"]})
-    for rank in ranks:  # one call per rank: apply_strategies takes one
+    for rank in sorted({_rank(e) for e in plan["sites"]}):  # apply_strategies takes one rank
         part = {
             site: e["strategy"]
             for site, e in zip(sites, plan["sites"], strict=True)
-            if (e["rank"] or 1) == rank
+            if _rank(e) == rank
         }
         records += apply_strategies(model, part, rank=rank, seed=plan["seed"])
     return records
+
+
+def _rank(entry: dict) -> int:
+    """The rank to apply an entry at: a crystal site's own; any other strategy ignores it."""
+    return entry["rank"] if entry["strategy"] == "crystal" else 1
 
 
 def trainable_after(model: torch.nn.Module, plan: dict) -> list[str]:

@@ -104,13 +104,14 @@ def add_out(p: argparse.ArgumentParser, grows: str, what: str = "experiment") ->
 
 
 def add_experiment_options(
-    p: argparse.ArgumentParser, grows: str, what: str = "experiment"
+    p: argparse.ArgumentParser, grows: str, what: str = "experiment", *, min_seeds: int = 1
 ) -> None:
     """Everything an experiment of SFT runs judged against ``full`` takes: the margin, the
-    runs, where they execute, tracking and ``--out`` (see :func:`add_out`); read by
-    :func:`experiment_options`, :func:`make_executor` and :func:`tracking`."""
+    runs (``min_seeds``: see :func:`add_run_options`), where they execute, tracking and
+    ``--out`` (see :func:`add_out`); read by :func:`experiment_options`, :func:`make_executor`
+    and :func:`tracking`."""
     add_verdict_options(p)
-    add_run_options(p)
+    add_run_options(p, min_seeds=min_seeds)
     add_execution_options(p)
     add_tracking_options(p)
     add_out(p, grows, what)
@@ -124,10 +125,14 @@ def experiment_options(args: argparse.Namespace) -> dict:
 # --- the SFT runs: steps, seeds, data, optimiser ----------------------------------------------
 
 
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    """The SFT runs of an experiment: steps, seeds, data, optimiser; read by :func:`run_options`."""
+def add_run_options(p: argparse.ArgumentParser, *, min_seeds: int = 1) -> None:
+    """The SFT runs of an experiment: steps, seeds (the help says the command needs at least
+    ``min_seeds``), data, optimiser; read by :func:`run_options`."""
+    seeds = "number of seeds (0..S-1) per strategy"
+    if min_seeds > 1:
+        seeds += f"; at least {min_seeds} (with fewer there is no interval, so no verdict)"
     p.add_argument("--steps", type=int, default=50, help="SFT optimizer steps per run")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..S-1) per strategy")
+    p.add_argument("--seeds", type=int, default=3, help=seeds)
     p.add_argument(
         "--data",
         default="builtin:docstrings",

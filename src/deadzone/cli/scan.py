@@ -4,7 +4,7 @@ re-draw during SFT, check the set jointly, and write the freeze plan."""
 from __future__ import annotations
 
 import argparse
-import os
+from pathlib import Path
 
 from deadzone.cli import options as opt
 
@@ -36,7 +36,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="how the adaptive search groups sites first: layer (all matrices of a block) or "
         "role (one role across blocks)",
     )
-    opt.add_experiment_options(p, "strategies", "scan")
+    opt.add_experiment_options(p, "strategies", "scan", min_seeds=2)
     p.set_defaults(handler=run)
 
 
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> None:
     import time
 
     from deadzone.experiments.scan import ScanConfig, scan
-    from deadzone.report.scan import effective_text, rho_table, write_report
+    from deadzone.report.scan import effective_text, rho_note, rho_table, write_report
 
     started = time.monotonic()
     config = ScanConfig(
@@ -56,12 +56,14 @@ def run(args: argparse.Namespace) -> None:
         **opt.experiment_options(args),
     )
     ran: list[dict] = []
+    plan_files: list[Path] = []
     results = scan(
         config,
         args.out,
         executor=opt.make_executor(args),
         tracking=opt.tracking(args, args.out),
         on_record=ran.append,
+        on_file=plan_files.append,
     )
     summary = results["summary"]
     paths = write_report(args.out)
@@ -71,18 +73,12 @@ def run(args: argparse.Namespace) -> None:
     for strategy in summary["strategies"]:
         print(effective_text(summary, strategy))
     print(rho_table(summary), end="")
-    written = [f"{args.out}/results.json", *map(str, paths.values())]
-    written += [f"{args.out}/{n}" for n in plan_files(args.out)]
+    note = rho_note(summary)
+    if note:
+        print(note)
+    written = [f"{args.out}/results.json", *map(str, [*paths.values(), *plan_files])]
     print(
         f"{len(ran)} run(s) now, {summary['runs']} in results.json; "
         f"{time.monotonic() - started:.0f} s"
     )
     print(f"wrote {', '.join(written)}")
-
-
-def plan_files(out: str) -> list[str]:
-    """The freeze-plan files the scan wrote into ``out`` (none when ``frozen`` was not
-    scanned)."""
-    from deadzone.plans import AXOLOTL, FROZEN_LIST, PLAN
-
-    return [n for n in (PLAN, AXOLOTL, FROZEN_LIST) if os.path.exists(os.path.join(out, n))]

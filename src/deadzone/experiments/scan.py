@@ -32,15 +32,17 @@ over the ``m`` claims, each read from the judgement that decided its site (its o
 group's), in both modes: an adaptive scan that ends judging every site alone on every seed
 gives exactly the exhaustive verdicts, and Holm only adds decisions to those the search took.
 The search's repeated looks at a site (group, half, alone; more seeds) are not adjusted for
-(``docs/statistics.md``). The joint check then reads at ``0.05 / m``. A failed run (a
-non-finite loss) makes its judgement ``costly``. Fewer than 2 seeds are refused: no interval,
-so no verdict but undetermined.
+(``docs/statistics.md``). The joint check then reads at ``0.05 / m``, except a joint set that
+is exactly the set some site was decided with on every seed (a whole group, say): that claim
+stands as Holm read it. A failed run (a non-finite loss) makes its judgement ``costly``. Fewer
+than 2 seeds are refused: no interval, so no verdict but undetermined.
 
 Outputs besides ``results.json``: the freeze plan of the ``frozen`` strategy's jointly
 negligible set (``plan.json``, ``axolotl.yaml``, ``frozen_parameters.txt``: the parameters
-that need not train). A ``random`` set (values that carry nothing) is reported in the effective
-counts but not put in the plan, whose other files only freeze; without ``frozen`` among the
-strategies no plan is written.
+that need not train), with the strategy's other block sites in the plan's ``order``
+(:func:`cost_order`), for a schedule that freezes more than the set. A ``random`` set (values
+that carry nothing) is reported in the effective counts but not put in the plan, whose other
+files only freeze; without ``frozen`` among the strategies no plan is written.
 
 :func:`strategy_summary` turns a search record and the scores into the ``summary`` entry the
 report reads (see :mod:`deadzone.report.scan`); :func:`effective_counts` counts the parameters
@@ -53,6 +55,7 @@ import hashlib
 import itertools
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -170,6 +173,20 @@ def adaptive_bounds(groups: list[list[str]], strategies: int, start: int, seeds:
         "fewest": seeds + strategies * (start * len(groups) + joint),
         "exhaustive": seeds * (1 + strategies * sites),
     }
+
+
+def cost_order(record: dict, names: list[str]) -> list[str]:
+    """The sites of ``names`` that a search record judged and its joint set left out, by
+    increasing single-site cost (:func:`deadzone.experiments.search.single_cost`), ties by name,
+    sites without a cost last: a plan's ``order``."""
+    joint = set(record["joint"]["sites"]) if record["joint"] else set()
+
+    def key(name: str) -> tuple:
+        cost = search_mod.single_cost(record["sites"][name])
+        return (cost is None, cost or 0.0, name)
+
+    rest = [n for n in names if n in record["sites"] and n not in joint]
+    return sorted(rest, key=key)
 
 
 def summary_sites(record: dict, sites: list[Site]) -> list[dict]:
@@ -360,7 +377,6 @@ def _judge(runs: dict[str, dict], state: dict, strategy: str):
 
     def judge(names: frozenset[str], seeds: int) -> Judgement:
         costs = _costs(runs, scale, strategy, sorted(names), seeds)
-        state["answered"][strategy] = state["answered"].get(strategy, 0) + 1
         return _judge_costs(costs, scale["margin_used"], scale["alpha"])
 
     return judge
@@ -408,11 +424,14 @@ def holm_verdicts(records: dict[str, dict], runs: dict[str, dict], scale: dict) 
 
 def _search(runs, state, config: ScanConfig, strategy, sites: list[Site], priority) -> dict:
     """The record of one strategy, replayed against the recorded runs (:class:`_Missing` at the
-    first question they cannot answer yet); its verdicts are the search's, its joint check not
-    made yet (:func:`holm_verdicts`, then :func:`_joint`, which asks through the same tally)."""
+    first question they cannot answer yet; ``state["decided"][strategy]`` then holds the sites
+    decided before it); its verdicts are the search's, its joint check not made yet
+    (:func:`holm_verdicts`, then :func:`_joint`, which asks through the same tally)."""
     ask = state["askers"][strategy] = search_mod.Asker(_judge(runs, state, strategy))
+    decided = state["decided"][strategy] = {}
     if config.mode == "exhaustive":
-        return search_mod.exhaustive(ask, [s.name for s in sites], seeds=config.seeds)
+        names = [s.name for s in sites]
+        return search_mod.exhaustive(ask, names, seeds=config.seeds, decided=decided)
     return search_mod.search(
         ask,
         search_mod.groups_by(sites, config.groups),
@@ -420,6 +439,7 @@ def _search(runs, state, config: ScanConfig, strategy, sites: list[Site], priori
         start_seeds=min(START_SEEDS, config.seeds),
         priority=priority,
         joint=False,
+        decided=decided,
     )
 
 
@@ -445,11 +465,13 @@ def scan(
     executor: Executor | None = None,
     show_progress: bool = True,
     on_record: Callable[[dict], None] | None = None,
+    on_file: Callable[[Path], None] | None = None,
     say: Callable[[str], None] = print,
     tracking: Tracking = NO_TRACKING,
 ) -> dict:
     """Run (or resume, or extend) a scan into ``out``; return the ``results.json`` document;
-    ``tracking`` is where each run reports its curves (``deadzone.tracking``; default none).
+    ``tracking`` is where each run reports its curves (``deadzone.tracking``; default none);
+    ``on_file`` is called with the path of each freeze-plan file this call writes.
 
     Rounds: the baselines of every seed first (as many as run at once first, timed, for the
     plan's estimate), then, until every strategy's search is answered, the runs of the next question
@@ -461,7 +483,7 @@ def scan(
     with writing(out), executor:  # workers start as this loads, and serve every round
         ctx = _load(config, executor.threads, tracking)
         sites, names = ctx["sites"], [s.name for s in ctx["sites"]]
-        state: dict = {"scale": None, "records": {}, "askers": {}, "pending": True, "answered": {}}
+        state: dict = {"scale": None, "records": {}, "askers": {}, "pending": True, "decided": {}}
         header = {"schema_version": SCHEMA_VERSION, **provenance(), "mode": config.mode}
         runset = {"strategies": list(config.strategies), "seeds": list(range(config.seeds))}
         results = ResultsDir(
@@ -489,7 +511,7 @@ def scan(
         first = results.runs["full/seed0"].get("seconds") or 0.0
         left = max(0, most - len(results.runs))
         say(
-            f"scan: one run takes {first:.1f} s; at most {left} runs left, about "
+            f"scan: one run takes {first:.1f} s; at most {left} runs left, at most "
             f"{_duration(left * first / workers)} with {workers} at a time"
         )
         run([full_spec(s) for s in range(config.seeds)])
@@ -500,7 +522,6 @@ def scan(
         while True:
             missing: list[RunSpec] = []
             for strategy in config.strategies:
-                state["answered"][strategy] = 0
                 try:
                     state["records"][strategy] = _search(
                         results.runs, state, config, strategy, sites, ctx["priority"]
@@ -520,24 +541,44 @@ def scan(
                 missing = exhaustive_specs(names, config.strategies, config.seeds)
             rounds += 1
             done = len(results.runs)
-            answered = ", ".join(f"{k} {v}" for k, v in state["answered"].items())
             say(
                 f"scan: round {rounds}: {len(missing)} run(s); {done} done of at most {most} "
-                f"(at most {_duration((most - done) * first / workers)} left); judgements "
-                f"answered: {answered}"
+                f"(at most {_duration((most - done) * first / workers)} left); "
+                f"{_so_far(state['decided'])}"
             )
             run(missing)
         state["pending"] = False
         results.save()
         if "frozen" in config.strategies:
-            joint = state["records"]["frozen"]["joint"]
-            plan = make_plan(
-                ctx["model"],
-                dict.fromkeys(joint["sites"] if joint else [], "frozen"),
-                source=config.model,
-            )
-            write_plan(out, ctx["model"], plan)
+            for path in _write_plan(out, ctx, config, state["records"]["frozen"]).values():
+                if on_file is not None:
+                    on_file(path)
     return results.document()
+
+
+def _so_far(decided: dict[str, dict[str, dict]]) -> str:
+    """``frozen 12 negligible, 3 undetermined; random none decided so far``: the verdicts each
+    strategy's search has reached (Holm's, once it is answered)."""
+    parts = []
+    for strategy, sites in decided.items():
+        counts = Counter(site["verdict"] for site in sites.values())
+        said = ", ".join(f"{counts[v]} {v}" for v in search_mod.VERDICTS if counts[v])
+        parts.append(f"{strategy} {said or 'none decided'}")
+    return "; ".join(parts) + " so far"
+
+
+def _write_plan(out: str | Path, ctx: dict, config: ScanConfig, record: dict) -> dict[str, Path]:
+    """The freeze plan of the ``frozen`` joint set, the other block sites in its ``order`` (the
+    schedules that read it freeze block matrices only); the paths written."""
+    joint = record["joint"]["sites"] if record["joint"] else []
+    blocks = [s.name for s in ctx["sites"] if s.layer is not None]
+    plan = make_plan(
+        ctx["model"],
+        dict.fromkeys(joint, "frozen"),
+        source=config.model,
+        order=cost_order(record, blocks),
+    )
+    return write_plan(out, ctx["model"], plan)
 
 
 def _duration(seconds: float) -> str:
@@ -658,6 +699,7 @@ def _summary(state: dict, ctx: dict, config: ScanConfig, runs: list[dict]) -> di
         "gains": scale.get("gains"),
         "gain_interval": scale.get("gain_interval"),
         "runs": len(runs),
+        "seeds": config.seeds,
         "strategies": strategies,
         "effective": effective,
         "scores": ctx["scores"],

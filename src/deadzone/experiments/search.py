@@ -133,12 +133,15 @@ def search(
     joint: bool = True,
     margin: float | None = None,
     switch_prevalence: float | None = SWITCH_PREVALENCE,
+    decided: dict[str, dict] | None = None,
 ) -> dict:
     """Group-test ``groups`` of site names, then (if ``joint``) check the negligible set jointly
     (``margin``: see :func:`joint_check`; ``switch_prevalence``: step 5 of the module docstring,
     None never switches).
 
-    Returns the record described in the module docstring.
+    Returns the record described in the module docstring. ``decided``, if given, is filled with
+    each site's entry as it is decided: a caller whose judge raises reads there the sites
+    decided so far.
     """
     _check_seeds(start_seeds, max_seeds)
     names = [n for g in groups for n in g]
@@ -151,7 +154,7 @@ def search(
 
     ask = judge if isinstance(judge, Asker) else Asker(judge)
     steps: list[dict] = []
-    sites: dict[str, dict] = {}
+    sites: dict[str, dict] = {} if decided is None else decided
     queue = deque((order(g), True) for g in groups if g)  # (group, one of the groups given)
 
     def dense() -> bool:
@@ -235,8 +238,8 @@ def joint_check(
         return None
 
     def single(n: str) -> float:
-        cost = sites[n]["cost"]
-        return 0.0 if cost is None else cost / sites[n]["group_size"]
+        cost = single_cost(sites[n])
+        return 0.0 if cost is None else cost
 
     def decided(names: list[str]) -> Judgement | None:
         """The judgement that decided exactly ``names`` on ``max_seeds`` seeds, if one did."""
@@ -269,6 +272,13 @@ def joint_check(
     }
 
 
+def single_cost(site: dict) -> float | None:
+    """A site's single-site cost from its entry in a search record: its own judgement's cost, or
+    its group's divided by the group's size; None without a cost (a failed run)."""
+    cost = site["cost"]
+    return None if cost is None else cost / site["group_size"]
+
+
 def _to_remove(j: Judgement, costs: list[float], margin: float | None, most: int) -> int:
     """How many of the most costly sites (``costs``, in removal order) to take out at once."""
     high = j.interval[1] if j.interval is not None else j.cost
@@ -281,9 +291,19 @@ def _to_remove(j: Judgement, costs: list[float], margin: float | None, most: int
     return count
 
 
-def exhaustive(judge: Judge, names: list[str], *, seeds: int) -> dict:
-    """Every site alone on ``seeds`` seeds (no joint check): the record :func:`search` gives."""
-    return search(judge, [[n] for n in names], max_seeds=seeds, start_seeds=seeds, joint=False)
+def exhaustive(
+    judge: Judge, names: list[str], *, seeds: int, decided: dict[str, dict] | None = None
+) -> dict:
+    """Every site alone on ``seeds`` seeds (no joint check): the record :func:`search` gives
+    (``decided``: as there)."""
+    return search(
+        judge,
+        [[n] for n in names],
+        max_seeds=seeds,
+        start_seeds=seeds,
+        joint=False,
+        decided=decided,
+    )
 
 
 def groups_by(sites: Iterable, key: str) -> list[list[str]]:

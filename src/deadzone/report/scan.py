@@ -2,7 +2,7 @@
 
 The summary (plain data; costs are shares of the fine-tuning gain, 0.01 = 1%)::
 
-    {"margin": 0.02,
+    {"margin": 0.02, "seeds": 3,
      "strategies": {
         "frozen": {
            "sites": [{"site": "L0.attn.c_attn", "layer": 0, "role": "attn_qkv",
@@ -17,7 +17,8 @@ A site's ``cost`` and ``interval`` are those of the judgement that decided it; `
 it was judged alone (a group's cost is not the site's own, so only single sites are coloured in
 the heatmap and plotted against the scores). ``correlations`` hold Spearman's rho of each score
 against the single-site costs and its permutation p-value, as the scan computed them; ``None``
-where undefined. Nothing here recomputes a statistic.
+where undefined; ``seeds`` is the most seeds a verdict was read on (the scan's ``--seeds``).
+Nothing here recomputes a statistic.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from deadzone.report import pyplot, save_png, write_files
+from deadzone.errors import DeadzoneError
+from deadzone.report import pyplot, read_results, save_png, write_files
 from deadzone.report.table import Table, to_markdown
 from deadzone.sites import ROLE_ORDER
 
@@ -230,7 +232,10 @@ def statistics_text(results: dict) -> str:
             f"; the search steered by intervals at {s['alpha']:.3g} = 0.05 / "
             f"{s['comparisons']}, the strictest level Holm uses"
         )
-    how += f"; joint sets at {s['alpha']:.3g} (Bonferroni)"
+    how += (
+        f"; joint sets at {s['alpha']:.3g} (Bonferroni), except one that is exactly a set some "
+        "site was decided with on every seed, whose claim stands as Holm read it"
+    )
     return (
         f"Costs are judged as a {unit} against the margin {s['margin_used']:g}: negligible when "
         f"the interval lies below it; {how}."
@@ -241,6 +246,42 @@ def summary_of(results: dict) -> dict:
     return results["summary"]
 
 
+def seeds_read(results: dict) -> int:
+    """The most seeds the verdicts were read on: the scan's ``--seeds`` (``results.json``'s
+    ``seeds`` lists every seed run into the directory, a rerun with fewer included)."""
+    return results["summary"].get("seeds") or len(results["seeds"])
+
+
+def not_judged(results: dict) -> str | None:
+    """Why nothing of this scan can be judged yet (its baselines have not all finished, or one
+    failed), in one sentence; None once the baselines fix the scale of every cost."""
+    if results["summary"].get("margin_used") is not None:
+        return None
+    full = [r for r in results["runs"] if r["key"].startswith("full/")]
+    failed = [r for r in full if r.get("status") != "ok"]
+    if failed:
+        return (
+            f"the baseline run {failed[0]['key']} failed ({failed[0].get('error')}), so nothing "
+            "can be judged"
+        )
+    return (
+        f"nothing can be judged yet: {len(full)} of its {seeds_read(results)} baseline runs "
+        "finished before the scan stopped; rerun the scan to continue"
+    )
+
+
+def rho_note(summary: dict) -> str:
+    """One sentence when rho covers only the sites judged alone (not every site), else ''."""
+    parts = []
+    for strategy, st in summary["strategies"].items():
+        alone = sum(1 for site in st["sites"] if site["single"])
+        if alone < len(st["sites"]):
+            parts.append(f"{strategy} over the {alone} of {len(st['sites'])} sites judged alone")
+    if not parts:
+        return ""
+    return f"ρ for {'; '.join(parts)} (an adaptive scan judges some sites only in groups)."
+
+
 def markdown(results: dict) -> str:
     """``report.md`` of a scan, from its results alone."""
     s = summary_of(results)
@@ -248,7 +289,7 @@ def markdown(results: dict) -> str:
         f"# Scan of `{results['model']}`",
         "",
         f"{len(results['sites'])} sites, strategies {', '.join(s['strategies'])}, "
-        f"{s['mode']} search, up to {len(results['seeds'])} seeds, {results['steps']} SFT "
+        f"{s['mode']} search, up to {seeds_read(results)} seeds, {results['steps']} SFT "
         f"steps, data `{results['data']['spec']}`; {s['runs']} runs.",
         "",
         statistics_text(results),
@@ -280,15 +321,21 @@ def markdown(results: dict) -> str:
         "p-value:",
         "",
         rho_table(s),
-        "![scores](scores.png)",
-        "",
     ]
+    note = rho_note(s)
+    lines += [note, ""] if note else []
+    lines += ["![scores](scores.png)", ""]
     return "\n".join(lines)
 
 
 def write_report(directory: str | Path) -> dict[str, Path]:
     """Write ``report.md``, ``heatmap.png`` and ``scores.png`` in ``directory`` from its
-    ``results.json``; returns their paths by name."""
+    ``results.json``; returns their paths by name. A scan whose baselines have not all finished
+    is a one-line DeadzoneError: nothing can be judged yet."""
+    results = read_results(directory, "scan")
+    why = not_judged(results)
+    if why:
+        raise DeadzoneError(f"{Path(directory) / 'results.json'}: {why}")
     plots = {
         "heatmap.png": lambda results, path: heatmap(results["summary"], path),
         "scores.png": lambda results, path: scores_plot(results["summary"], path),
