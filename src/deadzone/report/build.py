@@ -188,7 +188,9 @@ def _here(claim: tuple[str, str], verdict: str, said: str, results: dict) -> Cla
     if in_blocks and len(known) == len(results["sites"]):
         share = sum(s["params"] for s in known) / in_blocks
         scope += f" ({100 * share:.1f}% of the block parameters)"
-    scope += f", up to {len(results['seeds'])} seeds, {results['steps']} steps"
+    from deadzone.report import scan as scan_md
+
+    scope += f", up to {scan_md.seeds_read(results)} seeds, {results['steps']} steps"
     return Claim(*claim, verdict, f"Here: {said} Scanned: {scope}.")
 
 
@@ -270,6 +272,8 @@ def scan_report(directory: Path, results: dict) -> Report:
     ]
     columns = ["Score", *(f"{st}: ρ (p, n)" for st in summary["strategies"])]
     blocks.append(from_table(TableModel(columns, rows)))
+    if note := scan_md.rho_note(summary):
+        blocks.append(Paragraph(note))
     blocks += _figures(directory, (("scores.png", "scores against costs"),))
     blocks += _provenance(results)
     title = f"Scan of `{results['model']}`"
