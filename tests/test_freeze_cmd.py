@@ -105,6 +105,81 @@ def test_saved_model_loads_and_is_the_trained_one(finished, setup):
     assert not [p.name for p in saved.parent.iterdir() if p.name.startswith(".saved")]
 
 
+def test_the_saved_model_says_which_run_it_is(finished):
+    out, saved = finished
+    marker = fileio.read_json(saved / "deadzone_saved.json")
+    assert marker["saved_by"] == "deadzone freeze" and marker["run"] == "geometry:pr/seed0"
+    assert marker["out"] == str(out.resolve())
+
+
+@pytest.mark.parametrize(
+    "where, match",
+    [
+        ("occupied", "--save .*mine exists and is not a model deadzone saved"),
+        ("out", "--save .* overlaps --out"),
+        ("inside", "--save .* overlaps --out"),
+        ("around", "--save .* overlaps --out"),
+    ],
+)
+def test_save_refuses_what_it_did_not_write_and_what_overlaps_out(
+    setup, tmp_path, capsys, where, match
+):
+    out = tmp_path / "exp" / "out"
+    save = {
+        "occupied": tmp_path / "mine", "out": out, "inside": out / "model", "around": out.parent
+    }[where]  # fmt: skip
+    if where == "occupied":
+        save.mkdir()
+        (save / "notes.txt").write_text("keep me")
+    assert main(argv(setup, out, "--save", str(save))) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("deadzone: error:"), err
+    assert re.search(match, err), err
+    assert not out.exists() and not (tmp_path / "exp").exists()
+    if where == "occupied":
+        assert [p.name for p in save.iterdir()] == ["notes.txt"]
+        assert (save / "notes.txt").read_text() == "keep me"
+
+
+def test_save_replaces_a_model_an_earlier_save_wrote(setup, tmp_path):
+    model, data = setup
+    sft = SFTConfig(steps=2, lr=3e-3, batch_size=4, eval_every=2)
+    config = FreezeConfig(model=model, schedules=("random",), seeds=1, data=data, sft=sft)
+    saved = tmp_path / "saved"
+    saved.mkdir()  # an empty directory is taken as it is
+    freeze(config, tmp_path / "a", save=saved, show_progress=False)
+    (saved / "stale.txt").write_text("from before")
+    freeze(config, tmp_path / "b", save=saved, show_progress=False)
+    marker = fileio.read_json(saved / "deadzone_saved.json")
+    assert marker["out"] == str((tmp_path / "b").resolve()) and marker["run"] == "random/seed0"
+    assert not (saved / "stale.txt").exists()  # replaced whole
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".saved")]
+
+
+def test_resuming_with_an_edited_plan_is_refused(setup, tmp_path):
+    model_dir, data = setup
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    fileio.write_json(first, plans.make_plan(model, {"L1.mlp.c_fc": "frozen"}))
+    fileio.write_json(second, plans.make_plan(model, {"L0.mlp.c_fc": "frozen"}))
+    sft = SFTConfig(steps=2, lr=3e-3, batch_size=4, eval_every=2)
+    base = dict(model=model_dir, seeds=1, data=data, sft=sft, freeze_by=2)
+    out = tmp_path / "out"
+    freeze(FreezeConfig(schedules=(f"plan:{first}",), **base), out, show_progress=False)
+    before = (out / "results.json").read_text()
+    edited = plans.make_plan(model, {"L0.attn.c_proj": "frozen"})
+    fileio.write_json(first, edited)
+    with pytest.raises(DeadzoneError, match=rf"plan:{first} of sha256 \w{{12}} .*plan changed"):
+        freeze(FreezeConfig(schedules=(f"plan:{first}",), **base), out, show_progress=False)
+    assert (out / "results.json").read_text() == before
+    # The plan as it was resumes, and another plan may join it.
+    fileio.write_json(first, plans.make_plan(model, {"L1.mlp.c_fc": "frozen"}))
+    both = (f"plan:{first}", f"plan:{second}")
+    results = freeze(FreezeConfig(schedules=both, **base), out, show_progress=False)
+    assert [p["schedule"] for p in results["plans"]] == list(both)
+    assert len(results["runs"]) == 3
+
+
 def test_resume_reuses_every_run_and_extends_with_a_schedule(finished, setup, capsys):
     out, _ = finished
     before = fileio.read_json(out / "results.json")
@@ -183,7 +258,8 @@ def test_a_plan_drives_the_schedule_and_one_for_another_model_is_refused(setup, 
     results = freeze(config, tmp_path / "out", show_progress=False)
     run = next(r for r in results["runs"] if r["schedule"] != "full")
     assert "L1.mlp.c_fc" in run["timeline"][0]["frozen"] and run["timeline"][0]["step"] == 1
-    other = plan | {"model": plan["model"] | {"fingerprint": "0" * 64}}
+    prints = {k: "0" * 64 for k in plan["model"] if k.startswith("fingerprint")}  # all kinds
+    other = plan | {"model": plan["model"] | prints}
     bad = tmp_path / "other.json"
     fileio.write_json(bad, other)
     out = tmp_path / "refused"
@@ -205,6 +281,8 @@ def test_a_plan_drives_the_schedule_and_one_for_another_model_is_refused(setup, 
         (("--freeze-by", "0"), "freeze-by step must be >= 1"),
         (("--freeze-by", "1.5"), r"freeze_by as a fraction must be in \(0, 1\]"),
         (("--save", "/proc/nope/model"), "cannot write --save"),
+        (("--schedule", "random:x"), "schedule random takes no argument; got 'random:x'"),
+        (("--schedule", "freezeout:3"), "schedule freezeout takes no argument"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(setup, tmp_path, capsys, change, match):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -203,6 +205,24 @@ def test_gradient_accumulation_matches_one_big_batch_without_dropout():
                 assert math.isclose(a[key], b[key], rel_tol=1e-5), (a, b)
 
 
+def resident_bytes() -> int:
+    """This process's resident set now (Linux)."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux only")
+def test_a_runs_peak_memory_on_cpu_is_its_own_not_the_processs():
+    cfg = SFTConfig(**(CONFIG.to_dict() | {"steps": 2, "eval_every": 2, "cpu": True}))
+    first = train(tiny_gpt2(), TRAIN, EVAL, cfg, show_progress=False)
+    before = resident_bytes()
+    big = torch.ones(256 * 2**20 // 4)  # 256 MiB, touched, then given back between the runs
+    del big
+    second = train(tiny_gpt2(), TRAIN, EVAL, cfg, show_progress=False)
+    assert 0 < second.peak_memory_bytes < before + 128 * 2**20  # the 256 MiB are not in it
+    assert first.peak_memory_scope == second.peak_memory_scope == "run"
+
+
 def test_nan_loss_fails_the_run_with_a_reason():
     model = tiny_gpt2()
     model.lm_head.register_forward_hook(lambda m, i, out: out * float("nan") if m.training else out)
@@ -291,7 +311,7 @@ def test_two_processes_equal_one_process_accumulating_two_micro_batches(tmp_path
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     subprocess.run([*launch, str(script), str(tmp_path / "r.json")], check=True, timeout=300)
     ddp = json.loads((tmp_path / "r.json").read_text())
-    cfg = SFTConfig(steps=3, lr=3e-3, eval_every=3, warmup_steps=1, seed=0, grad_accum=2)
+    cfg = SFTConfig(steps=3, lr=3e-3, eval_every=3, warmup_steps=1, seed=0, grad_accum=2, cpu=True)
     one = train(no_dropout_gpt2(), TRAIN, EVAL, cfg, show_progress=False)
     assert ddp["status"] == "ok" and ddp["train_tokens"] == one.train_tokens
     for a, b in zip(ddp["curve"], one.curve, strict=True):

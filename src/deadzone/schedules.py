@@ -3,150 +3,40 @@
 Every schedule is a class built the same way, ``cls(ctx, arg)`` (``arg`` is what follows the
 colon of ``plan:FILE`` or ``geometry:METRIC``), with one question to answer:
 ``frozen(step) -> set of unit names`` frozen during optimizer step ``step`` (1-based; what is
-frozen at step ``t`` receives no update from step ``t`` on). A schedule may also scale the
-learning rate of units (``lr_scales(step)``, FreezeOut) and watch gradient norms
-(``observe(step, norms)``, AutoFreeze). :class:`ScheduleHook` applies one to the SFT loop; the
-Hugging Face callback (``deadzone.integrations.transformers``) applies the same objects there.
+frozen at step ``t`` receives no update from step ``t`` on). A schedule may also give units a
+learning rate of their own (``lr_scales(step)``, FreezeOut: a multiple of the peak learning rate
+that replaces the decay of the loop's schedule, whose warmup still applies) and watch the
+gradients (``observe(step, grads)``, AutoFreeze). :class:`ScheduleHook` applies one to the SFT
+loop; the Hugging Face callback (``deadzone.integrations.transformers``) applies the same
+objects there.
 
-A **unit** is what freezes at once: with ``unit="matrix"`` one block weight matrix (a site; its
-bias keeps training), with ``unit="block"`` every parameter of one transformer block (biases and
-norms too). ``target_fraction`` is the share of block-matrix parameters frozen by the end and
-``freeze_by`` the step (an int) or fraction of training (a float) by which it is reached: that
-puts every schedule on the same footing. Units of unequal size make the share reached the
-smallest one at or above the target.
-
-The embeddings (position embedding, and the token embedding unless it is tied to the output
-head) form one more unit, ``embed``, that only the front-to-back schedules (``freezeout``,
-``autofreeze``) freeze, with the first unit: everything before a frozen prefix then needs no
-backward pass at all. A tied token embedding keeps training, so the backward pass still reaches
-the bottom of the model; only weight gradients are saved there.
+Units, ``target_fraction`` and ``freeze_by`` (the footing every schedule shares) are defined in
+``deadzone.units``.
 """
 
 from __future__ import annotations
 
 import math
 import random as _random
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from deadzone import plans, sites
 from deadzone.errors import DeadzoneError
-from deadzone.train import Hook
-
-UNITS = ("matrix", "block")
-EMBED = "embed"
-
-
-@dataclass(frozen=True)
-class Unit:
-    """What freezes at once: ``params`` are parameter names; ``matrix_params`` counts the
-    block-matrix parameters among them (what ``target_fraction`` measures)."""
-
-    name: str
-    params: tuple[str, ...]
-    numel: int
-    matrix_params: int
-    layer: int | None
-
-
-def model_units(model: torch.nn.Module, unit: str = "matrix") -> tuple[list[Unit], Unit | None]:
-    """(block units in forward order, the embeddings unit or None) of a Hugging Face model."""
-    if unit not in UNITS:
-        raise DeadzoneError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
-    named = dict(model.named_parameters())
-    found = sites.find_sites(model)
-    blocks = [s for s in found if s.layer is not None]
-    if not blocks:
-        raise DeadzoneError("this model has no transformer block matrices to freeze")
-    if unit == "matrix":
-        units = [Unit(s.name, (s.param_name,), s.params, s.params, s.layer) for s in blocks]
-    else:
-        units = []
-        for layer in sorted({s.layer for s in blocks}):
-            mine = [s for s in blocks if s.layer == layer]
-            prefix = mine[0].param_name[
-                : mine[0].param_name.index(f".{layer}.") + len(f"{layer}.") + 1
-            ]
-            params = tuple(n for n in named if n.startswith(prefix))
-            numel = sum(named[n].numel() for n in params)
-            units.append(Unit(f"L{layer}", params, numel, sum(s.params for s in mine), layer))
-    head = model.get_output_embeddings()
-    tied = {id(head.weight)} if head is not None else set()
-    embeds = [
-        s.param_name
-        for s in found
-        if s.role in ("embed", "pos_embed") and id(named[s.param_name]) not in tied
-    ]
-    embed = None
-    if embeds:
-        embed = Unit(EMBED, tuple(embeds), sum(named[n].numel() for n in embeds), 0, None)
-    return units, embed
-
-
-@dataclass
-class ScheduleContext:
-    """What a schedule may know. ``freeze_by``: a step (int >= 1) or a fraction of ``steps``
-    (float in (0, 1]); ``model`` is read by ``geometry``; ``scores`` maps unit or site names to a
-    score for ``geometry:snr`` (computed by whoever has the data)."""
-
-    units: list[Unit]
-    steps: int
-    embed: Unit | None = None
-    target_fraction: float = 0.5
-    freeze_by: int | float = 0.5
-    seed: int = 0
-    model: torch.nn.Module | None = None
-    scores: dict[str, float] | None = None
-    interval: int | None = None  # AutoFreeze's and LISA's K (default: their papers' choices)
-    plan: dict | None = None  # plan:FILE's plan, already loaded
-    by_step: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        tf = self.target_fraction
-        if isinstance(tf, bool) or not isinstance(tf, (int, float)) or not 0 < tf < 1:
-            raise DeadzoneError(f"target_fraction must be in (0, 1), got {tf!r}")
-        fb = self.freeze_by
-        if isinstance(fb, bool) or not isinstance(fb, (int, float)):
-            raise DeadzoneError(f"freeze_by must be a step or a fraction, got {fb!r}")
-        if isinstance(fb, float):
-            if not 0 < fb <= 1:
-                raise DeadzoneError(f"freeze_by as a fraction must be in (0, 1], got {fb!r}")
-            self.by_step = max(1, round(fb * self.steps))
-        else:
-            if fb < 1 or fb > self.steps:
-                raise DeadzoneError(f"freeze_by step {fb} is beyond the {self.steps} steps")
-            self.by_step = fb
-        if self.interval is not None and self.interval < 1:
-            raise DeadzoneError(f"interval must be >= 1, got {self.interval!r}")
-
-    @property
-    def matrix_total(self) -> int:
-        return sum(u.matrix_params for u in self.units)
-
-    def target_prefix(self, order: list[Unit]) -> list[Unit]:
-        """The shortest prefix of ``order`` holding ``target_fraction`` of the block matrices."""
-        need, got, out = self.target_fraction * self.matrix_total, 0, []
-        for u in order:
-            if got >= need:
-                break
-            out.append(u)
-            got += u.matrix_params
-        return out
-
-
-def staggered(count: int, by_step: int, first: int = 0) -> list[int]:
-    """Steps at which the k-th of ``count`` units freezes: evenly up to ``by_step``; the
-    ``first`` ones from step 1."""
-    rest = count - first
-    return [1] * first + [max(1, math.ceil(by_step * (k + 1) / rest)) for k in range(rest)]
+from deadzone.train import Hook, decay_factor
+from deadzone.units import EMBED, ScheduleContext, Unit, model_units, ramp
 
 
 class Schedule:
-    """Base of every schedule: nothing frozen, lr unscaled, gradient norms unwatched."""
+    """Base of every schedule: nothing frozen, lr unscaled, gradients unwatched. ``takes_arg``:
+    whether the spec names something after a colon (``plan:FILE``, ``geometry:METRIC``);
+    ``wants_grads``: whether :meth:`observe` is to be called after each backward pass."""
 
-    wants_grad_norms = False
+    takes_arg = False
+    wants_grads = False
 
     def __init__(self, ctx: ScheduleContext, arg: str | None = None) -> None:
         self.ctx = ctx
@@ -158,10 +48,14 @@ class Schedule:
         return set()
 
     def lr_scales(self, step: int) -> dict[str, float]:
+        """Units that follow a learning rate of their own during ``step``, as a multiple of the
+        peak learning rate: it replaces the decay of the loop's schedule (warmup still applies).
+        The other units follow the loop's schedule."""
         return {}
 
-    def observe(self, step: int, grad_norms: dict[str, float]) -> None:
-        pass
+    def observe(self, step: int, grads: Mapping[str, torch.Tensor]) -> None:
+        """The gradients of ``step`` (parameter name -> gradient, complete and averaged over
+        processes, before clipping), for a schedule that ``wants_grads``."""
 
     def most_frozen(self) -> set[str]:
         """The largest set of units this schedule can freeze at once (checked, not run)."""
@@ -173,19 +67,14 @@ class Full(Schedule):
 
 
 class Ordered(Schedule):
-    """Freeze units one after another in ``order()``, evenly in time up to ``freeze_by``, until
-    ``target_fraction`` is reached; the first ``first()`` from step 1."""
+    """Freeze the shortest prefix of ``order()`` reaching ``target_fraction``, one unit after
+    another along the same :func:`ramp` up to ``freeze_by``; the first ``first()`` from step 1."""
 
     def __init__(self, ctx: ScheduleContext, arg: str | None = None) -> None:
         super().__init__(ctx, arg)
         chosen = ctx.target_prefix(self.order())
-        self.times = dict(
-            zip(
-                [u.name for u in chosen],
-                staggered(len(chosen), ctx.by_step, min(self.first(), len(chosen))),
-                strict=True,
-            )
-        )
+        times = ramp(chosen, ctx, min(self.first(), len(chosen)))
+        self.times = dict(zip([u.name for u in chosen], times, strict=True))
 
     def order(self) -> list[Unit]:
         raise NotImplementedError
@@ -206,6 +95,8 @@ class Plan(Ordered):
     not rewritten here; :func:`deadzone.plans.apply_plan` does that), then, up to the target,
     the sites of its optional ``order`` list (site names by increasing single-site cost), then
     the remaining units front to back. ``ctx.plan``, when given, is the plan already loaded."""
+
+    takes_arg = True
 
     def __init__(self, ctx: ScheduleContext, arg: str | None = None) -> None:
         if not arg:
@@ -265,6 +156,8 @@ class Geometry(Ordered):
     """``geometry:METRIC``: freeze in order of an ``analyze`` metric (``snr`` is Spectrum's), or
     of the per-site scores the context brings."""
 
+    takes_arg = True
+
     def __init__(self, ctx: ScheduleContext, arg: str | None = None) -> None:
         if arg not in GEOMETRY_DIRECTIONS:
             raise DeadzoneError(
@@ -277,27 +170,34 @@ class Geometry(Ordered):
 
     @staticmethod
     def _scores(ctx: ScheduleContext, metric: str) -> dict[str, float]:
-        """Score of each unit: of its matrix, or the parameter-weighted mean over its matrices."""
+        """Score of each unit: of its matrix, or the mean over its matrices weighted by their
+        parameter counts (equal weights for scores the context brings without the model)."""
+        if ctx.model is None and not ctx.scores:
+            raise DeadzoneError("geometry needs the model to measure")
+        found = []
+        if ctx.model is not None:
+            found = [s for s in sites.find_sites(ctx.model) if s.layer is not None]
         if ctx.scores:
             per_site = ctx.scores
         else:
-            if ctx.model is None:
-                raise DeadzoneError("geometry needs the model to measure")
             from deadzone.analysis import analyze
 
-            found = [s for s in sites.find_sites(ctx.model) if s.layer is not None]
             pairs = ((s, sites.site_matrix(ctx.model, s)) for s in found)
             records = analyze(pairs, total=len(found), device="cpu", progress=False)
             per_site = {r["site"]: r[metric] for r in records}
-        by_unit: dict[str, list[float]] = {}
+        size = {s.name: s.params for s in found}
+        sums: dict[str, list[float]] = {}  # unit -> [weighted sum, total weight]
         for site, value in per_site.items():
             unit = _unit_of_site(site, ctx)
             if unit is not None and value is not None and math.isfinite(value):
-                by_unit.setdefault(unit.name, []).append(value)
-        missing = [u.name for u in ctx.units if u.name not in by_unit]
+                weight = size.get(site, 1)
+                acc = sums.setdefault(unit.name, [0.0, 0])
+                acc[0] += weight * value
+                acc[1] += weight
+        missing = [u.name for u in ctx.units if u.name not in sums]
         if missing:
             raise DeadzoneError(f"no finite {metric} for {', '.join(missing[:5])}")
-        return {name: sum(v) / len(v) for name, v in by_unit.items()}  # a block: its mean
+        return {name: total / weight for name, (total, weight) in sums.items()}
 
     def order(self) -> list[Unit]:
         sign = GEOMETRY_DIRECTIONS[self.metric][0]
@@ -305,7 +205,13 @@ class Geometry(Ordered):
 
 
 class Random(Ordered):
-    """``random``: a seeded random order, frozen as the ordered schedules freeze (the control)."""
+    """``random``: the control of the ordered schedules (``geometry``, ``plan``): the same units,
+    the same :func:`ramp` to the same target by the same ``freeze_by``, in a seeded random order
+    (the shortest prefix of that order reaching the target). At every step it has frozen the
+    share of the block matrices that ``geometry`` has, up to one unit. ``plan`` freezes the
+    units of its sites at step 1: it is ahead of the control until the ramp reaches their
+    share, and level with it, up to one unit, from there on. The control is not matched to
+    ``freezeout``, ``autofreeze`` or ``lisa``, whose timing is their own."""
 
     def order(self) -> list[Unit]:
         units = list(self.ctx.units)
@@ -314,12 +220,17 @@ class Random(Ordered):
 
 
 class FreezeOut(Schedule):
-    """Brock et al. 2017: front to back, each unit's learning rate annealed to zero along a
-    cosine over its own time ``t_i``, then frozen. Cubic schedule: ``t_i = by * (t0 + (1 - t0)
-    * i / (k - 1))^3`` for the ``k`` units that reach the target (``t0 = 0.8`` pre-cubed as in
-    the reference, so the first freezes at 0.51 of ``freeze_by``, the last at it); with
-    ``scale_lr`` (the reference's default) unit ``i`` starts at ``lr / (t_i / steps)``, so it
-    travels as far as a unit trained to the end. The embeddings unit goes with the first."""
+    """Brock et al. 2017: front to back, each unit of the target prefix follows a learning rate
+    of its own, a cosine from its peak to zero over its time ``t_i``, then freezes; the units
+    past the target follow the loop's schedule. Cubic schedule: ``t_i = by * (t0 + (1 - t0) *
+    i / (k - 1))^3`` for the ``k`` units that reach the target (``t0 = 0.8`` pre-cubed as in
+    the reference, so the first freezes at 0.51 of ``freeze_by``, the last at it). During step
+    ``s < t_i`` unit ``i`` trains at ``lr * scale_i * (1 + cos(pi * (s - 1) / t_i)) / 2``, in
+    place of the loop's decay (its warmup still applies), with ``scale_i = steps / t_i`` under
+    ``scale_lr`` (the reference's default) so that it travels about as far as a unit trained
+    to the end, else 1. ``scale_i`` is 1 over the unit's share of *all* the steps: a
+    ``freeze_by`` before the end compresses the ``t_i`` and raises the scales with them. The
+    embeddings unit goes with the first."""
 
     t0 = 0.8
     scale_lr = True
@@ -351,14 +262,21 @@ class FreezeOut(Schedule):
 
 
 class AutoFreeze(Schedule):
-    """Liu et al. 2021: every ``interval`` steps, compare each unit's gradient L1 norm summed
-    over the interval with the previous interval's; freeze, front to back, the units before the
-    first whose relative change is at or above the ``percentile`` of the active units' changes.
-    As in the reference, only a front prefix freezes. Kept within the target set, and whatever
-    of it is still trainable at ``freeze_by`` freezes then. Interval default: a twentieth of
-    the run (the reference evaluates 20 times)."""
+    """Liu et al. 2021, as the reference (``freeze_intermediate_e2e_lr.py``) computes it: every
+    ``interval`` steps, each training unit's gradient summed over the interval's steps and the
+    L1 norm of that sum (:meth:`observe`), then the rule (:meth:`decide`): the relative change
+    of each norm since the previous interval, and every unit before the front-most one whose
+    change is at or above the ``percentile`` of the training units' changes freezes. Only a
+    front prefix freezes, kept within the target set; whatever of that set is still training
+    at ``freeze_by`` freezes then. Interval default: a twentieth of the run (the reference
+    evaluates 20 times). ``intervals`` records ``(step, L1 norm of each training unit)`` at
+    the end of every interval: what the decisions came from, enough to replay them.
 
-    wants_grad_norms = True
+    Memory: the sums are one float32 buffer per parameter of every unit still training (they
+    all enter the percentile), as large as those parameters; a unit's go when it freezes, and
+    all of them once the target set is frozen."""
+
+    wants_grads = True
     percentile = 50.0
 
     def __init__(self, ctx: ScheduleContext, arg: str | None = None) -> None:
@@ -366,31 +284,54 @@ class AutoFreeze(Schedule):
         self.chosen = [u.name for u in ctx.target_prefix(list(ctx.units))]
         self.order = [u.name for u in ctx.units]
         self.interval = ctx.interval or max(1, ctx.steps // 20)
-        self.sums: dict[str, float] = dict.fromkeys(self.order, 0.0)
+        self.sums: dict[str, torch.Tensor] = {}  # parameter name -> gradient summed
         self.previous: dict[str, float] | None = None
+        self.intervals: list[tuple[int, dict[str, float]]] = []
         self.start = 0  # units before this index are frozen
         self.freeze_step: dict[str, int] = {}
 
-    def observe(self, step: int, grad_norms: dict[str, float]) -> None:
-        for name in self.order:
-            self.sums[name] += grad_norms.get(name, 0.0)
-        if step % self.interval:
+    def observe(self, step: int, grads: Mapping[str, torch.Tensor]) -> None:
+        if self.start >= len(self.chosen):  # the target set is frozen: nothing left to decide
+            self.sums = {}
             return
-        current, self.sums = self.sums, dict.fromkeys(self.order, 0.0)
+        training = self.order[self.start :]
+        for name in (p for n in training for p in self.units[n].params):
+            if grads.get(name) is None:
+                continue
+            grad = grads[name].detach()
+            if name in self.sums:
+                self.sums[name].add_(grad)
+            else:
+                self.sums[name] = grad.to(torch.float32, copy=True)
+        if step % self.interval == 0:
+            norms = {n: self._l1(n) for n in training}
+            self.sums = {}
+            self.decide(step, norms)
+
+    def _l1(self, unit: str) -> float:
+        """L1 norm of the unit's gradient summed over the interval."""
+        return sum(
+            float(self.sums[p].abs().sum()) for p in self.units[unit].params if p in self.sums
+        )
+
+    def decide(self, step: int, norms: Mapping[str, float]) -> None:
+        """The rule at the end of the interval closing at ``step``, from the L1 norm of each
+        training unit's gradient summed over it: the units before the front-most whose change
+        is at or above the percentile freeze from step ``step + 1``."""
+        self.intervals.append((step, dict(norms)))
+        training = self.order[self.start :]
         if self.previous is not None:
-            change = {
-                n: abs(self.previous[n] - current[n]) / self.previous[n] if current[n] > 0 else 0.0
-                for n in self.order
-            }
-            active = [change[n] for n in self.order[self.start :]]
-            threshold = float(np.percentile(active, self.percentile))
-            first = next(i for i, n in enumerate(self.order) if change[n] >= threshold)
-            self._freeze_through(min(first, len(self.chosen)), step + 1)
-        self.previous = current
+            change = {n: _relative_change(self.previous[n], norms[n]) for n in training}
+            threshold = float(np.percentile(list(change.values()), self.percentile))
+            first = next(i for i, n in enumerate(training) if change[n] >= threshold)
+            self._freeze_through(min(self.start + first, len(self.chosen)), step + 1)
+        self.previous = dict(norms)
 
     def _freeze_through(self, count: int, step: int) -> None:
         for name in self.chosen[self.start : count]:
             self.freeze_step[name] = step
+            for p in self.units[name].params:
+                self.sums.pop(p, None)
         self.start = max(self.start, count)
 
     def frozen(self, step: int) -> set[str]:
@@ -405,19 +346,30 @@ class AutoFreeze(Schedule):
         return set(self.chosen) | ({EMBED} if self.ctx.embed is not None else set())
 
 
+def _relative_change(previous: float, current: float) -> float:
+    """``|previous - current| / previous``; 0 for a zero ``current`` (as the reference), and
+    infinite for a gradient that was zero and is not."""
+    if current <= 0:
+        return 0.0
+    return abs(previous - current) / previous if previous > 0 else math.inf
+
+
 class Lisa(Schedule):
     """Pan et al. 2024 as LMFlow's DynamicLayerActivationCallback does it: the embeddings and
     head always train; ``gamma`` blocks drawn at random train, the others are frozen, re-drawn
-    every ``interval`` steps (LMFlow's default: 20) from step 1. ``gamma`` keeps
-    ``target_fraction`` of the blocks frozen at every step. LISA draws blocks: with
-    ``unit="block"`` an inactive block freezes whole (as in LMFlow), with ``unit="matrix"`` only
-    its matrices do (its biases and norms keep training)."""
+    every ``interval`` steps (LMFlow's default: 20) from step 1. The frozen blocks are the
+    fewest that hold ``target_fraction`` of the block matrices whichever are drawn (with blocks
+    of one size, ``ceil(target_fraction * blocks)``); a model of one block, or a target that
+    would leave no block training, is refused. LISA draws blocks: with ``unit="block"`` an
+    inactive block freezes whole (as in LMFlow), with ``unit="matrix"`` only its matrices do
+    (its biases and norms keep training)."""
 
     def __init__(self, ctx: ScheduleContext, arg: str | None = None) -> None:
         super().__init__(ctx, arg)
         layers = sorted({u.layer for u in ctx.units})
         self.blocks = {layer: {u.name for u in ctx.units if u.layer == layer} for layer in layers}
-        self.gamma = max(1, min(len(layers) - 1, round((1 - ctx.target_fraction) * len(layers))))
+        sizes = [sum(self.units[n].matrix_params for n in names) for names in self.blocks.values()]
+        self.gamma = len(layers) - _blocks_to_freeze(sizes, ctx)
         self.interval = ctx.interval or 20
         self.rng = _random.Random(ctx.seed)
         self.active: list[int] = []
@@ -437,6 +389,25 @@ class Lisa(Schedule):
         return {n for layer in layers for n in self.blocks[layer]}
 
 
+def _blocks_to_freeze(sizes: list[int], ctx: ScheduleContext) -> int:
+    """The fewest blocks (of ``sizes`` block-matrix parameters each) that reach the target
+    whichever are drawn: the smallest first. One block must stay to train."""
+    if len(sizes) < 2:
+        raise DeadzoneError(
+            f"lisa needs at least 2 blocks to draw from; this model has {len(sizes)}"
+        )
+    got = 0
+    for count, size in enumerate(sorted(sizes)[:-1], start=1):
+        got += size
+        if ctx.reaches(got):
+            return count
+    most = (ctx.matrix_total - max(sizes)) / ctx.matrix_total
+    raise DeadzoneError(
+        f"lisa keeps a block training, so with {len(sizes)} blocks it freezes at most "
+        f"{most:.0%} of the block matrices; target fraction {ctx.target_fraction:g}"
+    )
+
+
 SCHEDULES: dict[str, type[Schedule]] = {
     "full": Full,
     "plan": Plan,
@@ -448,13 +419,23 @@ SCHEDULES: dict[str, type[Schedule]] = {
 }
 
 
+def check_spec(spec: str) -> tuple[type[Schedule], str | None]:
+    """The schedule class and argument of ``spec``; a one-line error for an unknown schedule,
+    or an argument given to one that takes none."""
+    name, colon, arg = spec.partition(":")
+    if name not in SCHEDULES:
+        raise DeadzoneError(f"unknown schedule {spec!r}; choose from {', '.join(SCHEDULES)}")
+    cls = SCHEDULES[name]
+    if colon and not cls.takes_arg:
+        raise DeadzoneError(f"schedule {name} takes no argument; got {spec!r}")
+    return cls, arg or None
+
+
 def make_schedule(spec: str, ctx: ScheduleContext) -> Schedule:
     """``full``, ``plan:FILE``, ``geometry:METRIC``, ``freezeout``, ``autofreeze``, ``lisa``,
     ``random``; refuses one that would leave nothing to train."""
-    name, _, arg = spec.partition(":")
-    if name not in SCHEDULES:
-        raise DeadzoneError(f"unknown schedule {spec!r}; choose from {', '.join(SCHEDULES)}")
-    schedule = SCHEDULES[name](ctx, arg or None)
+    cls, arg = check_spec(spec)
+    schedule = cls(ctx, arg)
     _check_leaves_something(schedule, ctx)
     return schedule
 
@@ -480,19 +461,18 @@ def frozen_fraction(schedule: Schedule, unit_names: set[str]) -> float:
     return got / schedule.ctx.matrix_total
 
 
-def unit_grad_norms(schedule: Schedule, model: torch.nn.Module) -> dict[str, float]:
-    """L1 norm of each unit's gradient (0 where none was computed)."""
+def unit_grads(schedule: Schedule, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The gradients of the parameters of the schedule's units, by parameter name (those that
+    have one: frozen parameters have none)."""
     named = dict(model.named_parameters())
-    out = {}
-    for name, unit in schedule.units.items():
-        grads = [named[p].grad for p in unit.params if named[p].grad is not None]
-        out[name] = float(sum(g.abs().sum() for g in grads)) if grads else 0.0
-    return out
+    params = (p for unit in schedule.units.values() for p in unit.params)
+    return {p: named[p].grad for p in params if named[p].grad is not None}
 
 
 class ScheduleHook(Hook):
     """Applies a schedule in the SFT loop: at each step's start, freezes and unfreezes to its
-    frozen set and sets its learning-rate scales; feeds it gradient norms if it asks.
+    frozen set and gives the units of ``lr_scales`` their own learning rate (as a scale of the
+    loop's: theirs over the loop's decay); feeds it the gradients if it asks.
     ``timeline`` records ``(step, sorted frozen units)`` whenever the set changes."""
 
     def __init__(self, schedule: Schedule) -> None:
@@ -508,12 +488,14 @@ class ScheduleHook(Hook):
             loop.freeze(params(self.schedule, want - self.current))
             self.current = set(want)
             self.timeline.append((step, sorted(want)))
-        scales = self.schedule.lr_scales(step)
-        loop.set_lr_scales({p: s for n, s in scales.items() for p in self.schedule.units[n].params})
+        decay = decay_factor(step - 1, loop.config)  # the loop's, which theirs replaces
+        own = self.schedule.lr_scales(step)
+        units = self.schedule.units
+        loop.set_lr_scales({p: s / decay for n, s in own.items() for p in units[n].params})
 
     def on_after_backward(self, loop, step: int) -> None:
-        if self.schedule.wants_grad_norms:
-            self.schedule.observe(step, unit_grad_norms(self.schedule, loop.module))
+        if self.schedule.wants_grads:
+            self.schedule.observe(step, unit_grads(self.schedule, loop.module))
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import gc
 import math
-import resource
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -37,6 +35,7 @@ from accelerate.utils import set_seed
 from deadzone.device import autocast_dtype, get_device
 from deadzone.errors import DeadzoneError
 from deadzone.freezing import LR_SCALE, Freezer, optimizer_state_bytes
+from deadzone.memory import PeakMemory
 from deadzone.progress import make_progress
 
 Batch = dict[str, torch.Tensor]
@@ -140,7 +139,10 @@ class RunResult:
     ``cpu_seconds`` is this process's CPU time over the run (the fair clock on a shared
     machine).
     ``peak_memory_bytes`` is the peak of ``torch.cuda.max_memory_allocated`` on CUDA, else the
-    process's peak resident set.
+    peak resident set; ``peak_memory_scope`` says what that peak covers (``deadzone.memory``):
+    ``"run"`` (CUDA's counter, or on Linux the resident-set peak reset at the start of the run)
+    or ``"process"`` (the resident-set peak over the life of the process, where it cannot be
+    reset: it includes whatever ran in the process before, earlier runs too).
     """
 
     status: str = "ok"
@@ -160,13 +162,16 @@ class RunResult:
     precision: str = ""
     processes: int = 1
     peak_memory_bytes: int = 0
+    peak_memory_scope: str = "run"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 # What a run record measures of the machine rather than computes: they differ from run to run.
-MEASURED = ("seconds", "cpu_seconds", "tokens_per_second", "peak_memory_bytes")
+MEASURED = (
+    "seconds", "cpu_seconds", "tokens_per_second", "peak_memory_bytes", "peak_memory_scope",
+)  # fmt: skip
 MEASURED_PER_STEP = ("step_seconds",)
 
 
@@ -205,9 +210,20 @@ def build_optimizer(model: torch.nn.Module, config: SFTConfig) -> torch.optim.Ad
 
 def lr_factor(step: int, config: SFTConfig) -> float:
     """Multiplier of ``lr`` for optimizer step ``step`` (0-based): linear warmup, cosine decay."""
+    return warmup_factor(step, config) * decay_factor(step, config)
+
+
+def warmup_factor(step: int, config: SFTConfig) -> float:
+    """The warmup part of :func:`lr_factor`: rising linearly during warmup, then 1."""
+    warmup = config.warmup
+    return (step + 1) / (warmup + 1) if step < warmup else 1.0
+
+
+def decay_factor(step: int, config: SFTConfig) -> float:
+    """The decay part of :func:`lr_factor`: 1 during warmup, then a cosine to ``min_lr_ratio``."""
     warmup = config.warmup
     if step < warmup:
-        return (step + 1) / (warmup + 1)
+        return 1.0
     span = max(1, config.steps - warmup)
     progress = min(1.0, (step - warmup) / span)
     cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -316,12 +332,6 @@ def deterministic(enabled: bool) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(was, warn_only=was_warn)
         fill.fill_uninitialized_memory = was_fill
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 # --- the loop ---------------------------------------------------------------------------------
@@ -510,9 +520,7 @@ class SFTLoop:
             precision=str(acc.mixed_precision),
             processes=acc.num_processes,
         )
-        cuda = acc.device.type == "cuda"
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(acc.device)
+        peak = PeakMemory(acc.device)
         start, cpu_start = time.perf_counter(), time.process_time()
         with deterministic(self.config.deterministic):
             set_seed(self.config.seed)
@@ -523,9 +531,7 @@ class SFTLoop:
                 result.final_train_loss = result.final_eval_loss = None
         result.seconds = time.perf_counter() - start
         result.cpu_seconds = time.process_time() - cpu_start
-        result.peak_memory_bytes = (
-            torch.cuda.max_memory_allocated(acc.device) if cuda else peak_rss_bytes()
-        )
+        result.peak_memory_bytes, result.peak_memory_scope = peak.read()
         return result
 
     def _measures(self, seconds: float, trainable: int | None = None) -> dict:

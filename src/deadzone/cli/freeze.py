@@ -22,8 +22,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--schedule",
         default="geometry:pr,random",
         help="comma-separated schedules: plan:FILE (a scan's plan.json), geometry:METRIC "
-        "(pr, pc1, stable_rank, ...), freezeout, autofreeze, lisa, random, full; full, the "
-        "baseline, is always run",
+        "(pr, pc1, stable_rank, ...), freezeout, autofreeze, lisa, random (the control of plan "
+        "and geometry: their units on their ramp to the target, in a seeded random order), "
+        "full; full, the baseline, is always run",
     )
     p.add_argument(
         "--target-fraction",
@@ -48,7 +49,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--save",
         metavar="DIR",
         help="write the fine-tuned model of seed 0 of the first schedule that is not full, in "
-        "Hugging Face format (default: not written)",
+        "Hugging Face format, to a new or empty directory outside --out, or over a model an "
+        "earlier --save wrote (default: not written)",
     )
     opt.add_experiment_options(p, "schedules")
     p.set_defaults(handler=run)

@@ -13,11 +13,15 @@ share of block-matrix parameters it froze.
 
 Every schedule is built once on the pristine model before any run, so a schedule that cannot
 run (an unknown one, a plan for another model, one that would freeze every parameter) stops
-the experiment before it starts.
+the experiment before it starts. A ``plan:FILE`` schedule is identified by its file's name and
+by its content (:func:`plan_digest`): resuming with an edited plan is refused, as any change to
+what the finished runs computed is.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -44,10 +48,11 @@ from deadzone.experiments.execute import (
     prime,
 )
 from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, provenance, run_one, writing
-from deadzone.schedules import SCHEDULES, UNITS, ScheduleSpec
+from deadzone.schedules import ScheduleSpec, check_spec
 from deadzone.schema import SCHEMA_VERSION
 from deadzone.tracking import NO_TRACKING, Tracking
 from deadzone.train import SFTConfig
+from deadzone.units import UNITS
 
 EXPERIMENT = "freeze"
 BASELINE = crystal.BASELINE  # "full"
@@ -81,10 +86,7 @@ class FreezeConfig:
         if not names:
             raise DeadzoneError("no schedule given")
         for spec in names:
-            if spec.partition(":")[0] not in SCHEDULES:
-                raise DeadzoneError(
-                    f"unknown schedule {spec!r}; choose from {', '.join(SCHEDULES)}"
-                )
+            check_spec(spec)
         if len(set(names)) != len(names):
             raise DeadzoneError(f"a schedule is listed twice: {','.join(names)}")
         self.schedules = names if BASELINE in names else (BASELINE, *names)
@@ -142,7 +144,9 @@ def freeze(
     """Run (or resume, or extend) the experiment into ``out``; return the ``results.json``
     document. ``save``: a directory to write seed 0 of the first schedule that is not ``full``
     to, in Hugging Face format (trained here, in this process; again if already recorded).
-    ``tracking`` is where each run reports its curves (``deadzone.tracking``; default none)."""
+    ``tracking`` is where each run reports its curves (``deadzone.tracking``; default none).
+    ``save`` must lie outside ``out``, and be new, empty, or a model an earlier ``save`` wrote
+    (which it replaces)."""
     executor = executor or InProcess(show_progress=show_progress)
     state = PartialState(cpu=config.sft.cpu)
     if state.num_processes > 1 and not isinstance(executor, InProcess):
@@ -150,16 +154,21 @@ def freeze(
     if save is not None:
         if config.first_frozen() is None:
             raise DeadzoneError("--save writes a frozen schedule's model: list one beside full")
-        check_save_dir(save)
+        check_save_dir(save, out)
     with writing(out, state.is_main_process), executor:  # workers start as this loads
         tasks, inputs, identity, tokenizer = _plan(config, executor.threads, tracking)
         prime(tasks[0], inputs)
-        runset = {"schedules": list(config.schedules), "seeds": list(range(config.seeds))}
+        runset = {
+            "schedules": list(config.schedules),
+            "seeds": list(range(config.seeds)),
+            "plans": _plan_digests(tasks),
+        }
         summary = partial(summarize, margin=config.margin, margin_nats=config.margin_nats)
         header = {"schema_version": SCHEMA_VERSION, **provenance()}
         results = ResultsDir(
             out, identity, header, summary, runset=runset, writer=state.is_main_process
         )
+        _check_plans_unchanged(results)
         state.wait_for_everyone()
         if save is not None:
             _train_and_save(tasks, inputs, results, config, save, tokenizer, state)
@@ -216,30 +225,79 @@ def _identity(config: FreezeConfig, model, model_ref: ModelRef, data_info: dict)
     }
 
 
+# --- plan:FILE schedules: identified by their content too -------------------------------------
+
+
+def plan_digest(plan: dict) -> str:
+    """sha256 of what a plan decides: the model's fingerprint, its sites and its order."""
+    content = {
+        "fingerprint": plan["model"]["fingerprint"],
+        "sites": plan["sites"],
+        "order": plan.get("order") or [],
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _plan_digests(tasks: list[RunTask]) -> list[dict]:
+    """``{"schedule": "plan:FILE", "sha256": ...}`` of each plan schedule of ``tasks``."""
+    specs = {t.run.schedule.spec: t.run.schedule.plan for t in tasks if t.run.schedule}
+    return [
+        {"schedule": spec, "sha256": plan_digest(plan)}
+        for spec, plan in specs.items()
+        if plan is not None
+    ]
+
+
+def _check_plans_unchanged(results: ResultsDir) -> None:
+    """Refuse to resume runs of a ``plan:FILE`` whose file has changed since (the results
+    record the old content and the new one, first-seen first)."""
+    seen: dict[str, str] = {}
+    for entry in results.runset.get("plans", []):
+        spec, digest = entry["schedule"], entry["sha256"]
+        if seen.setdefault(spec, digest) != digest:
+            raise DeadzoneError(
+                f"{results.out} holds a freeze experiment with {spec} of sha256 "
+                f"{seen[spec][:12]} ({digest[:12]} now: the plan changed); choose another "
+                "output directory"
+            )
+
+
 # --- --save: the fine-tuned model, written whole or not at all ---------------------------------
 
+SAVED = "deadzone_saved.json"  # in a model --save wrote: which run it is; marks it replaceable
 
-def check_save_dir(path: str | Path) -> Path:
-    """``path`` as a directory the model can be written to (its parent writable), or a
-    one-line error now, before any training."""
+
+def check_save_dir(path: str | Path, out: str | Path | None = None) -> Path:
+    """``path`` as a directory the model can be written to, or a one-line error now, before
+    any training: its parent writable; new, empty, or a model an earlier ``--save`` wrote
+    (marked by ``deadzone_saved.json``, and replaced); apart from the output directory ``out``
+    (neither inside the other)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise DeadzoneError(f"--save {path} is a file; give a directory")
+    if out is not None:
+        here, there = path.resolve(), Path(out).resolve()
+        if here == there or there in here.parents or here in there.parents:
+            raise DeadzoneError(f"--save {path} overlaps --out {out}; give a directory apart")
+    if path.is_dir() and any(path.iterdir()) and not (path / SAVED).is_file():
+        raise DeadzoneError(f"--save {path} exists and is not a model deadzone saved")
     parent = path.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise DeadzoneError(f"cannot write --save {path}: {parent} is not a writable directory")
     return path
 
 
-def save_model(model, tokenizer, path: str | Path) -> Path:
-    """Write ``model`` and ``tokenizer`` in Hugging Face format to ``path``: into a temporary
-    directory beside it, then renamed over it (a previous save there is replaced whole)."""
+def save_model(model, tokenizer, path: str | Path, source: dict) -> Path:
+    """Write ``model`` and ``tokenizer`` in Hugging Face format to ``path``, with ``source``
+    (which run it is) in ``deadzone_saved.json``: into a temporary directory beside it, then
+    renamed over it (a previous save there is replaced whole)."""
     path = check_save_dir(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     old = None
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        fileio.write_json(tmp / SAVED, {"saved_by": "deadzone freeze", **source})
         fileio.ordinary_permissions(tmp)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
@@ -265,7 +323,8 @@ def _train_and_save(tasks, inputs, results, config, save, tokenizer, state) -> N
     if not saved:
         raise DeadzoneError(f"the run {key} failed ({record.get('error')}); no model to save")
     if state.is_main_process:
-        save_model(saved[0], tokenizer, save)
+        source = {"model": config.model, "out": str(results.out.resolve()), "run": key}
+        save_model(saved[0], tokenizer, save, source | {"deadzone_version": __version__})
     if not results.finished(key):
         results.add({**record, "threads": task.threads})
 
@@ -320,7 +379,10 @@ RATIOS = {  # name -> what of a run record is compared against full's
         sum(p["optimizer_state_bytes"] for p in r["curve"][1:]) / max(1, len(r["curve"]) - 1)
     ),
     "tokens_per_second": lambda r: r["tokens_per_second"],
-    "peak_memory": lambda r: r["peak_memory_bytes"],
+    # a peak over the life of the process (where it cannot be reset) is not the run's
+    "peak_memory": lambda r: (
+        r["peak_memory_bytes"] if r.get("peak_memory_scope") != "process" else None
+    ),
 }
 
 

@@ -143,7 +143,9 @@ EXPLAINED = (
     "step 1, so its peak is full's). *Frozen*: share of block-matrix parameters frozen at the "
     "last step (and averaged over the steps). *vs random*: paired difference in final eval "
     "loss against the random control, with its 95% interval; a schedule is ahead of it when "
-    "the whole interval is below zero."
+    "the whole interval is below zero. The control freezes the units of `plan` and `geometry` "
+    "on their ramp to the target, in a seeded random order (`plan` also freezes its sites at "
+    "step 1); `freezeout`, `autofreeze` and `lisa` keep times of their own."
 )
 
 
