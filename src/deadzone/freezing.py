@@ -116,8 +116,14 @@ class Freezer:
         """Rebuild the param groups from the trainable set: one per (home group, lr scale).
 
         Parameters keep their order inside a group; the optimizer state is keyed by parameter,
-        so moving a parameter between groups keeps its moments.
+        so moving a parameter between groups keeps its moments. A home group is rebuilt with the
+        hyperparameters it holds now (the learning rate a scheduler has set since), not those it
+        was bound with.
         """
+        for group in self.optimizer.param_groups:  # keep what was set since (a scheduler's lr)
+            if group.get(LR_SCALE, 1.0) == 1.0:
+                now = {k: v for k, v in group.items() if k != "params"}
+                self.templates[group[HOME]].update(now)
         buckets: dict[tuple[int, float], list[torch.nn.Parameter]] = {}
         for home in self.templates:
             buckets[(home, 1.0)] = []  # home groups stay, even empty
