@@ -113,7 +113,8 @@ def main() -> None:
     p.add_argument(
         "--compare",
         action="store_true",
-        help="only compare the scans already in --out (no runs; no wall times)",
+        help="compare the scans already in --out: no wall times, and only the runs they lack "
+        "(a resumed scan runs what is missing, such as an unfinished joint check)",
     )
     args = p.parse_args()
     root = Path(args.out or tempfile.mkdtemp(prefix="bench-scan-"))
