@@ -87,6 +87,13 @@ def test_cli_writes_results_report_plots(finished, capsys):
     report = (out / "report.md").read_text()
     assert "Optimizer peak × full" in report and "| lisa (n=2)" in report
     assert "**Conclusion.**" in report
+    # what each run measured, per schedule: throughput, its own peak memory, trainable share
+    measured = report[report.index("Measured per run") :]
+    assert "Tokens/s" in measured and "Peak memory (MiB)" in measured
+    lisa = next(line for line in measured.splitlines() if line.startswith("| lisa "))
+    cells = [c.strip() for c in lisa.strip("|").split("|")]
+    assert cells[1] != "—" and cells[3] != "—" and cells[5].endswith("%")
+    assert float(cells[5].rstrip("%")) < 100  # lisa keeps blocks frozen at the end
 
 
 def test_saved_model_loads_and_is_the_trained_one(finished, setup):

@@ -67,6 +67,42 @@ def table_model(results: dict) -> Table:
     return Table(columns, rows, right=frozenset({1, 2, 3, 6, 7, 8, 9, 10}))
 
 
+def measures_model(results: dict) -> Table:
+    """Per schedule, the means over its finished runs of what each run measured: tokens per
+    second, peak memory (the run's own; a lifetime peak of the process is left out), and the
+    share of all parameters trainable at the last step; the first two also against full."""
+    summary = results["summary"]
+    columns = [
+        "Schedule", "Tokens/s", "× full", "Peak memory (MiB)", "× full", "Trainable at end",
+    ]  # fmt: skip
+    rows = []
+    for arm in summary["arms"]:
+        base = arm["verdict"] == "baseline"
+        runs = [
+            r for r in results["runs"]
+            if r.get("schedule") == arm["schedule"] and r.get("status") == "ok"
+        ]  # fmt: skip
+        peaks = [r["peak_memory_bytes"] for r in runs if r.get("peak_memory_scope") != "process"]
+        ends = [r["curve"][-1]["trainable_params"] / r["total_params"] for r in runs if r["curve"]]
+        s = arm["savings"]
+        rows.append(
+            [
+                arm["schedule"],
+                _mean((r["tokens_per_second"] for r in runs), ",.0f"),
+                "1.00×" if base else _ratio(s["tokens_per_second"]),
+                _mean((b / 2**20 for b in peaks), ",.0f"),
+                "1.00×" if base else _ratio(s["peak_memory"]),
+                _mean((100 * e for e in ends), ".0f", "%"),
+            ]
+        )
+    return Table(columns, rows, right=frozenset({1, 2, 3, 4, 5}))
+
+
+def _mean(values, fmt: str, unit: str = "") -> str:
+    values = list(values)
+    return f"{statistics.fmean(values):{fmt}}{unit}" if values else "—"
+
+
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:+.2f}%"
 
@@ -122,6 +158,8 @@ def markdown(results: dict) -> str:
         f"({counts.get('train_examples', '?')} train / {counts.get('eval_examples', '?')} eval "
         f"examples, sha256 {data['content_hash'][:12]}).\n\n"
         f"{to_markdown(table_model(results))}\n\n{EXPLAINED}\n\n"
+        f"Measured per run (means over the seeds; × full: mean of per-seed ratios with 95% "
+        f"intervals):\n\n{to_markdown(measures_model(results))}\n\n"
         f"**Conclusion.** {conclusion(results)}\n\n"
         "![saving against cost](pareto.png)\n\n![frozen share and step time](timeline.png)\n"
     )
