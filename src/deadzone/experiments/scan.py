@@ -537,8 +537,9 @@ def scan(
                         missing += m.specs
             if not missing:
                 break
-            if config.mode == "exhaustive" and rounds == 0:
-                missing = exhaustive_specs(names, config.strategies, config.seeds)
+            if config.mode == "exhaustive" and rounds == 0:  # every single-site run at once
+                every = exhaustive_specs(names, config.strategies, config.seeds)
+                missing = [spec for spec in every if not results.finished(spec.key)] or missing
             rounds += 1
             done = len(results.runs)
             say(
