@@ -82,7 +82,8 @@ def cheap_score_cost(model: str, data: str, sft: SFTConfig) -> dict:
     from deadzone.checkpoints import context_length, load_model
     from deadzone.data.sft import load_sft_data, pad_id_for
     from deadzone.experiments.runs import RunInputs, run_one
-    from deadzone.experiments.scan import cheap_scores, full_spec
+    from deadzone.experiments.scan import full_spec
+    from deadzone.experiments.scan_summary import cheap_scores
     from deadzone.sites import find_sites
 
     m, tokenizer = load_model(model)

@@ -1,5 +1,5 @@
-"""A scan's runs and summary as plain data: keys, the runs of a judgement and of the exhaustive
-scan, and a search record turned into the summary the report draws."""
+"""A scan's runs and summary as plain data: keys, the runs of the exhaustive scan, and a search
+record turned into the summary the report draws."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from conftest import tiny_gpt2
 from test_search import MARGIN, Oracle
 
 from deadzone.errors import DeadzoneError
-from deadzone.experiments import scan, search
+from deadzone.experiments import scan, scan_summary, search
 from deadzone.report import scan as report
 from deadzone.sites import find_sites
 
@@ -27,15 +27,11 @@ def test_keys_are_stable_and_name_the_set() -> None:
         scan.set_key("frozen", [], 0)
 
 
-def test_runs_of_a_judgement_and_of_the_exhaustive_scan() -> None:
-    specs = scan.judgement_specs("frozen", ["a", "b"], 3)
-    assert [s.key.split("/")[0] for s in specs] == ["full", "frozen"] * 3
-    assert [s.seed for s in specs] == [0, 0, 1, 1, 2, 2]
+def test_runs_of_the_exhaustive_scan() -> None:
     names = [s.name for s in find_sites(tiny_gpt2()) if s.layer is not None]
     every = scan.exhaustive_specs(names, ("frozen", "random"), 3)
     assert len({s.key for s in every}) == len(every) == 3 * (1 + 2 * len(names))
-    bounds = scan.adaptive_bounds([names[:4], names[4:]], 2, 2, 3)
-    assert bounds == {"fewest": 3 + 2 * (2 * 2 + 3), "exhaustive": len(every)}
+    assert [s.key for s in every[:3]] == ["full/seed0", "full/seed1", "full/seed2"]
 
 
 @pytest.mark.parametrize(
@@ -60,7 +56,7 @@ def test_search_record_to_summary_and_report(tmp_path) -> None:
     groups = search.groups_by(sites, "layer")
     record = search.search(Oracle(costs, 0.001), groups, max_seeds=3, margin=MARGIN)
     pr = {s.name: costs[s.name] + 0.01 * i for i, s in enumerate(sites)}  # ranks the costs
-    entry = scan.strategy_summary(record, sites, {"pr": pr, "flat": dict.fromkeys(pr, 1.0)})
+    entry = scan_summary.strategy_summary(record, sites, {"pr": pr, "flat": dict.fromkeys(pr, 1.0)})
     json.dumps(entry)
     single = [r for r in entry["sites"] if r["single"]]
     assert {r["site"] for r in single} >= costly  # split down to themselves
@@ -69,9 +65,11 @@ def test_search_record_to_summary_and_report(tmp_path) -> None:
     assert entry["correlations"]["flat"]["rho"] is None  # a constant score ranks nothing
 
     total = sum(p.numel() for p in model.parameters())
-    blocks = scan.block_params((n, p.numel()) for n, p in model.named_parameters())
+    blocks = scan_summary.block_params((n, p.numel()) for n, p in model.named_parameters())
     assert 0 < blocks < total
-    counts = scan.effective_counts(record["joint"], sites, trainable=total, in_blocks=blocks)
+    counts = scan_summary.effective_counts(
+        record["joint"], sites, trainable=total, in_blocks=blocks
+    )
     assert counts["sites"] == len(record["joint"]["sites"]) > 0
     assert counts["params"] == sum(s.params for s in sites if s.name in record["joint"]["sites"])
     assert 0 < counts["fraction_of_block_params"] < 1 and counts["verdict"] == "negligible"
@@ -96,5 +94,5 @@ def test_cost_order_is_by_single_site_cost_then_name_with_the_costless_last() ->
         "joint": {"sites": ["joint"]},
     }  # fmt: skip
     names = ["a", "b", "c", "d", "e", "f", "g", "joint", "not judged"]
-    assert scan.cost_order(record, names) == ["f", "g", "c", "d", "e", "a", "b"]
-    assert scan.cost_order(record | {"joint": None}, ["joint", "a"]) == ["joint", "a"]
+    assert scan_summary.cost_order(record, names) == ["f", "g", "c", "d", "e", "a", "b"]
+    assert scan_summary.cost_order(record | {"joint": None}, ["joint", "a"]) == ["joint", "a"]

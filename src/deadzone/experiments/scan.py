@@ -9,7 +9,7 @@ Runs are :class:`deadzone.experiments.runs.RunSpec` s with keys a rerun recomput
   or a joint set), the hash over the sorted names; the names are in its labels.
 
 A judgement of a set on ``seeds`` seeds needs the set's runs and the baselines of seeds
-``0 .. seeds-1`` (:func:`judgement_specs`); the results directory skips the ones it holds, so
+``0 .. seeds-1``; the results directory skips the ones it holds, so
 adding a seed costs one run of the set.
 
 The driver (:func:`scan`) runs the baselines of every seed first; their gains fix the unit of
@@ -44,17 +44,14 @@ that need not train), with the strategy's other block sites in the plan's ``orde
 that carry nothing) is reported in the effective counts but not put in the plan, whose other
 files only freeze; without ``frozen`` among the strategies no plan is written.
 
-:func:`strategy_summary` turns a search record and the scores into the ``summary`` entry the
-report reads (see :mod:`deadzone.report.scan`); :func:`effective_counts` counts the parameters
-of a joint set.
+What the scan writes of each strategy (its sites, ρ, effective counts, the plan's order) and
+the cheap scores are made in :mod:`deadzone.experiments.scan_summary`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -81,11 +78,17 @@ from deadzone.experiments.execute import (
     model_info,
     prime,
 )
-from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, provenance, writing
+from deadzone.experiments.runs import ResultsDir, RunSpec, provenance, writing
+from deadzone.experiments.scan_summary import (
+    block_params,
+    cheap_scores,
+    cost_order,
+    effective_counts,
+    strategy_summary,
+)
 from deadzone.experiments.search import Judgement
 from deadzone.plans import make_plan, write_plan
 from deadzone.schema import SCHEMA_VERSION
-from deadzone.scores import spearman_permutation
 from deadzone.sites import Site
 from deadzone.tracking import NO_TRACKING, Tracking
 from deadzone.train import SFTConfig
@@ -94,9 +97,6 @@ log = logging.getLogger(__name__)
 
 # Strategies a scan can put sites into (``full`` is the baseline, not a strategy to scan).
 SCAN_STRATEGIES = ("frozen", "crystal", "random", "zero")
-# Permutations behind each rho's p-value.
-PERMUTATIONS = 9999
-_IN_BLOCK = re.compile(r"^(?:[A-Za-z_]\w*\.)+?\d+\.")
 
 
 def check_strategies(strategies: Iterable[str]) -> tuple[str, ...]:
@@ -142,17 +142,6 @@ def set_spec(strategy: str, sites: Iterable[str], seed: int, rank: int = 1) -> R
     )
 
 
-def judgement_specs(
-    strategy: str, sites: Iterable[str], seeds: int, rank: int = 1
-) -> list[RunSpec]:
-    """The runs a judgement of ``sites`` on ``seeds`` seeds needs: per seed, baseline then set."""
-    names = sorted(sites)
-    specs = []
-    for seed in range(seeds):
-        specs += [full_spec(seed), set_spec(strategy, names, seed, rank)]
-    return specs
-
-
 def exhaustive_specs(
     sites: list[str], strategies: Iterable[str], seeds: int, rank: int = 1
 ) -> list[RunSpec]:
@@ -162,101 +151,6 @@ def exhaustive_specs(
         for name in sites:
             specs += [set_spec(strategy, [name], seed, rank) for seed in range(seeds)]
     return specs
-
-
-def adaptive_bounds(groups: list[list[str]], strategies: int, start: int, seeds: int) -> dict:
-    """Runs of an adaptive scan at the fewest (every group negligible on ``start`` seeds, then
-    the joint set on every seed) and of the exhaustive scan, baselines included in both."""
-    sites = sum(len(g) for g in groups)
-    joint = seeds if len(groups) > 1 else seeds - start  # one group: the joint set is that group
-    return {
-        "fewest": seeds + strategies * (start * len(groups) + joint),
-        "exhaustive": seeds * (1 + strategies * sites),
-    }
-
-
-def cost_order(record: dict, names: list[str]) -> list[str]:
-    """The sites of ``names`` that a search record judged and its joint set left out, by
-    increasing single-site cost (:func:`deadzone.experiments.search.single_cost`), ties by name,
-    sites without a cost last: a plan's ``order``."""
-    joint = set(record["joint"]["sites"]) if record["joint"] else set()
-
-    def key(name: str) -> tuple:
-        cost = search_mod.single_cost(record["sites"][name])
-        return (cost is None, cost or 0.0, name)
-
-    rest = [n for n in names if n in record["sites"] and n not in joint]
-    return sorted(rest, key=key)
-
-
-def summary_sites(record: dict, sites: list[Site]) -> list[dict]:
-    """The summary's ``sites`` of one strategy from its search record (in site order)."""
-    out = []
-    for site in sites:
-        r = record["sites"].get(site.name)
-        if r is None:
-            continue
-        out.append(
-            {
-                "site": site.name,
-                "layer": site.layer,
-                "role": site.role,
-                "params": site.params,
-                "verdict": r["verdict"],
-                "cost": r["cost"],
-                "interval": r["interval"],
-                "level": r.get("level"),
-                "search_verdict": r.get("search_verdict"),
-                "single": r["group_size"] == 1,
-            }
-        )
-    return out
-
-
-def correlations(
-    sites: list[dict], scores: dict[str, dict[str, float | None]], seed: int = 0
-) -> dict[str, dict]:
-    """Spearman's rho of each score against the single-site costs, with its permutation p."""
-    single = [s for s in sites if s["single"] and s["cost"] is not None]
-    out = {}
-    for name, values in scores.items():
-        xs = [values.get(s["site"]) for s in single]
-        ys = [s["cost"] for s in single]
-        rho, p = spearman_permutation(xs, ys, n_perm=PERMUTATIONS, seed=seed)
-        n = sum(x is not None and x == x for x in xs)  # x == x: not NaN
-        out[name] = {"rho": rho, "p": p, "n": n}
-    return out
-
-
-def strategy_summary(
-    record: dict, sites: list[Site], scores: dict[str, dict[str, float | None]]
-) -> dict:
-    """``{"sites", "correlations", "joint"}`` of one strategy, as the report reads it."""
-    rows = summary_sites(record, sites)
-    return {"sites": rows, "correlations": correlations(rows, scores), "joint": record["joint"]}
-
-
-def block_params(named_params: Iterable[tuple[str, int]]) -> int:
-    """Parameter values inside the numbered blocks, from ``(name, numel)`` pairs."""
-    return sum(n for name, n in named_params if _IN_BLOCK.match(name))
-
-
-def effective_counts(
-    joint: dict | None, sites: list[Site], *, trainable: int, in_blocks: int
-) -> dict:
-    """Parameters of the joint set: how many, and as fractions of the trainable parameters and
-    of those inside the blocks; with the joint judgement's cost and interval."""
-    chosen = set(joint["sites"]) if joint else set()
-    count = sum(s.params for s in sites if s.name in chosen)
-    return {
-        "sites": len(chosen),
-        "params": count,
-        "fraction_of_trainable": count / trainable if trainable else None,
-        "fraction_of_block_params": count / in_blocks if in_blocks else None,
-        "cost": joint.get("cost") if joint else None,
-        "interval": joint.get("interval") if joint else None,
-        "verdict": joint.get("verdict") if joint else None,
-    }
 
 
 # --- the driver ----------------------------------------------------------------------------------
@@ -650,27 +544,6 @@ def _load(config: ScanConfig, threads: int, tracking: Tracking = NO_TRACKING) ->
         "trainable": trainable,
         "in_blocks": in_blocks,
     }
-
-
-def cheap_scores(model, sites: list[Site], inputs: RunInputs) -> dict[str, dict]:
-    """``{score: {site: value}}``: every ``analyze`` metric (``snr`` among them), the step-0
-    gradient norm on a few training batches of seed 0, and the sub-layer Block Influence on the
-    eval batches (left out, with a warning, for a model it is not defined for)."""
-    from deadzone.analysis import analyze
-    from deadzone.scores import GRAD_BATCHES, ScoreData, block_influence, geometry_scores
-    from deadzone.scores import grad_norm as grad_norm_score
-
-    records = analyze(
-        ((s, sites_mod.site_matrix(model, s)) for s in sites), total=len(sites), progress=False
-    )
-    scores = geometry_scores(records)
-    data = ScoreData(list(itertools.islice(inputs.train_data(0), GRAD_BATCHES)), inputs.eval)
-    scores["grad_norm"] = grad_norm_score(model, sites, data)
-    try:
-        scores["block_influence"] = block_influence(model, sites, data)
-    except DeadzoneError as e:
-        log.warning("block_influence left out: %s", e)
-    return scores
 
 
 def _summary(state: dict, ctx: dict, config: ScanConfig, runs: list[dict]) -> dict:
