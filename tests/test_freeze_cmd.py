@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from deadzone import fileio, plans
 from deadzone.cli import main
 from deadzone.errors import DeadzoneError
-from deadzone.experiments.freeze import FreezeConfig, freeze, frozen_mean
+from deadzone.experiments.freeze import FreezeConfig, freeze, frozen_mean, savings
 from deadzone.schedules import ScheduleSpec
 from deadzone.schema import SCHEMA_VERSION
 from deadzone.train import SFTConfig, computed
@@ -332,3 +332,18 @@ def test_deadzone_report_rebuilds_the_markdown_and_an_html_page(finished, capsys
     page = (out / "report.html").read_text()
     assert "Freeze schedules on" in page and "Optimizer peak × full" in page
     assert "25–50% of its weight matrices" in page and "data:image/png;base64" in page
+
+
+def test_a_peak_over_the_life_of_the_process_is_left_out_of_the_memory_ratio():
+    """Where a run's own peak cannot be read, the process's lifetime peak is no run's saving."""
+
+    def run(seed: int, peak: int, scope: str) -> dict:
+        curve = [{"step": 0, "optimizer_state_bytes": 0}, {"step": 1, "optimizer_state_bytes": 8}]
+        return {"seed": seed, "seconds": 1.0, "cpu_seconds": 1.0, "tokens_per_second": 10.0,
+                "peak_memory_bytes": peak, "peak_memory_scope": scope, "curve": curve}  # fmt: skip
+
+    full = {0: run(0, 100, "run"), 1: run(1, 100, "run")}
+    mine = [run(0, 50, "run"), run(1, 900, "process")]
+    assert savings(mine, full)["peak_memory"]["n"] == 1
+    assert savings(mine, full)["peak_memory"]["mean"] == 0.5
+    assert savings(mine, full)["wall_time"]["n"] == 2

@@ -58,9 +58,6 @@ class Freezer:
             group.setdefault(LR_SCALE, 1.0)
             for p in group["params"]:
                 self.home[id(p)] = group[HOME]
-        self.templates = {
-            g[HOME]: {k: v for k, v in g.items() if k != "params"} for g in groups
-        }  # hyperparameters of each home group, to rebuild it
         self.scale: dict[int, float] = {}
         self.version = 0  # bumped whenever the trainable set changes
 
@@ -120,12 +117,13 @@ class Freezer:
         hyperparameters it holds now (the learning rate a scheduler has set since), not those it
         was bound with.
         """
-        for group in self.optimizer.param_groups:  # keep what was set since (a scheduler's lr)
-            if group.get(LR_SCALE, 1.0) == 1.0:
-                now = {k: v for k, v in group.items() if k != "params"}
-                self.templates[group[HOME]].update(now)
+        templates = {  # each home group's hyperparameters as they are now; home groups stay
+            g[HOME]: {k: v for k, v in g.items() if k != "params"}
+            for g in self.optimizer.param_groups
+            if g[LR_SCALE] == 1.0
+        }
         buckets: dict[tuple[int, float], list[torch.nn.Parameter]] = {}
-        for home in self.templates:
+        for home in templates:
             buckets[(home, 1.0)] = []  # home groups stay, even empty
         for p in self.params.values():
             if p.requires_grad and id(p) in self.home:
@@ -135,7 +133,7 @@ class Freezer:
         for (home, scale), params in sorted(
             buckets.items(), key=lambda kv: (kv[0][1] != 1.0, kv[0])
         ):
-            group = dict(self.templates[home])
+            group = dict(templates[home])
             group.update(params=params, **{LR_SCALE: scale})
             groups.append(group)
         self.optimizer.param_groups[:] = groups

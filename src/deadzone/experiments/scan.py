@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -456,8 +455,8 @@ def _so_far(decided: dict[str, dict[str, dict]]) -> str:
     strategy's search has reached (Holm's, once it is answered)."""
     parts = []
     for strategy, sites in decided.items():
-        counts = Counter(site["verdict"] for site in sites.values())
-        said = ", ".join(f"{counts[v]} {v}" for v in search_mod.VERDICTS if counts[v])
+        counts = search_mod.verdict_counts({"sites": sites})
+        said = ", ".join(f"{n} {verdict}" for verdict, n in counts.items() if n)
         parts.append(f"{strategy} {said or 'none decided'}")
     return "; ".join(parts) + " so far"
 
