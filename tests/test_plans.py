@@ -183,3 +183,23 @@ def test_bad_plan_files_are_one_line_errors(tmp_path, text: str, message: str) -
     assert "\n" not in str(info.value)
     with pytest.raises(DeadzoneError, match="no plan file"):
         plans.load_plan(tmp_path / "missing.json")
+
+
+def test_sample_indices_are_exact_integers_in_range_for_any_size() -> None:
+    for numel in (1, 2, 15, 16, 17, 2**24 - 1, 2**24 + 1, 28_311_552, 2**40 + 3):
+        index = plans.sample_indices(numel)
+        assert index.dtype == torch.int64
+        assert int(index[0]) == 0 and int(index[-1]) == numel - 1
+        assert bool((index[1:] >= index[:-1]).all())
+
+
+def test_the_fingerprint_of_a_parameter_past_2_to_the_24_elements_reads_its_last_value() -> None:
+    """A float32 linspace rounds numel - 1 up to numel past 2**24 elements: an IndexError."""
+    model = torch.nn.Module()
+    model.config = None
+    model.w = torch.nn.Parameter(torch.zeros(28_311_552))  # a real LM's token embedding
+    before = plans.model_fingerprint(model)
+    with torch.no_grad():
+        model.w[-1] = 1.0
+    assert plans.model_fingerprint(model) != before
+    assert plans.rounded_fingerprint(model, torch.bfloat16)

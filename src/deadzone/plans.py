@@ -71,13 +71,23 @@ def rounded_fingerprint(model: torch.nn.Module, dtype: torch.dtype) -> str:
     return _fingerprint(model, dtype)
 
 
+def sample_indices(numel: int, count: int = FINGERPRINT_SAMPLES) -> torch.Tensor:
+    """``count`` indices spread evenly over ``range(numel)``, first and last included, computed
+    in integers: exact for any size (a float32 ``linspace`` rounds ``numel - 1`` up past the
+    end for tensors over 2**24 elements)."""
+    if numel == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    steps = torch.arange(count, dtype=torch.int64)
+    return steps * (numel - 1) // max(count - 1, 1)
+
+
 def _fingerprint(model: torch.nn.Module, rounded_to: torch.dtype | None) -> str:
     h = hashlib.sha256(str(getattr(model.config, "model_type", "")).encode())
     for name, p in model.named_parameters():
         dtype = f"{p.dtype}\0" if rounded_to is None else ""
         h.update(f"\0{name}\0{tuple(p.shape)}\0{dtype}".encode())
         flat = p.detach().reshape(-1)
-        index = torch.linspace(0, flat.numel() - 1, FINGERPRINT_SAMPLES).long().to(flat.device)
+        index = sample_indices(flat.numel()).to(flat.device)
         sample = flat[index] if rounded_to is None else flat[index].to(rounded_to)
         h.update(sample.to("cpu", torch.float32).numpy().tobytes())
     return h.hexdigest()
