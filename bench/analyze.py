@@ -3,7 +3,8 @@
 A GPT-2-small-shaped model (``GPT2Config()``, random init, saved to a temporary directory), its
 48 block matrices, one process:
 
-1. ``deadzone`` analysis (one float64 Gram product per matrix, ``deadzone.analysis.analyze``),
+1. ``deadzone`` analysis (one float64 Gram product per matrix,
+   ``deadzone.geometry.analysis.analyze``),
    on the model in memory and streamed from the saved safetensors;
 2. WeightWatcher ``analyze()`` with its defaults, restricted to the same 48 layers;
 3. a plain loop of ``torch.linalg.svdvals`` (of ``W`` and of the row-centred ``W``)
@@ -23,7 +24,8 @@ Accuracy: deadzone and the SVD loop against a float64 ``numpy.linalg.svd`` refer
 matrices of block 0.
 
 Streaming: the model saved in shards of ``--shard-size``; a fresh process runs
-``deadzone.analysis.analyze_checkpoint`` over every site and reports its peak resident memory
+``deadzone.geometry.analysis.analyze_checkpoint``
+over every site and reports its peak resident memory
 above the one before, against the largest shard (target <= 1.5x).
 
     python bench/analyze.py --repeats 5                 # everything, wall-clock, all cores
@@ -52,8 +54,8 @@ import torch
 from threadpoolctl import threadpool_limits
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from deadzone import analysis, spectral
-from deadzone.sites import Site, find_sites, select, site_matrix
+from deadzone.geometry import analysis, spectral
+from deadzone.models.sites import Site, find_sites, select, site_matrix
 
 Pairs = list[tuple[Site, torch.Tensor]]
 

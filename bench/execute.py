@@ -36,15 +36,15 @@ import transformers  # noqa: E402
 
 from deadzone.experiments.crystallize import CrystallizeConfig, crystallize  # noqa: E402
 from deadzone.experiments.execute import Pool, Ray, import_ray  # noqa: E402
-from deadzone.train import SFTConfig, computed  # noqa: E402
+from deadzone.training.train import SFTConfig, computed  # noqa: E402
 
 
 def tiny_shaped_model(root: Path) -> str:
     """``builtin:tiny`` if cached, else a model of its config, tokenizer trained on SFT data."""
     from deadzone.data import corpus
     from deadzone.data.sources import read_spec
-    from deadzone.presets import builtin_dir, get_preset
-    from deadzone.pretraining import build_model, train_tokenizer
+    from deadzone.models.presets import builtin_dir, get_preset
+    from deadzone.models.pretraining import build_model, train_tokenizer
 
     preset = get_preset("tiny")
     if (builtin_dir("tiny", corpus.corpus_hash()) / "config.json").is_file():

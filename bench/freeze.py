@@ -52,9 +52,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from deadzone.freezing import optimizer_state_bytes
-from deadzone.presets import get_preset
-from deadzone.train import SFTConfig, SFTLoop, batch_stream
+from deadzone.models.presets import get_preset
+from deadzone.training.freezing import optimizer_state_bytes
+from deadzone.training.train import SFTConfig, SFTLoop, batch_stream
 
 EMBEDDINGS = ("transformer.wte.weight", "transformer.wpe.weight")
 

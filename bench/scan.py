@@ -38,7 +38,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per run, in every pr
 
 from deadzone.experiments.execute import make_executor  # noqa: E402
 from deadzone.experiments.scan import ScanConfig, scan  # noqa: E402
-from deadzone.train import SFTConfig  # noqa: E402
+from deadzone.training.train import SFTConfig  # noqa: E402
 
 DECIDED = ("negligible", "better", "costly")
 ORDER = ("negligible", "costly", "undetermined")
@@ -79,12 +79,12 @@ def confusion_table(confusion: dict) -> str:
 
 def cheap_score_cost(model: str, data: str, sft: SFTConfig) -> dict:
     """CPU seconds of the cheap scores of every block matrix and of one SFT run, here."""
-    from deadzone.checkpoints import context_length, load_model
     from deadzone.data.sft import load_sft_data, pad_id_for
     from deadzone.experiments.runs import RunInputs, run_one
     from deadzone.experiments.scan import full_spec
     from deadzone.experiments.scan_summary import cheap_scores
-    from deadzone.sites import find_sites
+    from deadzone.models.checkpoints import context_length, load_model
+    from deadzone.models.sites import find_sites
 
     m, tokenizer = load_model(model)
     sites = find_sites(m)

@@ -1,6 +1,7 @@
 """SFT throughput: deadzone's loop against Hugging Face ``Trainer``, and what freezing saves.
 
-1. tokens/s of ``deadzone.train`` vs ``transformers.Trainer`` on the same GPT-2 model, data,
+1. tokens/s of ``deadzone.training.train`` vs ``transformers.Trainer`` on the same GPT-2 model,
+   data,
    batch and schedule (target: ratio >= 1.0);
 2. step time and optimizer-state bytes with every matrix trained (``full``) vs half of the
    block matrices frozen (the lower half of the blocks).
@@ -26,8 +27,9 @@ import time
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
-from deadzone import sites, strategies
-from deadzone.train import SFTConfig, SFTLoop
+from deadzone.models import sites
+from deadzone.training import strategies
+from deadzone.training.train import SFTConfig, SFTLoop
 
 
 def make_model(args: argparse.Namespace) -> GPT2LMHeadModel:

@@ -110,8 +110,8 @@ def save_micro_experiment(root, rows: list[dict]):
     in Hugging Face format in ``root / "model"``, and the rows as ``root / "data.jsonl"``."""
     import json
 
-    from deadzone.presets import get_preset
-    from deadzone.pretraining import build_model, train_tokenizer
+    from deadzone.models.presets import get_preset
+    from deadzone.models.pretraining import build_model, train_tokenizer
 
     tokenizer = train_tokenizer([r["prompt"] + r["completion"] for r in rows], 300)
     model = build_model(get_preset("micro"), tokenizer)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import tiny_gpt2, tiny_llama
 
-from deadzone import analysis, spectral
 from deadzone.errors import DeadzoneError
-from deadzone.sites import Site, find_sites, get_parameter, site_matrix
+from deadzone.geometry import analysis, spectral
+from deadzone.models.sites import Site, find_sites, get_parameter, site_matrix
 
 KEYS = {"site", "layer", "role", "shape", "params", "finite", *spectral.METRICS}
 

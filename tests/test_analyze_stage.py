@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from deadzone import fileio
-from deadzone.analysis import analyze_checkpoint
 from deadzone.cli import main
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.analyze import analyze_experiment
+from deadzone.geometry.analysis import analyze_checkpoint
 from deadzone.report import analyze as report
 from deadzone.schema import SCHEMA_VERSION
 
@@ -62,7 +62,7 @@ def record(site: str, layer: int, role: str, pr: float, amplitude_pr: float = 1.
 
 
 def results(pairs: list[tuple[float, float]], amplitude: float = 1.0) -> dict:
-    from deadzone.analysis import summarize
+    from deadzone.geometry.analysis import summarize
 
     records = []
     for layer, (attn_in, attn_out) in enumerate(pairs):

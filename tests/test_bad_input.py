@@ -191,7 +191,7 @@ def test_a_nan_target_fails_the_crystal_runs_with_a_reason_and_the_others_go_on(
 
     from deadzone.experiments.crystallize import CrystallizeConfig
     from deadzone.experiments.crystallize import crystallize as run_experiment
-    from deadzone.train import SFTConfig
+    from deadzone.training.train import SFTConfig
 
     model = AutoModelForCausalLM.from_pretrained(micro[0])
     with torch.no_grad():
@@ -298,7 +298,7 @@ def test_without_a_terminal_sft_prints_plain_progress_lines(capsys, monkeypatch)
     import torch
 
     from deadzone import progress
-    from deadzone.train import SFTConfig, train
+    from deadzone.training.train import SFTConfig, train
 
     monkeypatch.setattr(progress, "INTERVAL", 0.0)  # a line at every step
     model = tiny_gpt2()

@@ -2,9 +2,9 @@ import pytest
 import torch
 from conftest import tiny_gpt2, tiny_llama
 
-from deadzone.checkpoints import absent_sites, load_model, open_checkpoint, resolve
 from deadzone.errors import DeadzoneError
-from deadzone.sites import find_sites, site_matrix
+from deadzone.models.checkpoints import absent_sites, load_model, open_checkpoint, resolve
+from deadzone.models.sites import find_sites, site_matrix
 
 
 @pytest.mark.parametrize("build", [tiny_gpt2, tiny_llama])
@@ -86,7 +86,7 @@ def test_a_checkpoint_with_missing_or_unexpected_weights_is_refused_naming_them(
 FIRST_USE = """
 import logging
 logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-from deadzone.checkpoints import resolve
+from deadzone.models.checkpoints import resolve
 print(resolve("builtin:micro"))
 """
 
@@ -122,7 +122,7 @@ def test_two_concurrent_first_uses_of_a_builtin_pretrain_it_once(tmp_path):
 def test_analysis_of_a_checkpoint_lacking_a_matrix_names_it(gpt2_dir, caplog):
     import safetensors.torch
 
-    from deadzone.analysis import analyze_checkpoint
+    from deadzone.geometry.analysis import analyze_checkpoint
 
     path, _ = gpt2_dir
     assert absent_sites(open_checkpoint(str(path))) == []

@@ -90,7 +90,7 @@ def test_help_imports_neither_torch_nor_transformers():
 
 def test_report_to_offers_exactly_the_trackers_the_library_knows():
     from deadzone.cli.options import REPORT_TO_CHOICES
-    from deadzone.tracking import CHOICES
+    from deadzone.training.tracking import CHOICES
 
     assert REPORT_TO_CHOICES == CHOICES
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import tiny_gpt2
 
-from deadzone import spectral
 from deadzone.cli import main
+from deadzone.geometry import spectral
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -10,8 +10,7 @@ import pytest
 import torch
 from conftest import save_micro_experiment
 
-from deadzone import fileio, strategies
-from deadzone.checkpoints import model_fingerprint
+from deadzone import fileio
 from deadzone.cli import build_parser, main
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.crystallize import (
@@ -21,9 +20,11 @@ from deadzone.experiments.crystallize import (
     plan_runs,
     summarize,
 )
+from deadzone.models.checkpoints import model_fingerprint
 from deadzone.report.crystallize import markdown, table_model, write_report
 from deadzone.report.table import to_markdown, to_text
-from deadzone.train import SFTConfig, computed
+from deadzone.training import strategies
+from deadzone.training.train import SFTConfig, computed
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
 WORDS += ["iota", "kappa", "lambda", "mu", "nu", "xi", "omicron"]
@@ -523,7 +524,7 @@ def test_a_model_resaved_with_other_weights_is_refused(setup, tmp_path):
 TWO_PROCESS_SCRIPT = """
 import sys, torch
 from deadzone.experiments.crystallize import CrystallizeConfig, crystallize
-from deadzone.train import SFTConfig
+from deadzone.training.train import SFTConfig
 
 torch.set_num_threads(1)
 model, data, out = sys.argv[1:4]
@@ -573,7 +574,7 @@ def trained(setup, tmp_path_factory):
 
     from deadzone.data.batching import eval_batches, train_batches
     from deadzone.data.sft import load_sft_data, pad_id_for
-    from deadzone.train import train
+    from deadzone.training.train import train
 
     source, data = setup
     model = AutoModelForCausalLM.from_pretrained(source)
@@ -626,7 +627,7 @@ def rank_k_model(source: str, out, k: int) -> torch.Tensor:
 def test_crystal_at_a_rank_at_least_the_true_rank_reproduces_the_matrix_and_frozen(setup, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from deadzone.sites import find_sites
+    from deadzone.models.sites import find_sites
 
     source, data = setup
     w = rank_k_model(source, tmp_path / "model", 2)

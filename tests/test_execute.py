@@ -16,14 +16,15 @@ import safetensors.torch
 import torch
 from test_crystallize import config, setup  # noqa: F401 (setup is a fixture)
 
-from deadzone import fileio, strategies
+from deadzone import fileio
 from deadzone.cli import main
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.crystallize import crystallize
 from deadzone.experiments.execute import Pool, Ray, RunTask, make_executor, threads_per_run
 from deadzone.experiments.runs import writing
 from deadzone.locks import file_lock
-from deadzone.train import RunFailed, computed
+from deadzone.training import strategies
+from deadzone.training.train import RunFailed, computed
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 FOUR = ("full", "frozen", "crystal", "random")

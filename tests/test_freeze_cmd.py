@@ -14,9 +14,9 @@ from deadzone import fileio, plans
 from deadzone.cli import main
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.freeze import FreezeConfig, freeze, frozen_mean, savings
-from deadzone.schedules import ScheduleSpec
 from deadzone.schema import SCHEMA_VERSION
-from deadzone.train import SFTConfig, computed
+from deadzone.training.schedules import ScheduleSpec
+from deadzone.training.train import SFTConfig, computed
 
 SCHEDULES = "geometry:pr,random,lisa"
 

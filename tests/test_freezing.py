@@ -13,8 +13,8 @@ import torch
 from test_train import EVAL, TRAIN, no_dropout_gpt2, tiny_gpt2
 
 from deadzone.errors import DeadzoneError
-from deadzone.freezing import optimizer_state_bytes
-from deadzone.train import Hook, SFTConfig, SFTLoop
+from deadzone.training.freezing import optimizer_state_bytes
+from deadzone.training.train import Hook, SFTConfig, SFTLoop
 
 CONFIG = SFTConfig(steps=6, lr=3e-3, eval_every=3, warmup_steps=1, seed=0)
 MATRIX = "transformer.h.0.mlp.c_fc.weight"
@@ -201,7 +201,7 @@ import json, sys, torch
 sys.path.insert(0, {tests!r})
 from test_freezing import DDP_CONFIG, FreezeAtStep
 from test_train import EVAL, TRAIN, no_dropout_gpt2
-from deadzone.train import SFTLoop
+from deadzone.training.train import SFTLoop
 
 torch.set_num_threads(1)
 loop = SFTLoop(no_dropout_gpt2(), TRAIN, EVAL, DDP_CONFIG, show_progress=False,

@@ -284,7 +284,7 @@ def test_random_safetensors_headers_fail_in_one_line(scratch, capsys, head, decl
     path.write_bytes(struct.pack("<Q", length) + head + body)
     rc, err = cli(["analyze", str(path)], capsys)
     assert_clean_exit(rc, err)
-    from deadzone.checkpoints import check_checkpoint
+    from deadzone.models.checkpoints import check_checkpoint
 
     try:  # what load_model checks before from_pretrained
         check_checkpoint(path)

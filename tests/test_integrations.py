@@ -13,7 +13,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from deadzone import plans
 from deadzone.errors import DeadzoneError
 from deadzone.integrations.transformers import FreezeCallback
-from deadzone.schedules import Schedule, ScheduleContext, frozen_fraction, model_units
+from deadzone.training.schedules import Schedule, ScheduleContext, frozen_fraction, model_units
 
 
 @pytest.fixture(autouse=True)
@@ -252,8 +252,8 @@ def test_sft_trainer_freezes_as_scheduled(tmp_path):
     import trl  # a dev dependency: the test must run, not skip
     from datasets import Dataset
 
-    from deadzone.presets import get_preset
-    from deadzone.pretraining import build_model, train_tokenizer
+    from deadzone.models.presets import get_preset
+    from deadzone.models.pretraining import build_model, train_tokenizer
 
     pairs = [(f"def f{i}(x):\n", f"    return x * {i} + {i * i}\n") for i in range(32)]
     tokenizer = train_tokenizer([p + c for p, c in pairs], 300)

@@ -13,7 +13,7 @@ from conftest import tiny_gpt2, tiny_llama
 
 from deadzone import plans
 from deadzone.errors import DeadzoneError
-from deadzone.sites import find_sites
+from deadzone.models.sites import find_sites
 
 
 def axolotl_unfrozen(model: torch.nn.Module, patterns: list[str]) -> set[str]:

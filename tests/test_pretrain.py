@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from deadzone.cli import main
-from deadzone.pretraining import MARKER, pretrain
+from deadzone.models.pretraining import MARKER, pretrain
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,10 @@ from PIL import Image as PILImage
 from deadzone.cli import main
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.crystallize import CrystallizeConfig, crystallize
-from deadzone.presets import get_preset
-from deadzone.pretraining import build_model, train_tokenizer
+from deadzone.models.presets import get_preset
+from deadzone.models.pretraining import build_model, train_tokenizer
 from deadzone.report import html
-from deadzone.train import SFTConfig
+from deadzone.training.train import SFTConfig
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [

@@ -16,15 +16,16 @@ import yaml
 from test_crystallize import setup  # noqa: F401 (a fixture)
 from transformers import AutoModelForCausalLM
 
-from deadzone import fileio, strategies
+from deadzone import fileio
 from deadzone.cli import main
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.scan import ScanConfig, scan
 from deadzone.plans import apply_plan, load_plan
 from deadzone.report.build import STUDY_SCAN
-from deadzone.schedules import ScheduleContext, make_schedule, model_units
 from deadzone.schema import SCHEMA_VERSION
-from deadzone.train import SFTConfig, computed
+from deadzone.training import strategies
+from deadzone.training.schedules import ScheduleContext, make_schedule, model_units
+from deadzone.training.train import SFTConfig, computed
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TESTS = str(Path(__file__).resolve().parent)
@@ -201,7 +202,7 @@ def test_exhaustive_mode_reuses_the_adaptive_runs_and_runs_every_site_alone(
 KILLED = """
 import sys, time
 from deadzone.experiments.scan import ScanConfig, scan
-from deadzone.train import SFTConfig
+from deadzone.training.train import SFTConfig
 model, data, out = sys.argv[1:4]
 sft = SFTConfig(steps=3, lr=3e-3, batch_size=4, eval_every=3)
 config = ScanConfig(model=model, sites="L1.mlp.*", seeds=2, data=data, max_length=48, sft=sft)

@@ -11,8 +11,8 @@ from test_search import MARGIN, Oracle
 
 from deadzone.errors import DeadzoneError
 from deadzone.experiments import scan, scan_summary, search
+from deadzone.models.sites import find_sites
 from deadzone.report import scan as report
-from deadzone.sites import find_sites
 
 
 def test_keys_are_stable_and_name_the_set() -> None:

@@ -16,7 +16,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from deadzone import plans
 from deadzone.errors import DeadzoneError
-from deadzone.schedules import (
+from deadzone.training.schedules import (
     EMBED,
     ScheduleContext,
     ScheduleHook,
@@ -26,7 +26,7 @@ from deadzone.schedules import (
     model_units,
     schedule_params,
 )
-from deadzone.train import Hook, SFTConfig, SFTLoop, lr_factor
+from deadzone.training.train import Hook, SFTConfig, SFTLoop, lr_factor
 
 STEPS, BY = 8, 6
 CONFIG = SFTConfig(steps=STEPS, lr=3e-3, eval_every=STEPS, warmup_steps=1, seed=0)
@@ -218,7 +218,8 @@ def test_freeze_by_fraction_and_plan_negligible_from_step_one(plan_file):
 
 
 def test_geometry_snr_freezes_the_matrices_of_lowest_spectrum_snr_first():
-    from deadzone import sites, spectral
+    from deadzone.geometry import spectral
+    from deadzone.models import sites
 
     model = gpt2()
     schedule = make_schedule("geometry:snr", context(model))
@@ -411,7 +412,7 @@ def test_freezeout_units_follow_their_own_cosine_in_place_of_the_loops_decay():
 
 
 def test_a_blocks_geometry_score_is_the_parameter_weighted_mean_of_its_matrices():
-    from deadzone import sites
+    from deadzone.models import sites
 
     def stable_rank(site) -> float:
         sigma = torch.linalg.svdvals(sites.site_matrix(model, site).double())

@@ -10,12 +10,12 @@ import torch
 from conftest import VOCAB, tiny_gpt2, tiny_llama, tiny_neox, tiny_qwen2
 from scipy import stats
 
-from deadzone import scores
 from deadzone.data.batching import collate
 from deadzone.data.sft import Example
 from deadzone.errors import DeadzoneError
-from deadzone.sites import find_sites, get_parameter
-from deadzone.train import loss_sum
+from deadzone.geometry import scores
+from deadzone.models.sites import find_sites, get_parameter
+from deadzone.training.train import loss_sum
 
 
 def examples(n: int, seed: int, lengths=(5, 12)) -> list[Example]:

@@ -4,7 +4,7 @@ from conftest import FAMILIES, tiny_gpt2
 from transformers.pytorch_utils import Conv1D
 
 from deadzone.errors import DeadzoneError
-from deadzone.sites import find_sites, get_parameter, select, site_matrix
+from deadzone.models.sites import find_sites, get_parameter, select, site_matrix
 
 EXPECTED_L1 = {
     "gpt2": {

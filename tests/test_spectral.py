@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from deadzone import spectral
 from deadzone.errors import DeadzoneError
+from deadzone.geometry import spectral
 
 # Accuracy promised to users: relative error against the float64 SVD reference.
 TIGHT = ("pr", "pc1", "pr_uncentered", "pc1_uncentered", "stable_rank", "spectral_norm",

@@ -8,8 +8,9 @@ import torch
 from conftest import FAMILIES
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from deadzone import sites, strategies
 from deadzone.errors import DeadzoneError
+from deadzone.models import sites
+from deadzone.training import strategies
 
 INIT_RANGE = 0.02
 N_LAYER = 2

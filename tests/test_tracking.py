@@ -10,10 +10,10 @@ import pytest
 from deadzone import fileio
 from deadzone.cli import main
 from deadzone.errors import DeadzoneError
-from deadzone.presets import get_preset
-from deadzone.pretraining import build_model, train_tokenizer
-from deadzone.tracking import Tracking, flat_config, tracking_for
-from deadzone.train import SFTConfig, lr_factor
+from deadzone.models.presets import get_preset
+from deadzone.models.pretraining import build_model, train_tokenizer
+from deadzone.training.tracking import Tracking, flat_config, tracking_for
+from deadzone.training.train import SFTConfig, lr_factor
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_tensorboard_scalars_match_each_runs_curve(setup, tmp_path):
 
 
 def test_tracking_changes_no_result_and_is_no_part_of_the_identity(setup, tmp_path):
-    from deadzone.train import computed
+    from deadzone.training.train import computed
 
     plain = crystallize(setup, tmp_path / "plain")
     out = tmp_path / "tracked"

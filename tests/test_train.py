@@ -12,9 +12,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from deadzone import sites, strategies
 from deadzone.errors import DeadzoneError
-from deadzone.train import (
+from deadzone.models import sites
+from deadzone.training import strategies
+from deadzone.training.train import (
     SFTConfig,
     SFTLoop,
     batch_stream,
@@ -280,7 +281,7 @@ DDP_SCRIPT = """
 import json, sys, torch
 sys.path.insert(0, {tests!r})
 from test_train import EVAL, TRAIN, no_dropout_gpt2
-from deadzone.train import SFTConfig, train
+from deadzone.training.train import SFTConfig, train
 
 torch.set_num_threads(1)
 cfg = SFTConfig(steps=3, lr=3e-3, eval_every=3, warmup_steps=1, seed=0, cpu=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.linalg import lapack
 
-from deadzone import tridiagonal
+from deadzone.geometry import tridiagonal
 
 
 def psd(n: int, seed: int) -> np.ndarray:

@@ -9,8 +9,8 @@ import tempfile
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
-from deadzone.freezing import optimizer_state_bytes
 from deadzone.integrations.transformers import FreezeCallback
+from deadzone.training.freezing import optimizer_state_bytes
 
 torch.manual_seed(0)
 model = GPT2LMHeadModel(GPT2Config(n_layer=4, n_embd=64, n_head=4, vocab_size=256, n_positions=32))

@@ -11,9 +11,9 @@ from datasets import Dataset
 from transformers import GPT2Config, GPT2LMHeadModel
 from trl import SFTConfig, SFTTrainer
 
-from deadzone.freezing import optimizer_state_bytes
 from deadzone.integrations.transformers import FreezeCallback
-from deadzone.pretraining import train_tokenizer
+from deadzone.models.pretraining import train_tokenizer
+from deadzone.training.freezing import optimizer_state_bytes
 
 pairs = [(f"def times_{i}(x):\n", f"    return x * {i}\n") for i in range(64)]
 data = Dataset.from_list([{"prompt": p, "completion": c} for p, c in pairs])

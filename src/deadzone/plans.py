@@ -45,8 +45,8 @@ import torch
 
 from deadzone import fileio
 from deadzone.errors import DeadzoneError
-from deadzone.sites import Site, find_sites
-from deadzone.strategies import STRATEGIES, apply_strategies
+from deadzone.models.sites import Site, find_sites
+from deadzone.training.strategies import STRATEGIES, apply_strategies
 
 PLAN_VERSION = 1
 PLAN, AXOLOTL, FROZEN_LIST = "plan.json", "axolotl.yaml", "frozen_parameters.txt"
@@ -259,7 +259,7 @@ def apply_plan(
     does not have, is refused before the model is touched (``check_fingerprint=False`` applies
     it to another checkpoint of the same architecture). The plan's parameters end frozen;
     nothing else is changed. Returns one record per site, as
-    :func:`deadzone.strategies.apply_strategies` does.
+    :func:`deadzone.training.strategies.apply_strategies` does.
     """
     plan = load_plan(plan) if isinstance(plan, (str, Path)) else validate(plan)
     sites = _check_matches(model, plan, check_fingerprint)

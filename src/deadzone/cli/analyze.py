@@ -37,8 +37,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from deadzone.analysis import analyze_checkpoint, summarize
     from deadzone.fileio import check_file_path
+    from deadzone.geometry.analysis import analyze_checkpoint, summarize
     from deadzone.report import geometry as report
 
     for path in (args.json, args.csv, args.plot):

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-# what the tracking choices are, without importing deadzone.tracking (and torch with it);
-# tests/test_cli.py checks these against deadzone.tracking.CHOICES
+# what the tracking choices are, without importing deadzone.training.tracking (and torch with it);
+# tests/test_cli.py checks these against deadzone.training.tracking.CHOICES
 REPORT_TO_CHOICES = ("none", "tensorboard", "mlflow", "wandb")
 
 
@@ -158,7 +158,7 @@ def add_run_options(p: argparse.ArgumentParser, *, min_seeds: int = 1) -> None:
 
 def run_options(args: argparse.Namespace) -> dict:
     """The fields of an experiment config that :func:`add_run_options` declared."""
-    from deadzone.train import SFTConfig
+    from deadzone.training.train import SFTConfig
 
     sft = SFTConfig(
         steps=args.steps,
@@ -259,7 +259,7 @@ def add_tracking_options(p: argparse.ArgumentParser) -> None:
 
 
 def tracking(args: argparse.Namespace, out: str):
-    """The ``deadzone.tracking.Tracking`` that :func:`add_tracking_options` describes."""
-    from deadzone.tracking import tracking_for
+    """The ``deadzone.training.tracking.Tracking`` that :func:`add_tracking_options` describes."""
+    from deadzone.training.tracking import tracking_for
 
     return tracking_for(args.report_to, out, args.tracking_dir)

@@ -20,7 +20,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from deadzone.pretraining import pretrain
+    from deadzone.models.pretraining import pretrain
 
     done = pretrain(args.preset, args.out)
     r = done.record

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deadzone import __version__, analysis, fileio
+from deadzone import __version__, fileio
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.runs import RESULTS, provenance, writing
+from deadzone.geometry import analysis
 from deadzone.schema import SCHEMA_VERSION
 
 EXPERIMENT = "analyze"
@@ -59,7 +60,7 @@ def analyze_experiment(
 ) -> dict:
     """Analyse ``model``'s sites matching ``sites`` (default all) into ``out``, or reuse what
     ``out`` holds for them; return the ``results.json`` document."""
-    from deadzone.checkpoints import model_fingerprint, resolve
+    from deadzone.models.checkpoints import model_fingerprint, resolve
     from deadzone.report import geometry
 
     out, sites = Path(out), sites or "*"

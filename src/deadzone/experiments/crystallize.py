@@ -23,7 +23,6 @@ from pathlib import Path
 from accelerate import PartialState
 
 from deadzone import __version__
-from deadzone import sites as sites_mod
 from deadzone.errors import DeadzoneError
 from deadzone.experiments import stats
 from deadzone.experiments.execute import (
@@ -36,10 +35,11 @@ from deadzone.experiments.execute import (
     prime,
 )
 from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, provenance, writing
+from deadzone.models import sites as sites_mod
 from deadzone.schema import SCHEMA_VERSION
-from deadzone.strategies import STRATEGIES, check_rank
-from deadzone.tracking import NO_TRACKING, Tracking
-from deadzone.train import SFTConfig
+from deadzone.training.strategies import STRATEGIES, check_rank
+from deadzone.training.tracking import NO_TRACKING, Tracking
+from deadzone.training.train import SFTConfig
 
 EXPERIMENT = "crystallize"
 BASELINE = "full"
@@ -156,7 +156,8 @@ def crystallize(
     """Run (or resume, or extend) the experiment into ``out``; return the ``results.json`` document.
 
     ``executor`` runs the runs (default: :class:`InProcess`, here, one after another);
-    ``tracking`` is where each run reports its curves (``deadzone.tracking``; default none).
+    ``tracking`` is where each run reports its curves (``deadzone.training.tracking``;
+    default none).
     """
     executor = executor or InProcess(show_progress=show_progress)
     state = PartialState(cpu=config.sft.cpu)  # the processes of this launch, if several
@@ -189,7 +190,7 @@ def _plan(
 ) -> tuple[list[RunTask], RunInputs, dict, dict]:
     """Load the model and data once here: the run tasks, their inputs, the identity, and the
     targets' shapes."""
-    from deadzone.checkpoints import load_model
+    from deadzone.models.checkpoints import load_model
 
     model, tokenizer = load_model(config.model)
     if tokenizer is None:

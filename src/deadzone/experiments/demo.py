@@ -29,8 +29,8 @@ from deadzone.experiments.execute import Executor, make_executor
 from deadzone.experiments.runs import RESULTS, provenance, writing
 from deadzone.progress import make_progress
 from deadzone.schema import SCHEMA_VERSION
-from deadzone.tracking import NO_TRACKING, Tracking
-from deadzone.train import SFTConfig
+from deadzone.training.tracking import NO_TRACKING, Tracking
+from deadzone.training.train import SFTConfig
 
 EXPERIMENT = "demo"
 FRACTIONS = (0.25, 0.5)  # freeze's target fractions: one stage and directory each
@@ -175,9 +175,9 @@ class Stage:
 
 
 def _pretrain(ctx: Context) -> Done:
-    from deadzone.checkpoints import resolve
     from deadzone.data import corpus
-    from deadzone.presets import builtin_dir
+    from deadzone.models.checkpoints import resolve
+    from deadzone.models.presets import builtin_dir
 
     preset = ctx.budget.model.removeprefix("builtin:")
     cached = (builtin_dir(preset, corpus.corpus_hash()) / "config.json").is_file()

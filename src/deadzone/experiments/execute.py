@@ -40,8 +40,8 @@ import torch
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, failed_record, run_one
 from deadzone.progress import make_progress
-from deadzone.tracking import NO_TRACKING, Tracking, tracker_hook
-from deadzone.train import SFTConfig, make_accelerator
+from deadzone.training.tracking import NO_TRACKING, Tracking, tracker_hook
+from deadzone.training.train import SFTConfig, make_accelerator
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ class DataRef:
 class RunTask:
     """One run, picklable: what it trains, on what, how, and on how many torch threads.
 
-    ``tracking`` says where the run reports its curves (``deadzone.tracking``); it is no part
+    ``tracking`` says where the run reports its curves (``deadzone.training.tracking``); it is
+    no part
     of what the run computes.
     """
 
@@ -105,8 +106,8 @@ def load_inputs(config, model, tokenizer, all_sites) -> tuple[RunInputs, ModelRe
     """What every experiment driver loads once: the SFT data of ``config`` (a config with
     ``model``, ``data``, ``eval_data``, ``eval_fraction``, ``max_length`` and ``sft``) for
     ``model`` and ``tokenizer``, the runs' shared inputs, and the references a run task carries."""
-    from deadzone.checkpoints import context_length, model_fingerprint, resolve
     from deadzone.data.sft import load_sft_data, pad_id_for
+    from deadzone.models.checkpoints import context_length, model_fingerprint, resolve
 
     max_length = min(config.max_length, context_length(model) or config.max_length)
     data = load_sft_data(
@@ -171,9 +172,9 @@ def inputs_for(task: RunTask) -> RunInputs:
 
 
 def _load(task: RunTask) -> RunInputs:
-    from deadzone import sites
-    from deadzone.checkpoints import load_model, model_fingerprint, resolve
     from deadzone.data.sft import load_sft_data, pad_id_for
+    from deadzone.models import sites
+    from deadzone.models.checkpoints import load_model, model_fingerprint, resolve
 
     spec, d = task.model.spec, task.data
     here = task.model.path
@@ -314,9 +315,9 @@ def warm() -> None:
     """Import what a run needs, so that a worker started early does it while the driver loads."""
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401 (lazy modules)
 
-    import deadzone.checkpoints
     import deadzone.data.sft
-    import deadzone.sites  # noqa: F401
+    import deadzone.models.checkpoints
+    import deadzone.models.sites  # noqa: F401
 
 
 def _worker_main(conn, threads: int) -> None:

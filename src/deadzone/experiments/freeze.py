@@ -1,10 +1,11 @@
 """The ``freeze`` experiment: fine-tune while a schedule freezes parameters, side by side with
 ``full``, over several seeds; what each schedule saves and what it costs.
 
-Each schedule (``deadzone.schedules``: ``plan:FILE``, ``geometry:METRIC``, ``freezeout``,
+Each schedule (``deadzone.training.schedules``: ``plan:FILE``, ``geometry:METRIC``, ``freezeout``,
 ``autofreeze``, ``lisa``, ``random``, ``full``) runs once per seed; for a seed, every run sees
 the same batches (the paired design). A run carries its schedule as a
-:class:`~deadzone.schedules.ScheduleSpec` and builds it where it trains, from its own model,
+:class:`~deadzone.training.schedules.ScheduleSpec` and builds it where it trains, from its own
+model,
 steps and seed. The cost of a schedule is judged exactly as crystallize judges a strategy
 (:func:`deadzone.experiments.crystallize.summarize`: a share of the fine-tuning gain against a
 margin, Holm over the schedules); beside it, :func:`savings` gives each schedule's wall time,
@@ -48,11 +49,11 @@ from deadzone.experiments.execute import (
     prime,
 )
 from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, provenance, run_one, writing
-from deadzone.schedules import ScheduleSpec, check_spec
 from deadzone.schema import SCHEMA_VERSION
-from deadzone.tracking import NO_TRACKING, Tracking
-from deadzone.train import SFTConfig
-from deadzone.units import UNITS
+from deadzone.training.schedules import ScheduleSpec, check_spec
+from deadzone.training.tracking import NO_TRACKING, Tracking
+from deadzone.training.train import SFTConfig
+from deadzone.training.units import UNITS
 
 EXPERIMENT = "freeze"
 BASELINE = crystal.BASELINE  # "full"
@@ -144,7 +145,8 @@ def freeze(
     """Run (or resume, or extend) the experiment into ``out``; return the ``results.json``
     document. ``save``: a directory to write seed 0 of the first schedule that is not ``full``
     to, in Hugging Face format (trained here, in this process; again if already recorded).
-    ``tracking`` is where each run reports its curves (``deadzone.tracking``; default none).
+    ``tracking`` is where each run reports its curves (``deadzone.training.tracking``;
+    default none).
     ``save`` must lie outside ``out``, and be new, empty, or a model an earlier ``save`` wrote
     (which it replaces)."""
     executor = executor or InProcess(show_progress=show_progress)
@@ -183,8 +185,8 @@ def _plan(
 ) -> tuple[list[RunTask], RunInputs, dict, object]:
     """Load the model and data once; build every schedule on the pristine model (so that one
     that cannot run stops here); the tasks, their inputs, the identity and the tokenizer."""
-    from deadzone import sites as sites_mod
-    from deadzone.checkpoints import load_model
+    from deadzone.models import sites as sites_mod
+    from deadzone.models.checkpoints import load_model
 
     model, tokenizer = load_model(config.model)
     if tokenizer is None:

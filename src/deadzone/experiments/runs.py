@@ -24,13 +24,14 @@ from pathlib import Path
 
 import torch
 
-from deadzone import fileio, locks, strategies
+from deadzone import fileio, locks
 from deadzone.data.sft import SFTData, eval_batches, train_batches
 from deadzone.errors import DeadzoneError
+from deadzone.models.sites import Site
 from deadzone.provenance import git_state, versions
-from deadzone.schedules import ScheduleHook, ScheduleSpec, frozen_fraction
-from deadzone.sites import Site
-from deadzone.train import Batch, RunFailed, RunResult, SFTConfig, SFTLoop
+from deadzone.training import strategies
+from deadzone.training.schedules import ScheduleHook, ScheduleSpec, frozen_fraction
+from deadzone.training.train import Batch, RunFailed, RunResult, SFTConfig, SFTLoop
 
 RESULTS = "results.json"
 
@@ -93,7 +94,7 @@ def run_one(
     of block-matrix parameters frozen). ``on_model`` is given the trained model of a run that
     finished.
 
-    ``hooks`` (``deadzone.train.Hook``) are called by the run's SFT loop; they observe (a
+    ``hooks`` (``deadzone.training.train.Hook``) are called by the run's SFT loop; they observe (a
     tracker), they do not change what the run computes unless its plan says so.
 
     A strategy that cannot be applied (it raises :class:`RunFailed`) makes the run ``failed``

@@ -58,7 +58,6 @@ from functools import partial
 from pathlib import Path
 
 from deadzone import __version__
-from deadzone import sites as sites_mod
 from deadzone.errors import DeadzoneError
 from deadzone.experiments import search as search_mod
 from deadzone.experiments import stats
@@ -86,11 +85,12 @@ from deadzone.experiments.scan_summary import (
     strategy_summary,
 )
 from deadzone.experiments.search import Judgement
+from deadzone.models import sites as sites_mod
+from deadzone.models.sites import Site
 from deadzone.plans import make_plan, write_plan
 from deadzone.schema import SCHEMA_VERSION
-from deadzone.sites import Site
-from deadzone.tracking import NO_TRACKING, Tracking
-from deadzone.train import SFTConfig
+from deadzone.training.tracking import NO_TRACKING, Tracking
+from deadzone.training.train import SFTConfig
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +363,8 @@ def scan(
     tracking: Tracking = NO_TRACKING,
 ) -> dict:
     """Run (or resume, or extend) a scan into ``out``; return the ``results.json`` document;
-    ``tracking`` is where each run reports its curves (``deadzone.tracking``; default none);
+    ``tracking`` is where each run reports its curves (``deadzone.training.tracking``;
+    default none);
     ``on_file`` is called with the path of each freeze-plan file this call writes.
 
     Rounds: the baselines of every seed first (as many as run at once first, timed, for the
@@ -493,7 +494,7 @@ def _at_most(config: ScanConfig, sites: list[Site]) -> int:
 
 def _load(config: ScanConfig, threads: int, tracking: Tracking = NO_TRACKING) -> dict:
     """Load the model and data once here: sites, the task maker, identity, scores, priority."""
-    from deadzone.checkpoints import load_model
+    from deadzone.models.checkpoints import load_model
 
     model, tokenizer = load_model(config.model)
     if tokenizer is None:

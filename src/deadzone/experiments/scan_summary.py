@@ -11,12 +11,12 @@ import logging
 import re
 from collections.abc import Iterable
 
-from deadzone import sites as sites_mod
 from deadzone.errors import DeadzoneError
 from deadzone.experiments import search as search_mod
 from deadzone.experiments.runs import RunInputs
-from deadzone.scores import spearman_permutation
-from deadzone.sites import Site
+from deadzone.geometry.scores import spearman_permutation
+from deadzone.models import sites as sites_mod
+from deadzone.models.sites import Site
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +113,9 @@ def cheap_scores(model, sites: list[Site], inputs: RunInputs) -> dict[str, dict]
     """``{score: {site: value}}``: every ``analyze`` metric (``snr`` among them), the step-0
     gradient norm on a few training batches of seed 0, and the sub-layer Block Influence on the
     eval batches (left out, with a warning, for a model it is not defined for)."""
-    from deadzone.analysis import analyze
-    from deadzone.scores import GRAD_BATCHES, ScoreData, block_influence, geometry_scores
-    from deadzone.scores import grad_norm as grad_norm_score
+    from deadzone.geometry.analysis import analyze
+    from deadzone.geometry.scores import GRAD_BATCHES, ScoreData, block_influence, geometry_scores
+    from deadzone.geometry.scores import grad_norm as grad_norm_score
 
     records = analyze(
         ((s, sites_mod.site_matrix(model, s)) for s in sites), total=len(sites), progress=False

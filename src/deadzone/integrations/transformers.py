@@ -35,8 +35,8 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from deadzone.errors import DeadzoneError
-from deadzone.freezing import HOME, Freezer
-from deadzone.schedules import (
+from deadzone.training.freezing import HOME, Freezer
+from deadzone.training.schedules import (
     AutoFreeze,
     Geometry,
     Schedule,
@@ -50,11 +50,11 @@ from deadzone.schedules import (
 
 class FreezeCallback(TrainerCallback, ExportableState):
     """Apply ``schedule`` (a spec such as ``"plan:plan.json"``, ``"geometry:pr"``, ``"lisa"``,
-    or a built :class:`~deadzone.schedules.Schedule`) during ``Trainer.train``.
+    or a built :class:`~deadzone.training.schedules.Schedule`) during ``Trainer.train``.
 
     A spec is built when training starts, from the model and the Trainer's ``max_steps``, with
     ``unit``, ``target_fraction``, ``freeze_by`` (a step, or a fraction of ``max_steps``),
-    ``seed`` and ``interval`` as in :class:`~deadzone.schedules.ScheduleContext`; a built
+    ``seed`` and ``interval`` as in :class:`~deadzone.training.schedules.ScheduleContext`; a built
     schedule is used as given (to resume, pass a new one built the same way).
     ``timeline`` records ``(step, frozen units)`` whenever the set changes.
     """

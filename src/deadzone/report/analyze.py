@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deadzone import fileio
-from deadzone.analysis import ATTN_IN_ROLES, ATTN_OUT_ROLE
+from deadzone.geometry.analysis import ATTN_IN_ROLES, ATTN_OUT_ROLE
 from deadzone.report.table import Table, to_markdown
 
 # The study's figures (DESIGN.md): layer -> (c_attn PR, c_proj PR, c_proj PC1 %).

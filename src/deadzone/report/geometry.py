@@ -1,4 +1,5 @@
-"""Reports of ``deadzone analyze``, built from geometry records alone (see ``deadzone.analysis``).
+"""Reports of ``deadzone analyze``, built from geometry records alone
+(see ``deadzone.geometry.analysis``).
 
 A terminal table like the study's, a short summary, and the records as JSON, CSV and a plot.
 """
@@ -13,9 +14,9 @@ from pathlib import Path
 from rich.table import Table
 
 from deadzone import fileio
+from deadzone.geometry.spectral import METRICS
+from deadzone.models.sites import ASSUMED
 from deadzone.report import pyplot, save_png
-from deadzone.sites import ASSUMED
-from deadzone.spectral import METRICS
 
 # Column title and format of each metric shown in the terminal table.
 COLUMNS: dict[str, tuple[str, Callable[[float], str]]] = {
@@ -63,7 +64,7 @@ def table(records: list[dict]) -> Table:
 
 
 def summary_text(summary: dict) -> str:
-    """The summary of ``deadzone.analysis.summarize`` in a few sentences."""
+    """The summary of ``deadzone.geometry.analysis.summarize`` in a few sentences."""
     lines = [f"{summary['sites']} matrices analysed."]
     if summary["mean_pr_by_role"]:
         roles = ", ".join(f"{role} {pr:.1f}" for role, pr in summary["mean_pr_by_role"].items())

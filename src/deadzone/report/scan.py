@@ -27,9 +27,9 @@ import math
 from pathlib import Path
 
 from deadzone.errors import DeadzoneError
+from deadzone.models.sites import ROLE_ORDER
 from deadzone.report import pyplot, read_results, save_png, write_files
 from deadzone.report.table import Table, to_markdown
-from deadzone.sites import ROLE_ORDER
 
 NEGLIGIBLE = ("negligible", "better")
 # The colour scale spans this many margins either side of zero.

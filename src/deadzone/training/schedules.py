@@ -11,7 +11,7 @@ loop; the Hugging Face callback (``deadzone.integrations.transformers``) applies
 objects there.
 
 Units, ``target_fraction`` and ``freeze_by`` (the footing every schedule shares) are defined in
-``deadzone.units``.
+``deadzone.training.units``.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from deadzone import plans, sites
+from deadzone import plans
 from deadzone.errors import DeadzoneError
-from deadzone.train import Hook, decay_factor
-from deadzone.units import EMBED, ScheduleContext, Unit, model_units, ramp
+from deadzone.models import sites
+from deadzone.training.train import Hook, decay_factor
+from deadzone.training.units import EMBED, ScheduleContext, Unit, model_units, ramp
 
 
 class Schedule:
@@ -180,7 +181,7 @@ class Geometry(Ordered):
         if ctx.scores:
             per_site = ctx.scores
         else:
-            from deadzone.analysis import analyze
+            from deadzone.geometry.analysis import analyze
 
             pairs = ((s, sites.site_matrix(ctx.model, s)) for s in found)
             records = analyze(pairs, total=len(found), device="cpu", progress=False)

@@ -12,7 +12,8 @@ a reason; it does not raise, so the runs beside it go on.
 The trainable set may change during a run: :class:`Hook` objects are called at the start and end
 of every step, after the backward pass and after each evaluation, and may call
 :meth:`SFTLoop.freeze`, :meth:`SFTLoop.unfreeze` and :meth:`SFTLoop.set_lr_scales` (a schedule
-does; see ``deadzone.schedules``). A frozen parameter leaves the optimizer with its state; under
+does; see ``deadzone.training.schedules``).
+A frozen parameter leaves the optimizer with its state; under
 several processes the model is wrapped in a fresh ``DistributedDataParallel`` before the next
 forward pass, since DDP's reducer expects a gradient for exactly the parameters that required one
 when it was built.
@@ -32,11 +33,11 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from deadzone.device import autocast_dtype, get_device
 from deadzone.errors import DeadzoneError
-from deadzone.freezing import LR_SCALE, Freezer, optimizer_state_bytes
-from deadzone.memory import PeakMemory
+from deadzone.models.device import autocast_dtype, get_device
 from deadzone.progress import make_progress
+from deadzone.training.freezing import LR_SCALE, Freezer, optimizer_state_bytes
+from deadzone.training.memory import PeakMemory
 
 Batch = dict[str, torch.Tensor]
 # Training data: a re-iterable of batches, or a function of the epoch number returning one.
@@ -139,7 +140,8 @@ class RunResult:
     ``cpu_seconds`` is this process's CPU time over the run (the fair clock on a shared
     machine).
     ``peak_memory_bytes`` is the peak of ``torch.cuda.max_memory_allocated`` on CUDA, else the
-    peak resident set; ``peak_memory_scope`` says what that peak covers (``deadzone.memory``):
+    peak resident set; ``peak_memory_scope`` says what that peak covers
+    (``deadzone.training.memory``):
     ``"run"`` (CUDA's counter, or on Linux the resident-set peak reset at the start of the run)
     or ``"process"`` (the resident-set peak over the life of the process, where it cannot be
     reset: it includes whatever ran in the process before, earlier runs too).

@@ -43,8 +43,8 @@ import numpy as np
 import torch
 from scipy.linalg import lapack
 
-from deadzone import tridiagonal
 from deadzone.errors import DeadzoneError
+from deadzone.geometry import tridiagonal
 
 METRICS = (
     "pr",
@@ -375,7 +375,8 @@ def _tridiagonal_spectra(g: Grams) -> tuple[torch.Tensor, torch.Tensor]:
     Overwrites ``g.G``.
 
     One LAPACK reduction ``G = Q T Q^T`` (``sytrd``, ``T`` tridiagonal; see
-    :mod:`deadzone.tridiagonal`) serves both. ``T``'s eigenvalues (``sterf``) are ``G``'s: this
+    :mod:`deadzone.geometry.tridiagonal`) serves both.
+    ``T``'s eigenvalues (``sterf``) are ``G``'s: this
     *is* what ``eigvalsh`` does. With ``u = Q^T c`` (``c`` the centring vector of
     :class:`Grams`, one pass of ``Q``'s reflectors), ``Q^T Gc Q`` is ``T - u u^T`` (tall) or
     ``T`` compressed to ``u``'s orthogonal complement (wide). Either

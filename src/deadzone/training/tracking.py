@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deadzone.errors import DeadzoneError
-from deadzone.train import Hook, lr_factor
+from deadzone.training.train import Hook, lr_factor
 
 NONE = "none"
 # tracker name -> (module it needs, how to install it)

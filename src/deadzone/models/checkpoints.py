@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 
 from deadzone.errors import DeadzoneError
 from deadzone.locks import file_lock
-from deadzone.sites import FROM_CONFIG, Site, discover, find_sites, orientation, site_matrix
+from deadzone.models.sites import FROM_CONFIG, Site, discover, find_sites, orientation, site_matrix
 
 BUILTIN = "builtin:"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -61,8 +61,8 @@ def _builtin(name: str) -> Path:
     cache entry while it pretrains, the others wait for it, then load what it saved.
     """
     from deadzone.data import corpus
-    from deadzone.presets import builtin_dir, get_preset
-    from deadzone.pretraining import pretrain
+    from deadzone.models.presets import builtin_dir, get_preset
+    from deadzone.models.pretraining import pretrain
 
     preset = get_preset(name)
     path = builtin_dir(preset.name, corpus.corpus_hash())
@@ -237,7 +237,7 @@ class Checkpoint:
 
     Safetensors checkpoints are streamed: only one matrix is materialised at a time and the
     model is never built. Other checkpoints are loaded as a model first. ``orientation`` says
-    how the layout of stored matrices is known (:func:`deadzone.sites.orientation`).
+    how the layout of stored matrices is known (:func:`deadzone.models.sites.orientation`).
     """
 
     spec: str

@@ -5,7 +5,8 @@ A record is a plain dict, ready for JSON::
     {"site": "L4.attn.c_proj", "layer": 4, "role": "attn_out", "shape": [768, 768],
      "params": 589824, "finite": true, "pr": 84.5, "pc1": 0.224, ..., "amplitude_pr": 1.03}
 
-with one key per name in :data:`deadzone.spectral.METRICS`. A metric that is not defined for a
+with one key per name in :data:`deadzone.geometry.spectral.METRICS`.
+A metric that is not defined for a
 matrix is ``None``; ``finite`` is false when the matrix held NaN or Inf, and then every metric is
 ``None`` ("not computable").
 """
@@ -23,11 +24,11 @@ from contextlib import contextmanager, nullcontext
 import torch
 from threadpoolctl import threadpool_limits
 
-from deadzone import spectral
-from deadzone.device import get_device
 from deadzone.errors import DeadzoneError
+from deadzone.geometry import spectral
+from deadzone.models.device import get_device
+from deadzone.models.sites import Site, select
 from deadzone.progress import make_progress
-from deadzone.sites import Site, select
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +175,11 @@ def analyze_checkpoint(spec: str, pattern: str | None = None, **options) -> list
 
     Safetensors checkpoints are streamed one matrix at a time, without building the model.
     Each record also says how the orientation of its stored matrix is known (``orientation``:
-    ``"config"``, ``"tensor names"`` or ``"assumed"``, see :func:`deadzone.sites.orientation`).
+    ``"config"``, ``"tensor names"`` or ``"assumed"``, see
+    :func:`deadzone.models.sites.orientation`).
     ``options`` go to :func:`analyze`.
     """
-    from deadzone.checkpoints import absent_sites, open_checkpoint
+    from deadzone.models.checkpoints import absent_sites, open_checkpoint
 
     checkpoint = open_checkpoint(spec)
     absent = absent_sites(checkpoint)

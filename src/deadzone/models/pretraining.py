@@ -16,9 +16,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from deadzone.data import corpus
 from deadzone.errors import DeadzoneError
 from deadzone.fileio import ensure_dir, ordinary_permissions, write_json
-from deadzone.presets import Preset, builtin_dir, get_preset
+from deadzone.models.presets import Preset, builtin_dir, get_preset
 from deadzone.provenance import versions
-from deadzone.train import SFTConfig, train
+from deadzone.training.train import SFTConfig, train
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"

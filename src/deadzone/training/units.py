@@ -1,4 +1,5 @@
-"""Units and footing of the freeze schedules (``deadzone.schedules``): what freezes at once, and
+"""Units and footing of the freeze schedules (``deadzone.training.schedules``): what freezes at
+once, and
 when every schedule must have frozen how much.
 
 A **unit** is what freezes at once: with ``unit="matrix"`` one block weight matrix (a site; its
@@ -22,8 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from deadzone import sites
 from deadzone.errors import DeadzoneError
+from deadzone.models import sites
 
 UNITS = ("matrix", "block")
 EMBED = "embed"

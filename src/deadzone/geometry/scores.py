@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from scipy import stats
 
 from deadzone.errors import DeadzoneError
-from deadzone.sites import Site, get_parameter
-from deadzone.spectral import METRICS
-from deadzone.train import Batch, loss_sum
+from deadzone.geometry.spectral import METRICS
+from deadzone.models.sites import Site, get_parameter
+from deadzone.training.train import Batch, loss_sum
 
 # Training batches the gradient norm is taken over, by default.
 GRAD_BATCHES = 4

@@ -1,0 +1,1 @@
+"""Training: the SFT loop, strategies, the freezer and schedules, memory and tracking."""
