@@ -17,6 +17,14 @@ function to :data:`SCORES`.
   Gemma, OPT): the residual stream before a sub-layer is the input of its norm, and after the
   MLP the block's output. A parallel-residual block (GPT-NeoX, Phi) has no stream between its
   sub-layers and is refused.
+- ``attribution``, ``fisher``, ``grad_weight``: read from the records of ``full`` runs made
+  anyway (``data.runs``, recorded by :class:`deadzone.training.attribution.AttributionHook`),
+  averaged over them: the site's share of the eval-loss decrease its own updates made (Loss
+  Change Allocation, :func:`deadzone.geometry.attribution.share_of_decrease`; it says what a
+  site's updates did in that run, not what freezing it costs), the mean over steps of the sum of
+  its squared training gradient (diagonal Fisher), and the mean over steps of
+  ``|grad . weight|``. The model is not read. Named without a record, they are refused; by
+  default :func:`compute_scores` computes them only when ``data.runs`` holds records.
 - the geometry metrics of ``deadzone analyze``: :func:`geometry_scores`, from its records.
 
 :func:`spearman_permutation` measures how well a score ranks the measured costs.
@@ -36,6 +44,8 @@ import torch.nn.functional as F
 from scipy import stats
 
 from deadzone.errors import DeadzoneError
+from deadzone.geometry.attribution import AttributionRecord, mean_per_step, per_site
+from deadzone.geometry.attribution import share_of_decrease as _share
 from deadzone.geometry.spectral import METRICS
 from deadzone.models.sites import Site, get_parameter
 from deadzone.training.train import Batch, loss_sum
@@ -46,10 +56,12 @@ GRAD_BATCHES = 4
 
 @dataclass
 class ScoreData:
-    """Batches the scores read: ``train`` for gradients, ``eval`` for activations."""
+    """Batches the scores read: ``train`` for gradients, ``eval`` for activations; ``runs``: the
+    attribution records of ``full`` runs, for the scores read from them."""
 
     train: list[Batch] = field(default_factory=list)
     eval: list[Batch] = field(default_factory=list)
+    runs: list[AttributionRecord] = field(default_factory=list)
 
 
 ScoreFn = Callable[[torch.nn.Module, list[Site], ScoreData], dict[str, float | None]]
@@ -194,17 +206,68 @@ def block_influence(
     }
 
 
-SCORES: dict[str, ScoreFn] = {"grad_norm": grad_norm, "block_influence": block_influence}
+def _mean_over_runs(
+    data: ScoreData, sites: list[Site], read: Callable[[AttributionRecord], dict], what: str
+) -> dict[str, float | None]:
+    if not data.runs:
+        raise DeadzoneError(
+            f"{what} is read from the attribution record of a full run, and none was given"
+        )
+    values = [read(record) for record in data.runs]
+    out = {}
+    for s in sites:
+        found = [v[s.name] for v in values if v[s.name] is not None]
+        out[s.name] = sum(found) / len(found) if found else None
+    return out
+
+
+def attribution(
+    model: torch.nn.Module, sites: list[Site], data: ScoreData
+) -> dict[str, float | None]:
+    """Each site's share of the eval-loss decrease of the runs in ``data.runs``, their mean."""
+    return _mean_over_runs(data, sites, lambda r: _share(r, sites), "attribution")
+
+
+def fisher(model: torch.nn.Module, sites: list[Site], data: ScoreData) -> dict[str, float | None]:
+    """Mean over training steps of the sum of each site's squared gradient, mean over runs."""
+    return _mean_over_runs(
+        data, sites, lambda r: per_site(mean_per_step(r.grad_sq, r.grad_steps), sites), "fisher"
+    )
+
+
+def grad_weight(
+    model: torch.nn.Module, sites: list[Site], data: ScoreData
+) -> dict[str, float | None]:
+    """Mean over training steps of ``|grad . weight|`` of each site, mean over runs."""
+    return _mean_over_runs(
+        data,
+        sites,
+        lambda r: per_site(mean_per_step(r.grad_weight, r.grad_steps), sites),
+        "grad_weight",
+    )
+
+
+SCORES: dict[str, ScoreFn] = {
+    "grad_norm": grad_norm,
+    "block_influence": block_influence,
+    "attribution": attribution,
+    "fisher": fisher,
+    "grad_weight": grad_weight,
+}
+RUN_SCORES = ("attribution", "fisher", "grad_weight")  # read from ``data.runs``
 
 
 def compute_scores(
     model: torch.nn.Module, sites: list[Site], data: ScoreData, names: tuple[str, ...] = ()
 ) -> dict[str, dict[str, float | None]]:
-    """``{score: {site: value}}`` of the scores named (default: every one in :data:`SCORES`)."""
+    """``{score: {site: value}}`` of the scores named (default: every one in :data:`SCORES`, less
+    those of :data:`RUN_SCORES` when ``data.runs`` is empty)."""
     unknown = [n for n in names if n not in SCORES]
     if unknown:
         raise DeadzoneError(f"unknown score {unknown[0]!r}; known: {', '.join(SCORES)}")
-    return {name: SCORES[name](model, sites, data) for name in names or tuple(SCORES)}
+    if not names:
+        names = tuple(n for n in SCORES if data.runs or n not in RUN_SCORES)
+    return {name: SCORES[name](model, sites, data) for name in names}
 
 
 def geometry_scores(
