@@ -257,3 +257,104 @@ def test_a_judge_that_stops_the_search_leaves_the_sites_decided_before_it():
     record = S.search(oracle, [["a", "b"], ["c", "d"]], max_seeds=3, decided=decided)
     assert record["sites"] == decided and decided["c"]["verdict"] == "costly"
     assert S.single_cost(decided["a"]) == pytest.approx(decided["a"]["cost"] / 2)
+
+
+# --- the search by prior ---------------------------------------------------------------------
+
+
+def informative(costs: dict[str, float], rng: random.Random, spread: float = 0.3) -> dict:
+    """Priors that know each cost up to a factor (log-normal, ``spread`` on the log scale)."""
+    return {n: c * math.exp(rng.gauss(0.0, spread)) for n, c in costs.items()}
+
+
+def mixed_costs(rng: random.Random, sites, share_costly: float = 0.4) -> tuple[dict, set]:
+    names = [n for n, *_ in sites]
+    costly = set(rng.sample(names, round(share_costly * len(names))))
+    costs = {n: (rng.uniform(2, 10) * MARGIN if n in costly else rng.uniform(0.0, 0.001))
+             for n in names}  # fmt: skip
+    return costs, costly
+
+
+@pytest.mark.parametrize("trial", range(8))
+def test_informative_priors_spend_fewer_runs_than_one_per_site(trial: int) -> None:
+    rng = random.Random(trial)
+    sites = model_sites()  # 32 sites, 40% of them costly: where group testing saves nothing
+    costs, costly = mixed_costs(rng, sites)
+    oracle = Oracle(costs, noise=0.003, seed=trial)
+    names = [n for n, *_ in sites]
+    record = S.prior_search(oracle, names, informative(costs, rng), margin=MARGIN, max_seeds=3)
+    assert record["runs"] < len(names) < S.exhaustive(Oracle(costs, 0.003), names, seeds=3)["runs"]
+    accepted = {n for n, s in record["sites"].items() if s["verdict"] in S.ACCEPTED}
+    assert not accepted & costly
+    assert accepted == set(names) - costly  # every negligible site found, none left undecided
+    labelled = {n for n, s in record["sites"].items() if s.get("label") == S.LIKELY_COSTLY}
+    assert labelled <= costly and labelled == set(record["priors"]["likely_costly"])
+    assert all(record["sites"][n]["verdict"] == "undetermined" for n in labelled)  # no verdict
+    joint = record["joint"]
+    assert joint["verdict"] == "negligible" and oracle.true_cost(frozenset(joint["sites"])) < MARGIN
+    json.dumps(record)
+
+
+@pytest.mark.parametrize("trial", range(8))
+def test_misleading_priors_never_call_a_costly_site_negligible(trial: int) -> None:
+    rng = random.Random(100 + trial)
+    sites = model_sites(layers=6)
+    costs, costly = mixed_costs(rng, sites, share_costly=rng.uniform(0.05, 0.4))
+    prior = {n: rng.choice([0.0, 0.5 * MARGIN, 10 * MARGIN]) for n in costs}  # unrelated
+    oracle = Oracle(costs, noise=0.003, seed=trial)
+    record = S.prior_search(oracle, list(costs), prior, margin=MARGIN, max_seeds=4, confirm=True)
+    accepted = {n for n, s in record["sites"].items() if s["verdict"] in S.ACCEPTED}
+    assert not accepted & costly
+    assert not set(record["joint"]["sites"]) & costly
+    assert all(seeds <= 4 for _, seeds in oracle.asked)
+    assert not any(s.get("label") for s in record["sites"].values())  # confirmed: all judged
+
+
+def test_sequential_seeds_stop_early_on_a_planted_large_effect() -> None:
+    costs = {"large": 10 * MARGIN, "edge": MARGIN, "tiny": 0.0005}
+    prior = dict.fromkeys(costs, MARGIN)  # every site in the middle: judged one by one
+    oracle = Oracle(costs, noise=0.01)
+    record = S.prior_search(oracle, list(costs), prior, margin=MARGIN, max_seeds=8, joint=False)
+    large, edge = record["sites"]["large"], record["sites"]["edge"]
+    assert large["verdict"] == "costly" and large["seeds"] == 2
+    assert {seeds for sites, seeds in oracle.asked if sites == {"large"}} == {2}
+    assert edge["seeds"] == 8 and edge["verdict"] == "undetermined"  # at the margin: every seed
+    assert any(s["action"] == "more_seeds" and s["sites"] == ["edge"] for s in record["steps"])
+
+
+def test_an_accepted_candidate_set_grows_by_prior() -> None:
+    names = [f"c{i}" for i in range(4)] + ["m0", "m1", "m2"]
+    costs = dict.fromkeys(names, 0.0005) | {"m2": 0.1}
+    prior = {"c0": 0.0, "c1": 0.001, "c2": 0.001, "c3": 0.002, "m0": 0.006, "m1": 0.007,
+             "m2": 0.05}  # fmt: skip
+    oracle = Oracle(costs, noise=0.0005)
+    record = S.prior_search(oracle, names, prior, margin=MARGIN, max_seeds=3)
+    assert record["priors"]["candidates"] == ["c0", "c1", "c2", "c3"]
+    grown = [s for s in record["steps"] if s["phase"] == "grow"]
+    assert grown and grown[0]["action"] == "grown"
+    assert record["sites"]["m0"]["set"] == ["c0", "c1", "c2", "c3", "m0", "m1"]
+    assert frozenset({"m0"}) not in {sites for sites, _ in oracle.asked}  # never judged alone
+    assert record["sites"]["m2"]["verdict"] == "costly"  # its prior left no room: judged alone
+    assert set(record["joint"]["sites"]) == set(names) - {"m2"}
+
+
+def test_prior_search_is_a_function_of_the_judgements() -> None:
+    rng = random.Random(7)
+    costs, _ = mixed_costs(rng, model_sites(layers=4))
+    prior = informative(costs, rng, spread=1.0)
+    first, second = Oracle(costs, 0.004), Oracle(costs, 0.004)
+    a = S.prior_search(first, list(costs), prior, margin=MARGIN, max_seeds=4)
+    b = S.prior_search(second, list(costs), prior, margin=MARGIN, max_seeds=4)
+    assert a == b and first.asked == second.asked
+
+
+def test_prior_search_bad_input() -> None:
+    oracle = Oracle({"a": 0.0, "b": 0.0}, 0.001)
+    with pytest.raises(DeadzoneError, match="below < 1 < above"):
+        S.prior_search(oracle, ["a", "b"], {}, margin=MARGIN, max_seeds=3, above=0.5)
+    with pytest.raises(DeadzoneError, match="distinct"):
+        S.prior_search(oracle, ["a", "a"], {}, margin=MARGIN, max_seeds=3)
+    with pytest.raises(DeadzoneError, match="start seeds"):
+        S.prior_search(oracle, ["a"], {}, margin=MARGIN, max_seeds=1)
+    split = S.split_by_prior(["a", "b", "c"], {"a": 0.0, "c": 1.0}, MARGIN)
+    assert (split.candidates, split.middle, split.likely_costly) == (["a"], ["b"], ["c"])

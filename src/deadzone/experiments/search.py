@@ -30,6 +30,15 @@ are taken out, one at a time or as many as the costs say it takes (at most half 
 step), and the rest judged again.
 Each step is recorded.
 
+The search by prior (:func:`prior_search`): where each site has an estimated cost (a prior,
+e.g. its attribution share from the baseline runs), the sites far below the margin are judged
+as one set (halved in prior order if it is not negligible, grown by the next priors if it is
+and its interval leaves room), the sites in between one at a time on sequential seeds, and the
+sites far above are labelled ``likely costly`` without a run (a prior, never a verdict) unless
+the caller asks to confirm them. Where priors are informative it spends fewer runs than one per
+site whatever the share of costly sites; where they mislead it spends more, never a wrong
+verdict (the candidate set is judged, not assumed).
+
 The record (:func:`search` returns it; every value JSON-ready)::
 
     {"steps": [{"phase": "groups", "sites": [...], "seeds": 2, "verdict": "costly",
@@ -53,7 +62,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from deadzone.errors import DeadzoneError
 
@@ -123,6 +132,22 @@ def _check_seeds(start_seeds: int, max_seeds: int) -> None:
         )
 
 
+def sequential(
+    ask: Judge, sites: list[str], start_seeds: int, max_seeds: int, steps: list, phase: str
+) -> tuple[Judgement, int]:
+    """Judge ``sites`` on ``start_seeds`` seeds, then, while undetermined, on more (its
+    ``seeds_needed`` if given, at least one more, at most ``max_seeds``): the last judgement and
+    its seeds. A set whose interval already lies wholly on one side stops at ``start_seeds``.
+    Each look that asks for more is recorded in ``steps`` (action ``more_seeds``)."""
+    seeds = start_seeds
+    while True:
+        j = ask(frozenset(sites), seeds)
+        if j.verdict != "undetermined" or seeds >= max_seeds:
+            return j, seeds
+        steps.append(_step(phase, sites, seeds, j, "more_seeds"))
+        seeds = min(max_seeds, max(seeds + 1, j.seeds_needed or 0))
+
+
 def search(
     judge: Judge,
     groups: list[list[str]],
@@ -171,14 +196,7 @@ def search(
                           "action": "singles"})  # not judged: split before it  # fmt: skip
             queue.extendleft([([n], False) for n in reversed(group)])
             continue
-        seeds = start_seeds
-        while True:
-            j = ask(group, seeds)
-            if j.verdict == "undetermined" and seeds < max_seeds:
-                steps.append(_step("groups", group, seeds, j, "more_seeds"))
-                seeds = min(max_seeds, max(seeds + 1, j.seeds_needed or 0))
-                continue
-            break
+        j, seeds = sequential(ask, group, start_seeds, max_seeds, steps, "groups")
         if j.verdict in ACCEPTED or len(group) == 1:
             verdict = j.verdict if len(group) == 1 or j.verdict != "better" else "negligible"
             steps.append(_step("groups", group, seeds, j, "decided"))
@@ -304,6 +322,145 @@ def exhaustive(
         joint=False,
         decided=decided,
     )
+
+
+# --- the search by prior -------------------------------------------------------------------------
+
+BELOW = 0.25  # a prior under this share of the margin is "far below": a candidate
+ABOVE = 4.0  # a prior over this multiple of the margin is "far above": likely costly
+LIKELY_COSTLY = "likely costly"  # the label of a prior, never a verdict
+
+
+@dataclass(frozen=True)
+class PriorSplit:
+    """Sites sorted by prior (each list in ascending prior, then name): ``candidates`` (prior
+    below ``below``), ``likely_costly`` (above ``above``), ``middle`` (the rest, and every site
+    without a prior); ``below`` and ``above`` are in the units of the costs."""
+
+    candidates: list[str]
+    middle: list[str]
+    likely_costly: list[str]
+    below: float
+    above: float
+
+
+def split_by_prior(
+    names: list[str],
+    prior: dict[str, float | None],
+    margin: float,
+    below: float = BELOW,
+    above: float = ABOVE,
+) -> PriorSplit:
+    """Sort ``names`` by ``prior`` (an estimate of each site's cost, in the units of the
+    margin) against ``below * margin`` and ``above * margin``."""
+    if not margin > 0 or not 0 <= below < 1 < above:
+        raise DeadzoneError(
+            f"a prior split needs margin > 0 and 0 <= below < 1 < above, got {margin!r}, "
+            f"{below!r}, {above!r}"
+        )
+    low, high = below * margin, above * margin
+    known = sorted((n for n in names if prior.get(n) is not None), key=lambda n: (prior[n], n))
+    return PriorSplit(
+        candidates=[n for n in known if prior[n] < low],
+        middle=[n for n in known if low <= prior[n] <= high]
+        + [n for n in names if prior.get(n) is None],
+        likely_costly=[n for n in known if prior[n] > high],
+        below=low,
+        above=high,
+    )
+
+
+def prior_search(
+    judge: Judge,
+    names: list[str],
+    prior: dict[str, float | None],
+    *,
+    margin: float,
+    max_seeds: int,
+    start_seeds: int = 2,
+    below: float = BELOW,
+    above: float = ABOVE,
+    confirm: bool = False,
+    joint: bool = True,
+    decided: dict[str, dict] | None = None,
+) -> dict:
+    """Spend judgements by prior (``prior``: an estimated cost per site, in the margin's units,
+    e.g. a site's attribution share; :func:`split_by_prior` sorts the sites):
+
+    1. the candidates (prior far below the margin) are judged as one set, on sequential seeds;
+       a set not negligible is halved in prior order, lower half first (:func:`search`);
+    2. a candidate set accepted whole grows: the middle sites, in ascending prior, are added
+       as many at a time as their priors fit under the room its interval leaves below the
+       margin, and the grown set judged, until a grown set is not negligible or none fits;
+    3. the other middle sites (and the likely costly ones if ``confirm``) are judged one at a
+       time on sequential seeds: 2 when the interval already lies on one side, else more, up
+       to ``max_seeds``;
+    4. unless ``confirm``, the likely costly sites (prior far above) are not judged: their
+       entry says ``verdict: undetermined``, ``label: "likely costly"`` (a prior, never a
+       verdict) and ``seeds: 0``;
+    5. if ``joint``, every site found negligible is checked jointly (:func:`joint_check`).
+
+    Returns :func:`search`'s record, each site's entry with its ``prior``, and ``priors``: the
+    split. Every decision is a function of the judgements (a replay asks the same questions).
+    Seeds are looked at sequentially, each look at the judge's level: a caller that wants the
+    error rate of one look for the whole sequence reads the judgements at a stricter level.
+    """
+    _check_seeds(start_seeds, max_seeds)
+    if len(set(names)) != len(names):
+        raise DeadzoneError("the sites of a search must be distinct")
+    part = split_by_prior(names, prior, margin, below, above)
+    ask = judge if isinstance(judge, Asker) else Asker(judge)
+    sites: dict[str, dict] = {} if decided is None else decided
+    seeds = {"max_seeds": max_seeds, "start_seeds": start_seeds, "joint": False}
+    order = {n: p for n, p in prior.items() if p is not None}
+    first = search(ask, [part.candidates], priority=order, decided=sites, **seeds)
+    steps = [{**step, "phase": "candidates"} for step in first["steps"]]
+    rest = list(part.middle)
+    if part.candidates and all(sites[n].get("set") == part.candidates for n in part.candidates):
+        rest = _grow(ask, part.candidates, rest, prior, margin, sites, steps, start_seeds,
+                     max_seeds)  # fmt: skip
+    singles = rest + (part.likely_costly if confirm else [])
+    second = search(ask, [[n] for n in singles], priority=order, decided=sites, **seeds)
+    steps += [{**step, "phase": "singles"} for step in second["steps"]]
+    for n in [] if confirm else part.likely_costly:
+        sites[n] = {"verdict": "undetermined", "cost": None, "interval": None,
+                    "seeds_needed": None, "group_size": 1, "seeds": 0, "set": [n],
+                    "label": LIKELY_COSTLY}  # fmt: skip
+    for n in names:
+        sites[n]["prior"] = prior.get(n)
+    record = {"steps": steps, "sites": {n: sites[n] for n in names}, "joint": None}
+    if joint:
+        record["joint"] = joint_check(
+            ask, record["sites"], max_seeds=max_seeds, priority=order, names=names, margin=margin
+        )
+    record |= {"judgements": len(ask.answers), "runs": ask.runs, "priors": asdict(part)}
+    return record
+
+
+def _grow(ask, base, pool, prior, margin, sites, steps, start_seeds, max_seeds) -> list[str]:
+    """Step 2 of :func:`prior_search`: grow the accepted set ``base`` from ``pool`` (middle
+    sites, ascending prior); returns the sites of ``pool`` not taken in."""
+    j = ask(frozenset(base), sites[base[0]]["seeds"])
+    while pool and j.interval is not None and prior.get(pool[0]) is not None:
+        room, count, total = margin - j.interval[1], 0, 0.0
+        while count < len(pool) and prior.get(pool[count]) is not None:
+            if total + max(prior[pool[count]], 0.0) > room:
+                break
+            total += max(prior[pool[count]], 0.0)
+            count += 1
+        if count == 0:
+            break
+        trial = base + pool[:count]
+        j_trial, seeds = sequential(ask, trial, start_seeds, max_seeds, steps, "grow")
+        accepted = j_trial.verdict in ACCEPTED
+        steps.append(_step("grow", trial, seeds, j_trial, "grown" if accepted else "stop"))
+        if not accepted:
+            break
+        base, pool, j = trial, pool[count:], j_trial
+        for n in base:
+            sites[n] = {**j.as_dict(), "verdict": "negligible", "group_size": len(base),
+                        "seeds": seeds, "set": list(base)}  # fmt: skip
+    return pool
 
 
 def groups_by(sites: Iterable, key: str) -> list[list[str]]:
