@@ -136,3 +136,57 @@ def test_seeds_needed_solves_the_t_inequality_and_grows_as_the_margin_shrinks():
 def test_an_undetermined_comparison_says_how_many_seeds_would_decide_it():
     judged = stats.judge({"a": [0.01, 0.03, 0.0]}, 0.02)["a"]
     assert judged.verdict == "undetermined" and judged.seeds_needed > 3
+
+
+# --- seeds planned before a scan ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "sd"), [(2, 0.01), (3, 0.01), (5, 0.012), (8, 0.02)])
+def test_negligible_power_matches_a_simulation(n, sd):
+    margin, level = 0.02, 0.05
+    rng = np.random.default_rng(n)
+    d = rng.normal(0.0, sd, size=(200_000, n))  # true cost 0
+    half = sps.t.ppf(1 - level / 2, n - 1) * d.std(axis=1, ddof=1) / math.sqrt(n)
+    simulated = float(np.mean(d.mean(axis=1) + half < margin))
+    assert stats.negligible_power(n, sd, margin, level) == pytest.approx(simulated, abs=0.005)
+
+
+def test_seed_plan_needs_the_fewest_seeds_that_reach_the_power():
+    for sd in (0.002, 0.01, 0.03):
+        plan = stats.plan_seeds(3, sd, 0.02)
+        assert stats.negligible_power(plan.needed, sd, 0.02) >= stats.POWER
+        if plan.needed > 2:
+            assert stats.negligible_power(plan.needed - 1, sd, 0.02) < stats.POWER
+    # a stricter level (Holm, many comparisons) needs more seeds
+    strict = stats.plan_seeds(3, 0.01, 0.02, level=0.001)
+    assert strict.needed > stats.plan_seeds(3, 0.01, 0.02).needed
+    assert stats.plan_seeds(2, 0.0, 0.02) == stats.SeedPlan(2, 0.0, 0.02, 0.05, 1.0, 0.8, 2, "ok")
+
+
+def test_a_seed_count_that_cannot_call_anything_negligible_is_refused():
+    level = 0.05 / 64  # a scan of 32 sites in two strategies
+    plan = stats.plan_seeds(3, 0.01, 0.02, level)  # t_{1-level/2, 2} = 35.7
+    assert plan.decision == "refuse" and plan.power < stats.REFUSE_BELOW
+    with pytest.raises(stats.DeadzoneError, match="raise --seeds") as err:
+        stats.check_seed_plan(plan)
+    assert "\n" not in str(err.value) and f"needs {plan.needed} seeds" in str(err.value)
+    warned = stats.plan_seeds(8, 0.01, 0.02, level)
+    assert warned.decision == "warn" and stats.check_seed_plan(warned) is warned
+    assert stats.REFUSE_BELOW <= warned.power < stats.POWER
+    assert "undetermined" in warned.message()
+    enough = stats.plan_seeds(warned.needed, 0.01, 0.02, level)
+    assert enough.decision == "ok" and enough.power >= stats.POWER
+    assert stats.plan_seeds(2, 0.02, 0.02).decision == "refuse"  # even at 5%: 9% of the time
+
+
+def test_paired_sd_from_baselines():
+    assert stats.paired_sd_from_baselines([2.0, 2.1]) == pytest.approx(0.1)  # sqrt(2) * 0.0707
+    assert stats.paired_sd_from_baselines([2.0, 2.1], gain=0.5) == pytest.approx(0.2)
+    with pytest.raises(stats.DeadzoneError, match="at least 2 baseline"):
+        stats.paired_sd_from_baselines([2.0])
+    with pytest.raises(stats.DeadzoneError, match="positive gain"):
+        stats.paired_sd_from_baselines([2.0, 2.1], gain=-0.1)
+    with pytest.raises(stats.DeadzoneError, match="seeds >= 2"):
+        stats.plan_seeds(1, 0.01, 0.02)
+    with pytest.raises(stats.DeadzoneError, match="margin > 0"):
+        stats.plan_seeds(3, 0.01, 0.0)

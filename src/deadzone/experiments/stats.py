@@ -15,6 +15,13 @@ and returns one :class:`Judgement` each:
 Reading ``negligible`` off a two-sided ``1 - alpha`` interval is the one-sided half of TOST
 (:func:`tost_pvalue` with no lower bound) at level ``alpha / 2``; reading ``costly`` off it is
 the opposite one-sided test at the same level. ``docs/statistics.md`` explains the choices.
+
+Seeds are planned before a scan (:func:`plan_seeds`): from the seed-to-seed spread of the
+baseline runs (:func:`paired_sd_from_baselines`), the chance that ``seeds`` seeds call a site
+that costs nothing ``negligible`` (:func:`negligible_power`, exact) and the seeds that chance
+needs to reach ``power``. A seed count under which that chance is below ``REFUSE_BELOW`` cannot
+call anything negligible and is refused (:func:`check_seed_plan`); below ``power`` it is a
+warning the caller prints.
 """
 
 from __future__ import annotations
@@ -26,11 +33,16 @@ from dataclasses import dataclass
 
 from scipy import stats as sps
 
+from deadzone.errors import DeadzoneError
+
 ALPHA = 0.05
 POWER = 0.8
 BASELINE = "baseline"
 VERDICTS = ("baseline", "better", "negligible", "costly", "undetermined")
 MAX_SEEDS = 1_000_000  # a seeds estimate past this is reported as none
+# A seed count whose chance of calling a cost-free site negligible is below this is refused.
+REFUSE_BELOW = 0.1
+PLAN_DECISIONS = ("ok", "warn", "refuse")
 
 
 @dataclass(frozen=True)
@@ -195,3 +207,93 @@ def judge(
             adjusted, word, seeds_needed=needed,
         )  # fmt: skip
     return out
+
+
+# --- seeds planned before a scan ---------------------------------------------------------------
+
+
+def paired_sd_from_baselines(final_losses: Sequence[float], gain: float | None = None) -> float:
+    """The SD of one paired difference (arm minus baseline), estimated from the final eval
+    losses of baseline runs on different seeds: ``sqrt(2)`` times their SD (two independent
+    runs' difference; pairing on the same batches usually makes it smaller, so this errs on the
+    side of more seeds), divided by ``gain`` when costs are shares of the fine-tuning gain."""
+    if len(final_losses) < 2:
+        raise DeadzoneError(
+            f"planning seeds needs the final losses of at least 2 baseline runs, got "
+            f"{len(final_losses)}"
+        )
+    if gain is not None and not gain > 0:
+        raise DeadzoneError(f"a share of the gain needs a positive gain, got {gain!r}")
+    sd = math.sqrt(2.0) * statistics.stdev(final_losses)
+    return sd / gain if gain is not None else sd
+
+
+def negligible_power(n: int, sd: float, margin: float, level: float = ALPHA) -> float:
+    """Chance that ``n`` paired differences of true mean 0 and SD ``sd`` give a ``1 - level``
+    interval wholly below ``margin`` (a ``negligible`` verdict), exactly: the statistic
+    ``(mean - margin) / (s / sqrt(n))`` is noncentral t with ``n - 1`` degrees of freedom and
+    noncentrality ``-margin sqrt(n) / sd``, and the verdict is its falling below ``-t_crit``."""
+    if sd == 0:
+        return 1.0
+    t_crit = sps.t.ppf(1 - level / 2, n - 1)
+    return float(sps.nct.cdf(-t_crit, n - 1, -margin * math.sqrt(n) / sd))
+
+
+@dataclass(frozen=True)
+class SeedPlan:
+    """How well ``seeds`` seeds can call a site that costs nothing negligible, with paired
+    differences of SD ``sd`` against ``margin`` at ``level``: the chance (``power``), the seeds
+    ``power_wanted`` needs (``needed``, None past ``MAX_SEEDS``), and the ``decision``
+    (``ok``: enough; ``warn``: under-powered; ``refuse``: a chance below ``REFUSE_BELOW``)."""
+
+    seeds: int
+    sd: float
+    margin: float
+    level: float
+    power: float
+    power_wanted: float
+    needed: int | None
+    decision: str
+
+    def message(self) -> str:
+        """One line for the user."""
+        needs = f"{self.needed}" if self.needed is not None else f"more than {MAX_SEEDS:,}"
+        head = (
+            f"{self.seeds} seeds call a site that costs nothing negligible with chance "
+            f"{self.power:.0%} (paired SD {self.sd:.3g} against margin {self.margin:.3g}); "
+            f"{self.power_wanted:.0%} needs {needs} seeds"
+        )
+        if self.decision == "refuse":
+            return head + ": nothing could be called negligible; raise --seeds or the margin"
+        return head if self.decision == "ok" else head + ": verdicts will often be undetermined"
+
+
+def plan_seeds(
+    seeds: int, sd: float, margin: float, level: float = ALPHA, power: float = POWER
+) -> SeedPlan:
+    """The :class:`SeedPlan` of ``seeds`` seeds (``sd`` and ``margin`` in the same units)."""
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 2:
+        raise DeadzoneError(f"a seed plan needs seeds >= 2, got {seeds!r}")
+    if not margin > 0 or not sd >= 0 or not 0 < level < 1 or not 0 < power < 1:
+        raise DeadzoneError(
+            f"a seed plan needs margin > 0, sd >= 0 and level, power in (0, 1); got "
+            f"{margin!r}, {sd!r}, {level!r}, {power!r}"
+        )
+    chance = negligible_power(seeds, sd, margin, level)
+    needed = 2
+    if sd > 0:  # walk up from the normal approximation (the exact t answer is never below it)
+        z = sps.norm.ppf(1 - level / 2) + sps.norm.ppf(power)
+        needed = max(2, math.floor((z * sd / margin) ** 2))
+        while needed <= MAX_SEEDS and negligible_power(needed, sd, margin, level) < power:
+            needed += 1
+    decision = "ok" if chance >= power else "warn" if chance >= REFUSE_BELOW else "refuse"
+    return SeedPlan(
+        seeds, sd, margin, level, chance, power, needed if needed <= MAX_SEEDS else None, decision
+    )
+
+
+def check_seed_plan(plan: SeedPlan) -> SeedPlan:
+    """The plan back, or a one-line :class:`DeadzoneError` when it is ``refuse``."""
+    if plan.decision == "refuse":
+        raise DeadzoneError(plan.message())
+    return plan
