@@ -128,23 +128,27 @@ class AttributionRecord:
 class Residuals:
     """What a rule leaves unexplained: ``total`` = measured change minus the sum of every
     ``A_p``; ``absolute`` = the sum over segments of each segment's residual, in absolute value
-    (no cancellation between segments); ``change``: the measured change itself."""
+    (no cancellation between segments); ``change``: the measured change itself; ``moved``: the
+    sum over segments of each segment's measured change in absolute value."""
 
     rule: str
     change: float
     total: float
     absolute: float
+    moved: float
 
     @property
     def relative(self) -> float:
-        """``absolute`` as a share of ``|change|`` (inf when the loss did not change)."""
-        return abs(self.absolute / self.change) if self.change else float("inf")
+        """``absolute`` as a share of ``moved`` (a net change near zero would make any error look
+        large); inf when the loss never moved."""
+        return self.absolute / self.moved if self.moved else float("inf")
 
 
 def residuals(record: AttributionRecord, rule: str | None = None) -> Residuals:
     rule = check_rule(rule or record.rule)
     per_segment = [s.residual(rule) for s in record.segments]
-    return Residuals(rule, record.loss_change, sum(per_segment), sum(map(abs, per_segment)))
+    moved = sum(abs(s.loss_end - s.loss_start) for s in record.segments)
+    return Residuals(rule, record.loss_change, sum(per_segment), sum(map(abs, per_segment)), moved)
 
 
 def per_site(values: Mapping[str, float], sites: Iterable) -> dict[str, float | None]:
