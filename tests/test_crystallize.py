@@ -14,13 +14,13 @@ from deadzone import fileio
 from deadzone.cli import build_parser, main
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.crystallize import (
-    SCHEMA_VERSION,
     CrystallizeConfig,
     crystallize,
     plan_runs,
     summarize,
 )
 from deadzone.models.checkpoints import model_fingerprint
+from deadzone.schema import SCHEMA_VERSION
 from deadzone.report.crystallize import markdown, table_model, write_report
 from deadzone.report.table import to_markdown, to_text
 from deadzone.training import strategies

@@ -217,13 +217,14 @@ def test_a_run_task_with_a_schedule_survives_pickling_and_gives_the_same_record(
     import pickle
 
     from deadzone.experiments.execute import run_task
-    from deadzone.experiments.freeze import _plan
+    from deadzone.experiments.freeze import plan
     from deadzone.experiments.runs import run_one
 
     model, data = setup
     sft = SFTConfig(steps=2, lr=3e-3, batch_size=4, eval_every=2)
     config = FreezeConfig(model=model, schedules=("geometry:pr",), seeds=1, data=data, sft=sft)
-    tasks, inputs, _, _ = _plan(config, threads=1)
+    prepared, design = plan(config, threads=1)
+    tasks, inputs = [prepared.task(s) for s in design.specs], prepared.inputs
     task = next(t for t in tasks if t.run.schedule is not None)
     travelled = pickle.loads(pickle.dumps(task))
     assert travelled.run.schedule == task.run.schedule
