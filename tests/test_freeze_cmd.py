@@ -264,6 +264,7 @@ def test_a_plan_drives_the_schedule_and_one_for_another_model_is_refused(setup, 
         model=model_dir, schedules=(f"plan:{good}",), seeds=1, data=data, sft=sft, freeze_by=2
     )
     results = freeze(config, tmp_path / "out", show_progress=False)
+    capsys.readouterr()  # the warning that the plan runs without the random control
     run = next(r for r in results["runs"] if r["schedule"] != "full")
     assert "L1.mlp.c_fc" in run["timeline"][0]["frozen"] and run["timeline"][0]["step"] == 1
     prints = {k: "0" * 64 for k in plan["model"] if k.startswith("fingerprint")}  # all kinds

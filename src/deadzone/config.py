@@ -229,9 +229,11 @@ class ExperimentConfig:
     eval_data: str | None = option(
         None,
         "evaluation data, in the forms --data accepts (default: the builtin's own eval split, "
-        "else a held-out --eval-fraction of --data)",
+        "else a held-out 10% of --data)",
     )
-    eval_fraction: float = option(0.1, "share of --data held out for evaluation, in (0, 1)")
+    eval_fraction: float = option(
+        0.1, "share of --data held out for evaluation when no --eval-data is given, in (0, 1)"
+    )
     max_length: int = option(
         DEFAULT_MAX_LENGTH, "tokens kept per example, capped at the model's context length"
     )

@@ -16,7 +16,6 @@ import typing
 from typing import NoReturn
 
 from deadzone.config import REPORT_TO_CHOICES  # noqa: F401 (tests/test_cli.py reads it here)
-from deadzone.errors import DeadzoneError
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -83,7 +82,7 @@ def add_config(p: argparse.ArgumentParser, cls: type) -> None:
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = _one_line(meta.get("parse") or parser_of(hint))
+            kwargs["type"] = meta.get("parse") or parser_of(hint)  # DeadzoneError: one line
             kwargs["metavar"] = meta.get("metavar", _metavar(flag, hint))
         if "choices" in meta:  # in the usage and the help; argparse's error lists them
             kwargs.update(choices=meta["choices"], metavar=None)
@@ -129,19 +128,6 @@ def parser_of(hint) -> typing.Callable[[str], object]:
         inner = _int_or_float if set(kinds) == {int, float} else parser_of(kinds[0])
         return _or_none(inner) if type(None) in args and inner is not str else inner
     return hint
-
-
-def _one_line(read):
-    """``read``, with a :class:`DeadzoneError` (a field's own parser) as argparse's error."""
-
-    def typed(text: str):
-        try:
-            return read(text)
-        except DeadzoneError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
-    typed.__name__ = getattr(read, "__name__", "value")
-    return typed
 
 
 def _metavar(flag: str, hint) -> str:

@@ -90,19 +90,12 @@ def freeze(
     already recorded). ``executor`` and ``tracking`` default to what ``config.execution`` and
     ``config.tracking`` say. ``save`` must lie outside ``out``, and be new, empty, or a model an
     earlier ``save`` wrote (which it replaces). A plan or geometry schedule without the random
-    control beside it runs, with a warning."""
+    control beside it runs, with a warning (:func:`design`)."""
     if save is not None:
         if config.first_frozen() is None:
             raise DeadzoneError("--save writes a frozen schedule's model: list one beside full")
         check_save_dir(save, out if out is not None else config.out)
     loaded = {name: _load_plan(name) for name in config.schedules}  # before the model loads
-    uncontrolled = config.uncontrolled()
-    if uncontrolled:
-        log.warning(
-            "warning: %s runs without the %s control: its cost is judged against full only; "
-            "add %s to the schedules to see whether it beats freezing at random",
-            ", ".join(uncontrolled), CONTROL, CONTROL,
-        )  # fmt: skip
     return run_experiment(
         config,
         out,
@@ -144,7 +137,15 @@ def schedules(config: FreezeConfig, loaded: dict, model, sites) -> dict[str, Sch
 
 
 def design(config: FreezeConfig, prepared: Prepared, *, save=None) -> Design:
-    """Every schedule on every seed; the schedules, seeds and plans may grow."""
+    """Every schedule on every seed; the schedules, seeds and plans may grow. A plan or
+    geometry schedule without the random control beside it is said, once it can run."""
+    uncontrolled = config.uncontrolled()
+    if uncontrolled:
+        log.warning(
+            "warning: %s runs without the %s control: its cost is judged against full only; "
+            "add %s to the schedules to see whether it beats freezing at random",
+            ", ".join(uncontrolled), CONTROL, CONTROL,
+        )  # fmt: skip
     specs = plan_runs(prepared.chosen, config.seeds)
     return Design(
         identity=prepared.identity(
