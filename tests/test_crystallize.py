@@ -20,9 +20,9 @@ from deadzone.experiments.crystallize import (
     summarize,
 )
 from deadzone.models.checkpoints import model_fingerprint
-from deadzone.schema import SCHEMA_VERSION
 from deadzone.report.crystallize import markdown, table_model, write_report
 from deadzone.report.table import to_markdown, to_text
+from deadzone.schema import SCHEMA_VERSION
 from deadzone.training import strategies
 from deadzone.training.train import SFTConfig, computed
 
