@@ -27,7 +27,7 @@ from deadzone import __version__, fileio
 from deadzone.config import DEFAULT_DATA
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.execute import Executor, make_executor
-from deadzone.experiments.results import read_results
+from deadzone.experiments.results import check_schema, read_results
 from deadzone.experiments.runs import RESULTS, provenance, writing
 from deadzone.progress import make_progress
 from deadzone.schema import SCHEMA_VERSION
@@ -380,7 +380,7 @@ def check_out(out: Path, budget: Budget) -> None:
             f"--out {out} holds files but no demo ({RESULTS} missing); choose a new or empty "
             "directory"
         )
-    old = read_results(out)
+    old = read_results(out, schema=False)
     if old["experiment"] != EXPERIMENT:
         raise DeadzoneError(f"--out {out} holds a {old['experiment']!r} experiment, not a demo")
     if old.get("budget") != budget.to_dict():
@@ -388,6 +388,7 @@ def check_out(out: Path, budget: Budget) -> None:
             f"--out {out} holds a demo of another size ({old.get('budget', {}).get('name')!r}, "
             f"{budget.name!r} now); choose another directory"
         )
+    check_schema(path, old)
 
 
 def demo(
