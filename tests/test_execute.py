@@ -120,19 +120,20 @@ def test_a_pool_entered_once_serves_every_experiment_inside_it_with_the_drivers_
 
 def tasks_data(setup, cfg):  # noqa: F811
     """The DataRef of ``cfg``'s runs, as the driver plans them."""
-    from deadzone.experiments.crystallize import _plan
+    from deadzone.experiments.crystallize import plan
 
-    tasks, *_ = _plan(cfg, 1)
-    return tasks[0].data
+    prepared, _ = plan(cfg, 1)
+    return prepared.data_ref
 
 
 def test_a_worker_builds_its_inputs_from_the_data_the_driver_sent(setup):  # noqa: F811
     from dataclasses import replace
 
     from deadzone.experiments import execute
-    from deadzone.experiments.crystallize import _plan
+    from deadzone.experiments.crystallize import plan
 
-    tasks, inputs, *_ = _plan(config(setup, strategies=("full",), seeds=1), 1)
+    prepared, design = plan(config(setup, strategies=("full",), seeds=1), 1)
+    tasks, inputs = [prepared.task(s) for s in design.specs], prepared.inputs
     execute._loaded.clear()
     execute.receive(tasks[0].data, inputs.data)
     assert execute.inputs_for(tasks[0]).data is inputs.data

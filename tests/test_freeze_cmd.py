@@ -217,13 +217,14 @@ def test_a_run_task_with_a_schedule_survives_pickling_and_gives_the_same_record(
     import pickle
 
     from deadzone.experiments.execute import run_task
-    from deadzone.experiments.freeze import _plan
+    from deadzone.experiments.freeze import plan
     from deadzone.experiments.runs import run_one
 
     model, data = setup
     sft = SFTConfig(steps=2, lr=3e-3, batch_size=4, eval_every=2)
     config = FreezeConfig(model=model, schedules=("geometry:pr",), seeds=1, data=data, sft=sft)
-    tasks, inputs, _, _ = _plan(config, threads=1)
+    prepared, design = plan(config, threads=1)
+    tasks, inputs = [prepared.task(s) for s in design.specs], prepared.inputs
     task = next(t for t in tasks if t.run.schedule is not None)
     travelled = pickle.loads(pickle.dumps(task))
     assert travelled.run.schedule == task.run.schedule
@@ -263,6 +264,7 @@ def test_a_plan_drives_the_schedule_and_one_for_another_model_is_refused(setup, 
         model=model_dir, schedules=(f"plan:{good}",), seeds=1, data=data, sft=sft, freeze_by=2
     )
     results = freeze(config, tmp_path / "out", show_progress=False)
+    capsys.readouterr()  # the warning that the plan runs without the random control
     run = next(r for r in results["runs"] if r["schedule"] != "full")
     assert "L1.mlp.c_fc" in run["timeline"][0]["frozen"] and run["timeline"][0]["step"] == 1
     prints = {k: "0" * 64 for k in plan["model"] if k.startswith("fingerprint")}  # all kinds

@@ -3,6 +3,7 @@ after a killed driver, bad input."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -286,3 +287,36 @@ def test_help_gives_every_option_its_default(capsys):
     assert helps["--sites"].endswith("(default: every matrix inside the blocks)")
     assert "at least 2" in helps["--seeds"]
     assert helps["--out"].endswith("(required)") and "None" not in options
+
+
+@pytest.mark.slow
+def test_scan_under_a_two_process_launch_on_cpu_gives_the_records_of_one_process(
+    setup,  # noqa: F811
+    tmp_path,
+):
+    """Two processes of one micro-batch each per step take the batches one process takes with
+    two micro-batches per step: the same runs, the same losses (up to the order of the sums),
+    the same verdicts; the main process alone holds the lock and writes."""
+    model, data = setup
+    common = ["scan", model, "--sites", "L1.mlp.c_fc", "--seeds", "2", "--data", data]
+    common += ["--max-length", "48", "--steps", "2", "--lr", "3e-3", "--batch-size", "4"]
+    common += ["--eval-every", "2", "--cpu"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [*launch, "-m", "deadzone.cli", *common, "--out", str(two)],
+        check=True, timeout=900, env=env, capture_output=True,
+    )  # fmt: skip
+    assert main([*common, "--grad-accum", "2", "--out", str(one)]) == 0
+    launched, alone = fileio.read_json(two / "results.json"), fileio.read_json(one / "results.json")
+    assert [r["key"] for r in launched["runs"]] == [r["key"] for r in alone["runs"]]
+    for a, b in zip(launched["runs"], alone["runs"], strict=True):
+        assert a["processes"] == 2 and b["processes"] == 1
+        for loss in ("step0_eval_loss", "final_train_loss", "final_eval_loss"):
+            assert a[loss] == pytest.approx(b[loss], rel=1e-4), (a["key"], loss)
+    verdicts = [
+        {name: st["verdicts"] for name, st in r["summary"]["strategies"].items()}
+        for r in (launched, alone)
+    ]
+    assert verdicts[0] == verdicts[1]

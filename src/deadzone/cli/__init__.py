@@ -67,10 +67,10 @@ def _log_to_stderr() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _quiet_libraries()
-    _log_to_stderr()
     try:
+        args = build_parser().parse_args(argv)  # a field's own parser may refuse a value
+        _quiet_libraries()
+        _log_to_stderr()
         return int(args.handler(args) or 0)
     except DeadzoneError as e:
         print(f"deadzone: error: {e}", file=sys.stderr)

@@ -19,8 +19,15 @@ def add(sub: argparse._SubParsersAction) -> None:
         "Measure the geometry of every weight matrix (PR, PC1, ranks, amplitude PR); "
         "safetensors checkpoints are streamed one matrix at a time.",
     )
-    opt.add_model(p, "model directory, .safetensors file, hub id or builtin:tiny")
-    opt.add_sites(p, default="*", help=" (L4.attn.*, *.c_proj)")
+    p.add_argument(
+        "model", metavar="MODEL", help="model directory, .safetensors file, hub id or builtin:tiny"
+    )
+    p.add_argument(
+        "--sites",
+        metavar="GLOB",
+        default="*",
+        help="site name(s) or glob(s), comma-separated (L4.attn.*, *.c_proj)",
+    )
     p.add_argument("--json", metavar="FILE", help=f"write the records as JSON {NOT_WRITTEN}")
     p.add_argument("--csv", metavar="FILE", help=f"write the records as CSV {NOT_WRITTEN}")
     p.add_argument("--plot", metavar="FILE", help=f"PNG of PR and PC1%% per layer {NOT_WRITTEN}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 
 from deadzone.cli import options as opt
+from deadzone.config import TrackingConfig
+from deadzone.experiments.configs import DemoExecution
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -23,9 +25,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="a smoke version of about a minute: builtin:micro, 2 seeds of 4 steps "
         "(default: the full demo on builtin:tiny)",
     )
-    # the demo's own default: the budget's
-    opt.add_execution_options(p, "2 processes for the full demo, one after another for --quick")
-    opt.add_tracking_options(p)
+    opt.add_config(p, DemoExecution)
+    opt.add_config(p, TrackingConfig)
     p.set_defaults(handler=run)
 
 
@@ -35,12 +36,14 @@ def run(args: argparse.Namespace) -> int:
     from deadzone.report.demo import stage_table
     from deadzone.report.table import to_text
 
-    given = args.workers is not None or args.backend != "local"
+    execution = opt.read_config(DemoExecution, args)
+    tracking = opt.read_config(TrackingConfig, args)
+    given = execution.workers is not None or execution.backend != "local"
     results = demo(
         args.out,
         quick=args.quick,
-        tracking=opt.tracking(args, args.out),
-        executor=opt.make_executor(args) if given else None,
+        tracking=tracking.tracking(args.out),
+        executor=execution.executor() if given else None,
     )
     html, report = report_directory(args.out)
     print(to_text(stage_table(results)))

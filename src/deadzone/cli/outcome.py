@@ -8,14 +8,14 @@ from deadzone.errors import DeadzoneError
 
 def recorded_keys(out: str) -> set[str]:
     """Keys of the runs already in ``out``'s results file (none if it cannot be read)."""
-    from deadzone.experiments.runs import RESULTS
-    from deadzone.fileio import read_json
+    from deadzone.experiments.results import read_results
 
     try:
-        runs = read_json(f"{out}/{RESULTS}").get("runs", [])
-        return {r["key"] for r in runs if isinstance(r, dict) and isinstance(r.get("key"), str)}
-    except (OSError, ValueError, AttributeError):
-        return set()
+        results = read_results(out, missing_ok=True) or {}
+    except DeadzoneError:
+        return set()  # the experiment says why, in its own words
+    runs = results.get("runs", [])
+    return {r["key"] for r in runs if isinstance(r, dict) and isinstance(r.get("key"), str)}
 
 
 def say_resumed(out: str, before: set[str], results: dict) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from deadzone import __version__, fileio
 from deadzone.errors import DeadzoneError
+from deadzone.experiments.results import read_results
 from deadzone.experiments.runs import RESULTS, provenance, writing
 from deadzone.geometry import analysis
 from deadzone.schema import SCHEMA_VERSION
@@ -34,18 +35,9 @@ def _identity(model: str, sites: str, fingerprint: str) -> dict:
 def _reusable(out: Path, identity: dict) -> dict | None:
     """The results already in ``out`` for ``identity``; None if there are none; an error for
     another experiment or another model or selection."""
-    path = out / RESULTS
-    if not path.exists():
+    old = read_results(out, EXPERIMENT, missing_ok=True)
+    if old is None:
         return None
-    try:
-        old = fileio.read_json(path)
-    except (OSError, ValueError) as e:
-        raise DeadzoneError(f"cannot read {path}: {e}") from None
-    if not isinstance(old, dict) or old.get("experiment") != EXPERIMENT:
-        what = old.get("experiment") if isinstance(old, dict) else None
-        raise DeadzoneError(
-            f"{out} holds another experiment ({what!r}); choose another output directory"
-        )
     for key, value in identity.items():
         if old.get(key) != value:
             raise DeadzoneError(

@@ -8,109 +8,35 @@ same batches (the paired design), so the per-seed differences against ``full`` a
 of the fine-tuning gain) and verdicts (:mod:`deadzone.experiments.stats`): ``negligible``,
 ``costly``, ``better`` or ``undetermined``, and ``baseline`` for ``full``.
 
-The runs go to an executor (in this process, a process pool or Ray: see
-``deadzone.experiments.execute``). Under ``accelerate launch`` every process runs every run on
-its shard of the batches; only the main process writes ``results.json``.
+The experiment stands on the skeleton (``deadzone.experiments.skeleton``): it plans its runs
+(:func:`design`) and summarizes them; loading, the lock, the executor (in this process, a
+process pool or Ray) and ``results.json`` are the skeleton's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from accelerate import PartialState
-
-from deadzone import __version__
-from deadzone.errors import DeadzoneError
+from deadzone.config import DEFAULT_MARGIN, DEFAULT_MARGIN_NATS
 from deadzone.experiments import stats
-from deadzone.experiments.execute import (
-    Executor,
-    InProcess,
-    RunTask,
-    execute,
-    load_inputs,
-    model_info,
-    prime,
+from deadzone.experiments.configs import BASELINE, CrystallizeConfig
+from deadzone.experiments.execute import Executor
+from deadzone.experiments.runs import RunSpec
+from deadzone.experiments.skeleton import (
+    Design,
+    Prepared,
+    plan_experiment,
+    run_experiment,
+    select_sites,
 )
-from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, provenance, writing
-from deadzone.models import sites as sites_mod
-from deadzone.schema import SCHEMA_VERSION
-from deadzone.training.strategies import STRATEGIES, check_rank
+from deadzone.training.strategies import check_rank
 from deadzone.training.tracking import NO_TRACKING, Tracking
-from deadzone.training.train import SFTConfig
+
+__all__ = ["BASELINE", "CrystallizeConfig", "crystallize", "plan_runs", "summarize"]
 
 EXPERIMENT = "crystallize"
-BASELINE = "full"
-DEFAULT_STRATEGIES = ("full", "frozen", "crystal", "random")
-DEFAULT_MARGIN = 0.02  # of the fine-tuning gain
-DEFAULT_MARGIN_NATS = 0.01  # of eval loss per token: a 1% change in perplexity
-
-
-@dataclass
-class CrystallizeConfig:
-    """What to crystallize, how, and on which data. ``seeds`` is the number of seeds (0..S-1);
-    ``sft.seed`` is ignored (each run takes its own). ``max_length`` is capped at the model's
-    context length. ``ranks`` are the ranks ``crystal`` runs at; ``margin`` is the largest cost
-    called negligible, as a share of the fine-tuning gain, and ``margin_nats`` the same in nats,
-    used when the gain itself is not clearly positive."""
-
-    model: str
-    targets: str
-    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
-    ranks: tuple[int, ...] = (1,)
-    seeds: int = 3
-    data: str = "builtin:docstrings"
-    eval_data: str | None = None
-    eval_fraction: float = 0.1
-    max_length: int = 256
-    margin: float = DEFAULT_MARGIN
-    margin_nats: float = DEFAULT_MARGIN_NATS
-    sft: SFTConfig = field(default_factory=SFTConfig)
-
-    def __post_init__(self) -> None:
-        self.strategies = tuple(self.strategies)
-        for name in self.strategies:
-            if name not in STRATEGIES:
-                raise DeadzoneError(
-                    f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}"
-                )
-        if len(set(self.strategies)) != len(self.strategies):
-            raise DeadzoneError(f"a strategy is listed twice: {','.join(self.strategies)}")
-        if BASELINE not in self.strategies:
-            raise DeadzoneError("the strategies must include full, the baseline of the comparison")
-        if not isinstance(self.seeds, int) or self.seeds < 1:
-            raise DeadzoneError(f"seeds must be an integer >= 1, got {self.seeds!r}")
-        self.ranks = tuple(self.ranks)
-        _check_ranks(self.ranks)
-        if len(self.ranks) > 1 and "crystal" not in self.strategies:
-            raise DeadzoneError(
-                f"a rank sweep ({','.join(map(str, self.ranks))}) needs crystal among the "
-                "strategies"
-            )
-        if not _is_number(self.margin) or not 0 < self.margin < 1:
-            raise DeadzoneError(
-                f"margin must be a share of the gain in (0, 1), got {self.margin!r}"
-            )
-        if not _is_number(self.margin_nats) or not self.margin_nats > 0:
-            raise DeadzoneError(f"margin-nats must be > 0, got {self.margin_nats!r}")
-        if not self.targets or not any(t.strip() for t in self.targets.split(",")):
-            raise DeadzoneError(f"no target site given (--target {self.targets!r})")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
-
-
-def _check_ranks(ranks: tuple[int, ...]) -> None:
-    if not ranks:
-        raise DeadzoneError("no rank given")
-    for rank in ranks:
-        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-            raise DeadzoneError(f"rank must be an integer >= 1, got {rank!r}")
-    if len(set(ranks)) != len(ranks):
-        raise DeadzoneError(f"a rank is listed twice: {','.join(map(str, ranks))}")
 
 
 def arm(strategy: str, rank: int | None) -> str:
@@ -146,98 +72,66 @@ def plan_runs(
 
 def crystallize(
     config: CrystallizeConfig,
-    out: str | Path,
+    out: str | Path | None = None,
     *,
     executor: Executor | None = None,
     show_progress: bool = True,
     on_record: Callable[[dict], None] | None = None,
-    tracking: Tracking = NO_TRACKING,
+    tracking: Tracking | None = None,
 ) -> dict:
-    """Run (or resume, or extend) the experiment into ``out``; return the ``results.json`` document.
+    """Run (or resume, or extend) the experiment into ``out`` (default ``config.out``); return
+    the ``results.json`` document. ``executor`` runs the runs and ``tracking`` is where each
+    reports its curves (defaults: what ``config.execution`` and ``config.tracking`` say)."""
+    return run_experiment(
+        config,
+        out,
+        partial(design, config),
+        check=partial(targets, config),
+        executor=executor,
+        tracking=tracking,
+        show_progress=show_progress,
+        on_record=on_record,
+    )
 
-    ``executor`` runs the runs (default: :class:`InProcess`, here, one after another);
-    ``tracking`` is where each run reports its curves (``deadzone.training.tracking``;
-    default none).
-    """
-    executor = executor or InProcess(show_progress=show_progress)
-    state = PartialState(cpu=config.sft.cpu)  # the processes of this launch, if several
-    if state.num_processes > 1 and not isinstance(executor, InProcess):
-        raise DeadzoneError("under accelerate launch, runs execute in process (no --workers)")
-    with writing(out, state.is_main_process), executor:  # workers start as this loads
-        tasks, inputs, identity, shapes = _plan(config, executor.threads, tracking)
-        prime(tasks[0], inputs)  # runs in this process use the model and data loaded here
-        runset = {
+
+def plan(
+    config: CrystallizeConfig, threads: int = 1, tracking: Tracking = NO_TRACKING
+) -> tuple[Prepared, Design]:
+    """The experiment's inputs and runs, loaded and planned; nothing run."""
+    return plan_experiment(
+        config, partial(design, config), partial(targets, config), threads, tracking
+    )
+
+
+def targets(config: CrystallizeConfig, model, sites: list) -> list:
+    """The target sites of the loaded model, each checked to take every rank asked for."""
+    chosen = select_sites(sites, config.targets)
+    if "crystal" in config.strategies:
+        for site in chosen:
+            for rank in config.ranks:
+                check_rank(site, rank)
+    return chosen
+
+
+def design(config: CrystallizeConfig, prepared: Prepared) -> Design:
+    """Every strategy (and rank) on every seed; the strategies, ranks and seeds may grow."""
+    chosen = prepared.chosen
+    names = [s.name for s in chosen]
+    shapes = {s.name: list(s.shape) for s in chosen}
+    return Design(
+        identity=prepared.identity(
+            EXPERIMENT, targets=names, target_params=sum(s.params for s in chosen)
+        ),
+        runset={
             "strategies": list(config.strategies),
             "ranks": list(config.ranks),
             "seeds": list(range(config.seeds)),
-        }
-        summary = partial(
+        },
+        summarize=partial(
             summarize, margin=config.margin, margin_nats=config.margin_nats, shapes=shapes
-        )
-        header = {"schema_version": SCHEMA_VERSION, **provenance()}
-        results = ResultsDir(
-            out, identity, header, summary, runset=runset, writer=state.is_main_process
-        )
-        state.wait_for_everyone()  # all have read results.json before the first run rewrites it
-        execute(tasks, results, executor, on_record=on_record, show_progress=show_progress)
-        results.save()
-    state.wait_for_everyone()  # the file is complete before any process reads it
-    return results.document()
-
-
-def _plan(
-    config: CrystallizeConfig, threads: int, tracking: Tracking = NO_TRACKING
-) -> tuple[list[RunTask], RunInputs, dict, dict]:
-    """Load the model and data once here: the run tasks, their inputs, the identity, and the
-    targets' shapes."""
-    from deadzone.models.checkpoints import load_model
-
-    model, tokenizer = load_model(config.model)
-    if tokenizer is None:
-        raise DeadzoneError(f"{config.model} has no tokenizer; SFT needs one")
-    check_vocabulary(model, tokenizer)
-    all_sites = sites_mod.find_sites(model)
-    targets = sites_mod.select(all_sites, config.targets)
-    if "crystal" in config.strategies:
-        for site in targets:
-            for rank in config.ranks:
-                check_rank(site, rank)
-    inputs, model_ref, data_ref = load_inputs(config, model, tokenizer, all_sites)
-    data = inputs.data
-    specs = plan_runs(config.strategies, [s.name for s in targets], config.seeds, config.ranks)
-    tasks = [RunTask(model_ref, data_ref, config.sft, spec, threads, tracking) for spec in specs]
-    identity = _identity(config, model, model_ref, targets, data.info)
-    return tasks, inputs, identity, {s.name: list(s.shape) for s in targets}
-
-
-def check_vocabulary(model, tokenizer) -> None:
-    """Every token id the tokenizer can produce has a row in the model's input embedding."""
-    rows = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > rows:
-        raise DeadzoneError(
-            f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has {rows} "
-            "rows: they do not belong together"
-        )
-
-
-def _identity(config: CrystallizeConfig, model, model_ref, targets: list, data_info: dict) -> dict:
-    """What the finished runs computed: a rerun that changes any of it is refused.
-
-    The strategies, ranks and seeds are not part of it: a rerun may add some (``runset``).
-    """
-    sft = config.sft.to_dict()
-    sft.pop("seed")
-    return {
-        "experiment": EXPERIMENT,
-        "deadzone_version": __version__,
-        "model": config.model,
-        "model_info": model_info(model, model_ref),
-        "targets": [s.name for s in targets],
-        "target_params": sum(s.params for s in targets),
-        "steps": config.sft.steps,
-        "data": data_info,
-        "config": sft,
-    }
+        ),
+        specs=plan_runs(config.strategies, names, config.seeds, config.ranks),
+    )
 
 
 # --- summary: costs in three units, verdicts, crystallization rank -----------------------------

@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deadzone import __version__, fileio
+from deadzone.config import DEFAULT_DATA
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.execute import Executor, make_executor
+from deadzone.experiments.results import check_schema, read_results
 from deadzone.experiments.runs import RESULTS, provenance, writing
 from deadzone.progress import make_progress
 from deadzone.schema import SCHEMA_VERSION
@@ -49,7 +51,7 @@ class Budget:
     eval_every: int
     max_length: int
     strategies: tuple[str, ...] = ("full", "frozen", "crystal", "random")
-    data: str = "builtin:docstrings"
+    data: str = DEFAULT_DATA
     workers: int | None = None  # runs at once (a process pool); None: one after another here
     scan_sites: str | None = None  # the scan's sites (globs); None: every block matrix
     scan_strategies: tuple[str, ...] = ("frozen", "random")
@@ -378,18 +380,15 @@ def check_out(out: Path, budget: Budget) -> None:
             f"--out {out} holds files but no demo ({RESULTS} missing); choose a new or empty "
             "directory"
         )
-    try:
-        old = fileio.read_json(path)
-    except (OSError, ValueError) as e:
-        raise DeadzoneError(f"cannot read {path}: {e}") from None
-    if not isinstance(old, dict) or old.get("experiment") != EXPERIMENT:
-        what = old.get("experiment") if isinstance(old, dict) else None
-        raise DeadzoneError(f"--out {out} holds a {what!r} experiment, not a demo")
+    old = read_results(out, schema=False)
+    if old["experiment"] != EXPERIMENT:
+        raise DeadzoneError(f"--out {out} holds a {old['experiment']!r} experiment, not a demo")
     if old.get("budget") != budget.to_dict():
         raise DeadzoneError(
             f"--out {out} holds a demo of another size ({old.get('budget', {}).get('name')!r}, "
             f"{budget.name!r} now); choose another directory"
         )
+    check_schema(path, old)
 
 
 def demo(

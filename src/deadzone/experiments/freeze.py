@@ -23,97 +23,39 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 
 from deadzone import __version__, fileio, plans
+from deadzone.config import DEFAULT_MARGIN, DEFAULT_MARGIN_NATS
 from deadzone.errors import DeadzoneError
 from deadzone.experiments import crystallize as crystal
 from deadzone.experiments import stats
-from deadzone.experiments.execute import (
-    Executor,
-    InProcess,
-    ModelRef,
-    RunTask,
-    execute,
-    load_inputs,
-    model_info,
-    prime,
+from deadzone.experiments.configs import BASELINE, CONTROL, FreezeConfig
+from deadzone.experiments.execute import Executor, RunTask
+from deadzone.experiments.runs import ResultsDir, RunSpec, run_one
+from deadzone.experiments.skeleton import (
+    Design,
+    Prepared,
+    Session,
+    plan_experiment,
+    run_experiment,
 )
-from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, provenance, run_one, writing
-from deadzone.schema import SCHEMA_VERSION
-from deadzone.training.schedules import ScheduleSpec, check_spec
+from deadzone.training.schedules import ScheduleSpec
 from deadzone.training.tracking import NO_TRACKING, Tracking
-from deadzone.training.train import SFTConfig
-from deadzone.training.units import UNITS
+
+__all__ = ["BASELINE", "CONTROL", "FreezeConfig", "freeze", "plan_runs", "summarize"]
+
+log = logging.getLogger(__name__)
 
 EXPERIMENT = "freeze"
-BASELINE = crystal.BASELINE  # "full"
-CONTROL = "random"  # the schedule every other must beat
-DEFAULT_SCHEDULES = ("full", "geometry:pr", "freezeout", "autofreeze", "lisa", "random")
-
-
-@dataclass
-class FreezeConfig:
-    """Which schedules, on equal footing (``target_fraction`` of the block-matrix parameters
-    frozen by ``freeze_by``, a step or a fraction of the steps; ``unit`` matrix or block), on
-    which model and data. ``full`` is added first when not listed. ``margin`` and
-    ``margin_nats`` as in :class:`~deadzone.experiments.crystallize.CrystallizeConfig`."""
-
-    model: str
-    schedules: tuple[str, ...] = DEFAULT_SCHEDULES
-    target_fraction: float = 0.5
-    freeze_by: int | float = 0.5
-    unit: str = "matrix"
-    seeds: int = 3
-    data: str = "builtin:docstrings"
-    eval_data: str | None = None
-    eval_fraction: float = 0.1
-    max_length: int = 256
-    margin: float = crystal.DEFAULT_MARGIN
-    margin_nats: float = crystal.DEFAULT_MARGIN_NATS
-    sft: SFTConfig = field(default_factory=SFTConfig)
-
-    def __post_init__(self) -> None:
-        names = tuple(s.strip() for s in self.schedules if s.strip())
-        if not names:
-            raise DeadzoneError("no schedule given")
-        for spec in names:
-            check_spec(spec)
-        if len(set(names)) != len(names):
-            raise DeadzoneError(f"a schedule is listed twice: {','.join(names)}")
-        self.schedules = names if BASELINE in names else (BASELINE, *names)
-        tf = self.target_fraction
-        if not crystal._is_number(tf) or not 0 < tf < 1:
-            raise DeadzoneError(f"target fraction must be in (0, 1), got {tf!r}")
-        if self.unit not in UNITS:
-            raise DeadzoneError(f"unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
-        if isinstance(self.freeze_by, int) and self.freeze_by < 1:
-            raise DeadzoneError(f"freeze-by step must be >= 1, got {self.freeze_by}")
-        if isinstance(self.freeze_by, int) and self.freeze_by > self.sft.steps:
-            raise DeadzoneError(
-                f"freeze-by step {self.freeze_by} is beyond the {self.sft.steps} steps"
-            )
-        if not isinstance(self.seeds, int) or self.seeds < 1:
-            raise DeadzoneError(f"seeds must be an integer >= 1, got {self.seeds!r}")
-        if not crystal._is_number(self.margin) or not 0 < self.margin < 1:
-            raise DeadzoneError(
-                f"margin must be a share of the gain in (0, 1), got {self.margin!r}"
-            )
-        if not crystal._is_number(self.margin_nats) or not self.margin_nats > 0:
-            raise DeadzoneError(f"margin-nats must be > 0, got {self.margin_nats!r}")
-
-    def first_frozen(self) -> str | None:
-        """The schedule whose seed-0 model ``--save`` writes: the first that is not ``full``."""
-        return next((s for s in self.schedules if s != BASELINE), None)
 
 
 def plan_runs(specs: dict[str, ScheduleSpec], seeds: int) -> list[RunSpec]:
@@ -134,97 +76,100 @@ def plan_runs(specs: dict[str, ScheduleSpec], seeds: int) -> list[RunSpec]:
 
 def freeze(
     config: FreezeConfig,
-    out: str | Path,
+    out: str | Path | None = None,
     *,
     executor: Executor | None = None,
     save: str | Path | None = None,
     show_progress: bool = True,
     on_record: Callable[[dict], None] | None = None,
-    tracking: Tracking = NO_TRACKING,
+    tracking: Tracking | None = None,
 ) -> dict:
-    """Run (or resume, or extend) the experiment into ``out``; return the ``results.json``
-    document. ``save``: a directory to write seed 0 of the first schedule that is not ``full``
-    to, in Hugging Face format (trained here, in this process; again if already recorded).
-    ``tracking`` is where each run reports its curves (``deadzone.training.tracking``;
-    default none).
-    ``save`` must lie outside ``out``, and be new, empty, or a model an earlier ``save`` wrote
-    (which it replaces)."""
-    executor = executor or InProcess(show_progress=show_progress)
-    state = PartialState(cpu=config.sft.cpu)
-    if state.num_processes > 1 and not isinstance(executor, InProcess):
-        raise DeadzoneError("under accelerate launch, runs execute in process (no --workers)")
+    """Run (or resume, or extend) the experiment into ``out`` (default ``config.out``); return
+    the ``results.json`` document. ``save``: a directory to write seed 0 of the first schedule
+    that is not ``full`` to, in Hugging Face format (trained here, in this process; again if
+    already recorded). ``executor`` and ``tracking`` default to what ``config.execution`` and
+    ``config.tracking`` say. ``save`` must lie outside ``out``, and be new, empty, or a model an
+    earlier ``save`` wrote (which it replaces). A plan or geometry schedule without the random
+    control beside it runs, with a warning (:func:`design`)."""
     if save is not None:
         if config.first_frozen() is None:
             raise DeadzoneError("--save writes a frozen schedule's model: list one beside full")
-        check_save_dir(save, out)
-    with writing(out, state.is_main_process), executor:  # workers start as this loads
-        tasks, inputs, identity, tokenizer = _plan(config, executor.threads, tracking)
-        prime(tasks[0], inputs)
-        runset = {
-            "schedules": list(config.schedules),
-            "seeds": list(range(config.seeds)),
-            "plans": _plan_digests(tasks),
-        }
-        summary = partial(summarize, margin=config.margin, margin_nats=config.margin_nats)
-        header = {"schema_version": SCHEMA_VERSION, **provenance()}
-        results = ResultsDir(
-            out, identity, header, summary, runset=runset, writer=state.is_main_process
-        )
-        _check_plans_unchanged(results)
-        state.wait_for_everyone()
-        if save is not None:
-            _train_and_save(tasks, inputs, results, config, save, tokenizer, state)
-        execute(tasks, results, executor, on_record=on_record, show_progress=show_progress)
-        results.save()
-    state.wait_for_everyone()
-    return results.document()
+        check_save_dir(save, out if out is not None else config.out)
+    loaded = {name: _load_plan(name) for name in config.schedules}  # before the model loads
+    return run_experiment(
+        config,
+        out,
+        partial(design, config, save=save),
+        check=partial(schedules, config, loaded),
+        executor=executor,
+        tracking=tracking,
+        show_progress=show_progress,
+        on_record=on_record,
+    )
 
 
-def _plan(
-    config: FreezeConfig, threads: int, tracking: Tracking = NO_TRACKING
-) -> tuple[list[RunTask], RunInputs, dict, object]:
-    """Load the model and data once; build every schedule on the pristine model (so that one
-    that cannot run stops here); the tasks, their inputs, the identity and the tokenizer."""
-    from deadzone.models import sites as sites_mod
-    from deadzone.models.checkpoints import load_model
+def plan(
+    config: FreezeConfig, threads: int = 1, tracking: Tracking = NO_TRACKING
+) -> tuple[Prepared, Design]:
+    """The experiment's inputs and runs, loaded and planned; nothing run."""
+    loaded = {name: _load_plan(name) for name in config.schedules}
+    return plan_experiment(
+        config, partial(design, config), partial(schedules, config, loaded), threads, tracking
+    )
 
-    model, tokenizer = load_model(config.model)
-    if tokenizer is None:
-        raise DeadzoneError(f"{config.model} has no tokenizer; SFT needs one")
-    crystal.check_vocabulary(model, tokenizer)
+
+def _load_plan(name: str) -> dict | None:
+    kind, _, arg = name.partition(":")
+    return plans.load_plan(arg) if kind == "plan" and arg else None
+
+
+def schedules(config: FreezeConfig, loaded: dict, model, sites) -> dict[str, ScheduleSpec]:
+    """Every schedule, built once on the pristine model, so that one that cannot run (a plan
+    for another model, one that would freeze every parameter) stops here, before any data."""
     specs = {}
     for name in config.schedules:
-        kind, _, arg = name.partition(":")
-        plan = plans.load_plan(arg) if kind == "plan" and arg else None
-        spec = ScheduleSpec(name, config.unit, config.target_fraction, config.freeze_by, plan=plan)
+        spec = ScheduleSpec(
+            name, config.unit, config.target_fraction, config.freeze_by, plan=loaded[name]
+        )
         spec.build(model, config.sft.steps)  # refuses what cannot run, before any run
         specs[name] = spec
-    all_sites = sites_mod.find_sites(model)
-    inputs, model_ref, data_ref = load_inputs(config, model, tokenizer, all_sites)
-    data = inputs.data
-    tasks = [
-        RunTask(model_ref, data_ref, config.sft, spec, threads, tracking)
-        for spec in plan_runs(specs, config.seeds)
-    ]
-    return tasks, inputs, _identity(config, model, model_ref, data.info), tokenizer
+    return specs
 
 
-def _identity(config: FreezeConfig, model, model_ref: ModelRef, data_info: dict) -> dict:
-    """What the finished runs computed; the schedules and seeds may grow (``runset``)."""
-    sft = config.sft.to_dict()
-    sft.pop("seed")
-    return {
-        "experiment": EXPERIMENT,
-        "deadzone_version": __version__,
-        "model": config.model,
-        "model_info": model_info(model, model_ref),
-        "unit": config.unit,
-        "target_fraction": config.target_fraction,
-        "freeze_by": config.freeze_by,
-        "steps": config.sft.steps,
-        "data": data_info,
-        "config": sft,
-    }
+def design(config: FreezeConfig, prepared: Prepared, *, save=None) -> Design:
+    """Every schedule on every seed; the schedules, seeds and plans may grow. A plan or
+    geometry schedule without the random control beside it is said, once it can run."""
+    uncontrolled = config.uncontrolled()
+    if uncontrolled:
+        log.warning(
+            "warning: %s runs without the %s control: its cost is judged against full only; "
+            "add %s to the schedules to see whether it beats freezing at random",
+            ", ".join(uncontrolled), CONTROL, CONTROL,
+        )  # fmt: skip
+    specs = plan_runs(prepared.chosen, config.seeds)
+    return Design(
+        identity=prepared.identity(
+            EXPERIMENT,
+            unit=config.unit,
+            target_fraction=config.target_fraction,
+            freeze_by=config.freeze_by,
+        ),
+        runset={
+            "schedules": list(config.schedules),
+            "seeds": list(range(config.seeds)),
+            "plans": _plan_digests(specs),
+        },
+        summarize=partial(summarize, margin=config.margin, margin_nats=config.margin_nats),
+        specs=specs,
+        drive=partial(_drive, config, specs, save),
+    )
+
+
+def _drive(config: FreezeConfig, specs: list[RunSpec], save, session: Session) -> None:
+    _check_plans_unchanged(session.results)
+    if save is not None:
+        _train_and_save(session, config, save)
+    session.run(specs)
 
 
 # --- plan:FILE schedules: identified by their content too -------------------------------------
@@ -240,9 +185,9 @@ def plan_digest(plan: dict) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def _plan_digests(tasks: list[RunTask]) -> list[dict]:
-    """``{"schedule": "plan:FILE", "sha256": ...}`` of each plan schedule of ``tasks``."""
-    specs = {t.run.schedule.spec: t.run.schedule.plan for t in tasks if t.run.schedule}
+def _plan_digests(runs: list[RunSpec]) -> list[dict]:
+    """``{"schedule": "plan:FILE", "sha256": ...}`` of each plan schedule of ``runs``."""
+    specs = {r.schedule.spec: r.schedule.plan for r in runs if r.schedule}
     return [
         {"schedule": spec, "sha256": plan_digest(plan)}
         for spec, plan in specs.items()
@@ -314,19 +259,20 @@ def save_model(model, tokenizer, path: str | Path, source: dict) -> Path:
     return path
 
 
-def _train_and_save(tasks, inputs, results, config, save, tokenizer, state) -> None:
+def _train_and_save(session: Session, config: FreezeConfig, save) -> None:
     """Train seed 0 of the first frozen schedule here and save its model (record it too, if it
     was not recorded yet: the same run, computed again, gives the same record)."""
     key = f"{config.first_frozen()}/seed0"
-    task = next(t for t in tasks if t.key == key)
+    prepared, results = session.prepared, session.results
+    task: RunTask = next(prepared.task(sp) for sp in plan_runs(prepared.chosen, 1) if sp.key == key)
     saved: list = []
     torch.set_num_threads(task.threads)
-    record = run_one(inputs, task.run, show_progress=state.is_main_process, on_model=saved.append)
+    record = run_one(prepared.inputs, task.run, show_progress=session.main, on_model=saved.append)
     if not saved:
         raise DeadzoneError(f"the run {key} failed ({record.get('error')}); no model to save")
-    if state.is_main_process:
+    if session.main:
         source = {"model": config.model, "out": str(results.out.resolve()), "run": key}
-        save_model(saved[0], tokenizer, save, source | {"deadzone_version": __version__})
+        save_model(saved[0], prepared.tokenizer, save, source | {"deadzone_version": __version__})
     if not results.finished(key):
         results.add({**record, "threads": task.threads})
 
@@ -337,8 +283,8 @@ def _train_and_save(tasks, inputs, results, config, save, tokenizer, state) -> N
 def summarize(
     runs: list[dict],
     *,
-    margin: float = crystal.DEFAULT_MARGIN,
-    margin_nats: float = crystal.DEFAULT_MARGIN_NATS,
+    margin: float = DEFAULT_MARGIN,
+    margin_nats: float = DEFAULT_MARGIN_NATS,
 ) -> dict:
     """Crystallize's summary of the schedules' costs, each arm with its ``savings``."""
     summary = crystal.summarize(runs, margin=margin, margin_nats=margin_nats)

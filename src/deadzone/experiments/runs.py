@@ -27,13 +27,12 @@ import torch
 from deadzone import fileio, locks
 from deadzone.data.sft import SFTData, eval_batches, train_batches
 from deadzone.errors import DeadzoneError
+from deadzone.experiments.results import RESULTS, read_results
 from deadzone.models.sites import Site
 from deadzone.provenance import git_state, versions
 from deadzone.training import strategies
 from deadzone.training.schedules import ScheduleHook, ScheduleSpec, frozen_fraction
 from deadzone.training.train import Batch, RunFailed, RunResult, SFTConfig, SFTLoop
-
-RESULTS = "results.json"
 
 
 @dataclass(frozen=True)
@@ -219,14 +218,9 @@ class ResultsDir:
         self.runs: dict[str, dict] = self._load()
 
     def _load(self) -> dict[str, dict]:
-        if not self.path.exists():
+        old = read_results(self.out, self.identity.get("experiment"), missing_ok=True)
+        if old is None:
             return {}
-        try:
-            old = fileio.read_json(self.path)
-        except (OSError, ValueError) as e:
-            raise DeadzoneError(f"cannot read {self.path}: {e}") from None
-        if not isinstance(old, dict):
-            raise DeadzoneError(f"{self.path} is not a deadzone results file")
         _check_same(self.path, old, self.identity)
         for key, values in self.runset.items():
             there = old.get(key)

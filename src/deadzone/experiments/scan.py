@@ -53,30 +53,16 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from deadzone import __version__
 from deadzone.errors import DeadzoneError
 from deadzone.experiments import search as search_mod
 from deadzone.experiments import stats
-from deadzone.experiments.crystallize import (
-    DEFAULT_MARGIN,
-    DEFAULT_MARGIN_NATS,
-    _is_number,
-    check_vocabulary,
-)
-from deadzone.experiments.execute import (
-    Executor,
-    InProcess,
-    RunTask,
-    execute,
-    load_inputs,
-    model_info,
-    prime,
-)
-from deadzone.experiments.runs import ResultsDir, RunSpec, provenance, writing
+from deadzone.experiments.configs import MODES, SCAN_STRATEGIES, ScanConfig
+from deadzone.experiments.configs import check_scan_strategies as check_strategies
+from deadzone.experiments.execute import Executor
+from deadzone.experiments.runs import RunSpec
 from deadzone.experiments.scan_summary import (
     block_params,
     cheap_scores,
@@ -85,34 +71,21 @@ from deadzone.experiments.scan_summary import (
     strategy_summary,
 )
 from deadzone.experiments.search import Judgement
-from deadzone.models import sites as sites_mod
+from deadzone.experiments.skeleton import (
+    Design,
+    Prepared,
+    Session,
+    plan_experiment,
+    run_experiment,
+    select_sites,
+)
 from deadzone.models.sites import Site
 from deadzone.plans import make_plan, write_plan
-from deadzone.schema import SCHEMA_VERSION
 from deadzone.training.tracking import NO_TRACKING, Tracking
-from deadzone.training.train import SFTConfig
+
+__all__ = ["MODES", "SCAN_STRATEGIES", "ScanConfig", "check_strategies", "scan"]
 
 log = logging.getLogger(__name__)
-
-# Strategies a scan can put sites into (``full`` is the baseline, not a strategy to scan).
-SCAN_STRATEGIES = ("frozen", "crystal", "random", "zero")
-
-
-def check_strategies(strategies: Iterable[str]) -> tuple[str, ...]:
-    """The strategies to scan, validated: at least one, none ``full``, none unknown."""
-    chosen = tuple(dict.fromkeys(s.strip() for s in strategies if s.strip()))
-    unknown = [s for s in chosen if s not in SCAN_STRATEGIES and s != "full"]
-    if unknown:
-        raise DeadzoneError(
-            f"unknown strategy {unknown[0]!r}; a scan takes {', '.join(SCAN_STRATEGIES)}"
-        )
-    chosen = tuple(s for s in chosen if s != "full")
-    if not chosen:
-        raise DeadzoneError(
-            "a scan needs a strategy besides full (the baseline is always run): "
-            f"one of {', '.join(SCAN_STRATEGIES)}"
-        )
-    return chosen
 
 
 def set_key(strategy: str, sites: Iterable[str], seed: int) -> str:
@@ -155,52 +128,8 @@ def exhaustive_specs(
 # --- the driver ----------------------------------------------------------------------------------
 
 EXPERIMENT = "scan"
-MODES = ("adaptive", "exhaustive")
-DEFAULT_STRATEGIES = ("frozen", "random")
 START_SEEDS = 2  # seeds a judgement of the adaptive search starts on
 PRIORITY = "grad_norm"  # the cheap score that orders the search (higher: likelier costly)
-
-
-@dataclass
-class ScanConfig:
-    """What to scan, how, and on which data. ``sites``: names or globs, comma-separated
-    (default: every matrix inside the blocks); ``seeds``: at least 2 (the most an adaptive
-    judgement uses, and every exhaustive one); ``margin`` is the largest cost called negligible,
-    as a share of the fine-tuning gain, and ``margin_nats`` the same in nats, used when the gain
-    itself is not clearly positive. ``groups``: how the adaptive search groups sites first
-    (``layer``: all matrices of a block; ``role``: one role across blocks)."""
-
-    model: str
-    sites: str | None = None
-    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
-    mode: str = "adaptive"
-    seeds: int = 3
-    data: str = "builtin:docstrings"
-    eval_data: str | None = None
-    eval_fraction: float = 0.1
-    max_length: int = 256
-    margin: float = DEFAULT_MARGIN
-    margin_nats: float = DEFAULT_MARGIN_NATS
-    groups: str = "layer"
-    sft: SFTConfig = field(default_factory=SFTConfig)
-
-    def __post_init__(self) -> None:
-        self.strategies = check_strategies(self.strategies)
-        if self.mode not in MODES:
-            raise DeadzoneError(f"unknown mode {self.mode!r}; choose {' or '.join(MODES)}")
-        if not isinstance(self.seeds, int) or isinstance(self.seeds, bool) or self.seeds < 2:
-            raise DeadzoneError(
-                f"a scan needs --seeds >= 2 (got {self.seeds!r}): with fewer there is no "
-                "interval, and no verdict could be anything but undetermined"
-            )
-        if self.groups not in ("layer", "role"):
-            raise DeadzoneError(f"groups must be 'layer' or 'role', not {self.groups!r}")
-        if not _is_number(self.margin) or not 0 < self.margin < 1:
-            raise DeadzoneError(
-                f"margin must be a share of the gain in (0, 1), got {self.margin!r}"
-            )
-        if not _is_number(self.margin_nats) or not self.margin_nats > 0:
-            raise DeadzoneError(f"margin-nats must be > 0, got {self.margin_nats!r}")
 
 
 class _Missing(Exception):
@@ -353,102 +282,155 @@ def _joint(state, config: ScanConfig, strategy, record: dict, sites, priority) -
 
 def scan(
     config: ScanConfig,
-    out: str | Path,
+    out: str | Path | None = None,
     *,
     executor: Executor | None = None,
     show_progress: bool = True,
     on_record: Callable[[dict], None] | None = None,
     on_file: Callable[[Path], None] | None = None,
     say: Callable[[str], None] = print,
-    tracking: Tracking = NO_TRACKING,
+    tracking: Tracking | None = None,
 ) -> dict:
-    """Run (or resume, or extend) a scan into ``out``; return the ``results.json`` document;
-    ``tracking`` is where each run reports its curves (``deadzone.training.tracking``;
-    default none);
-    ``on_file`` is called with the path of each freeze-plan file this call writes.
+    """Run (or resume, or extend) a scan into ``out`` (default ``config.out``); return the
+    ``results.json`` document. ``executor`` and ``tracking`` default to what
+    ``config.execution`` and ``config.tracking`` say; ``on_file`` is called with the path of
+    each freeze-plan file this call writes; ``say`` prints the progress lines (main process).
 
-    Rounds: the baselines of every seed first (as many as run at once first, timed, for the
-    plan's estimate), then, until every strategy's search is answered, the runs of the next question
-    of every strategy at once. A resumed scan replays each search against the recorded runs
-    and runs only what is missing. The driver writes ``plan.json``, ``axolotl.yaml`` and
-    ``frozen_parameters.txt`` of the ``frozen`` joint set when ``frozen`` was scanned.
+    Rounds (:func:`_drive`): the baselines of every seed first (as many as run at once first,
+    timed, for the plan's estimate), then, until every strategy's search is answered, the runs
+    of the next question of every strategy at once. A resumed scan replays each search against
+    the recorded runs and runs only what is missing. The main process writes ``plan.json``,
+    ``axolotl.yaml`` and ``frozen_parameters.txt`` of the ``frozen`` joint set when ``frozen``
+    was scanned.
     """
-    executor = executor or InProcess(show_progress=show_progress)
-    with writing(out), executor:  # workers start as this loads, and serve every round
-        ctx = _load(config, executor.threads, tracking)
-        sites, names = ctx["sites"], [s.name for s in ctx["sites"]]
-        state: dict = {"scale": None, "records": {}, "askers": {}, "pending": True, "decided": {}}
-        header = {"schema_version": SCHEMA_VERSION, **provenance(), "mode": config.mode}
-        runset = {"strategies": list(config.strategies), "seeds": list(range(config.seeds))}
-        results = ResultsDir(
-            out, ctx["identity"], header, partial(_summary, state, ctx, config), runset=runset
-        )
+    return run_experiment(
+        config,
+        out,
+        partial(design, config, on_file=on_file, say=say),
+        check=partial(chosen_sites, config),
+        executor=executor,
+        tracking=tracking,
+        show_progress=show_progress,
+        on_record=on_record,
+    )
 
-        retried: set[str] = set()
 
-        def run(specs: list[RunSpec]) -> None:
-            tasks = [ctx["task"](sp) for sp in dict((sp.key, sp) for sp in specs).values()]
-            retried.update(t.key for t in tasks)  # a run lost again is not asked for again
-            execute(tasks, results, executor, on_record=on_record, show_progress=show_progress)
+def plan(
+    config: ScanConfig, threads: int = 1, tracking: Tracking = NO_TRACKING
+) -> tuple[Prepared, Design]:
+    """The scan's inputs and design, loaded and planned; nothing run."""
+    return plan_experiment(
+        config, partial(design, config), partial(chosen_sites, config), threads, tracking
+    )
 
-        exhaustive = config.seeds * (1 + len(config.strategies) * len(names))
-        most = _at_most(config, sites)
+
+def chosen_sites(config: ScanConfig, model, sites: list[Site]) -> list[Site]:
+    """The sites to scan: ``config.sites``, or every matrix inside the blocks."""
+    if config.sites is None:
+        chosen = [s for s in sites if s.layer is not None]
+    else:
+        chosen = select_sites(sites, config.sites)
+    if not chosen:
+        raise DeadzoneError(f"{config.model} has no site to scan ({config.sites or 'blocks'})")
+    return chosen
+
+
+def design(
+    config: ScanConfig,
+    prepared: Prepared,
+    *,
+    on_file: Callable[[Path], None] | None = None,
+    say: Callable[[str], None] = print,
+) -> Design:
+    """The scan's identity, its runset (strategies and seeds may grow), and its rounds."""
+    ctx = _context(config, prepared)
+    state: dict = {"scale": None, "records": {}, "askers": {}, "pending": True, "decided": {}}
+    return Design(
+        identity=ctx["identity"],
+        runset={"strategies": list(config.strategies), "seeds": list(range(config.seeds))},
+        summarize=partial(_summary, state, ctx, config),
+        header={"mode": config.mode},
+        drive=partial(_drive, config, ctx, state, on_file=on_file, say=say),
+    )
+
+
+def _drive(config: ScanConfig, ctx: dict, state: dict, session: Session, *, on_file, say) -> None:
+    """The baselines, then every strategy's search round by round, Holm's verdicts, the joint
+    checks and (main process) the freeze plan."""
+    say = say if session.main else _silent
+    results, sites = session.results, ctx["sites"]
+    names = [s.name for s in sites]
+    retried: set[str] = set()  # a run lost again is not asked for again
+
+    def run(specs: list[RunSpec]) -> None:
+        retried.update(t.key for t in session.run(specs))
+
+    exhaustive = config.seeds * (1 + len(config.strategies) * len(names))
+    most = _at_most(config, sites)
+    say(
+        f"scan: {len(names)} sites x {len(config.strategies)} strategies "
+        f"({', '.join(config.strategies)}), {config.mode}, up to {config.seeds} seeds: "
+        f"at most {most} runs, {exhaustive} for the exhaustive scan without its joint check "
+        f"({len(results.runs)} recorded already)"
+    )
+    workers = getattr(session.executor, "workers", None) or 1
+    if not results.finished("full/seed0"):  # the baselines that run at once, timed
+        run([full_spec(s) for s in range(min(config.seeds, workers))])
+    first = results.runs["full/seed0"].get("seconds") or 0.0
+    left = max(0, most - len(results.runs))
+    say(
+        f"scan: one run takes {first:.1f} s; at most {left} runs left, at most "
+        f"{_duration(left * first / workers)} with {workers} at a time"
+    )
+    run([full_spec(s) for s in range(config.seeds)])
+    comparisons = len(names) * len(config.strategies)
+    state["scale"] = _scale(results.runs, config.seeds, config, comparisons)
+    state["scale"]["retried"] = retried
+    rounds = 0
+    while missing := _missing(config, ctx, state, results.runs):
+        if config.mode == "exhaustive" and rounds == 0:  # every single-site run at once
+            every = exhaustive_specs(names, config.strategies, config.seeds)
+            missing = [spec for spec in every if not results.finished(spec.key)] or missing
+        rounds += 1
+        done = len(results.runs)
         say(
-            f"scan: {len(names)} sites x {len(config.strategies)} strategies "
-            f"({', '.join(config.strategies)}), {config.mode}, up to {config.seeds} seeds: "
-            f"at most {most} runs, {exhaustive} for the exhaustive scan without its joint check "
-            f"({len(results.runs)} recorded already)"
+            f"scan: round {rounds}: {len(missing)} run(s); {done} done of at most {most} "
+            f"(at most {_duration((most - done) * first / workers)} left); "
+            f"{_so_far(state['decided'])}"
         )
-        workers = getattr(executor, "workers", None) or 1
-        if not results.finished("full/seed0"):  # the baselines that run at once, timed
-            run([full_spec(s) for s in range(min(config.seeds, workers))])
-        first = results.runs["full/seed0"].get("seconds") or 0.0
-        left = max(0, most - len(results.runs))
-        say(
-            f"scan: one run takes {first:.1f} s; at most {left} runs left, at most "
-            f"{_duration(left * first / workers)} with {workers} at a time"
-        )
-        run([full_spec(s) for s in range(config.seeds)])
-        comparisons = len(names) * len(config.strategies)
-        state["scale"] = _scale(results.runs, config.seeds, config, comparisons)
-        state["scale"]["retried"] = retried
-        rounds = 0
-        while True:
-            missing: list[RunSpec] = []
-            for strategy in config.strategies:
-                try:
-                    state["records"][strategy] = _search(
-                        results.runs, state, config, strategy, sites, ctx["priority"]
-                    )
-                except _Missing as m:
-                    missing += m.specs
-            if not missing:  # every search answered: Holm's verdicts, then the joint checks
-                holm_verdicts(state["records"], results.runs, state["scale"])
-                for strategy, record in state["records"].items():
-                    try:
-                        _joint(state, config, strategy, record, sites, ctx["priority"])
-                    except _Missing as m:
-                        missing += m.specs
-            if not missing:
-                break
-            if config.mode == "exhaustive" and rounds == 0:  # every single-site run at once
-                every = exhaustive_specs(names, config.strategies, config.seeds)
-                missing = [spec for spec in every if not results.finished(spec.key)] or missing
-            rounds += 1
-            done = len(results.runs)
-            say(
-                f"scan: round {rounds}: {len(missing)} run(s); {done} done of at most {most} "
-                f"(at most {_duration((most - done) * first / workers)} left); "
-                f"{_so_far(state['decided'])}"
+        run(missing)
+    state["pending"] = False
+    results.save()
+    if "frozen" in config.strategies and session.main:
+        for path in _write_plan(results.out, ctx, config, state["records"]["frozen"]).values():
+            if on_file is not None:
+                on_file(path)
+
+
+def _silent(text: str) -> None:
+    """``say`` on the processes that do not write."""
+
+
+def _missing(config: ScanConfig, ctx: dict, state: dict, runs: dict[str, dict]) -> list[RunSpec]:
+    """The runs every strategy's next question needs; none when every search is answered,
+    Holm's verdicts are read and every joint check is answered."""
+    missing: list[RunSpec] = []
+    for strategy in config.strategies:
+        try:
+            state["records"][strategy] = _search(
+                runs, state, config, strategy, ctx["sites"], ctx["priority"]
             )
-            run(missing)
-        state["pending"] = False
-        results.save()
-        if "frozen" in config.strategies:
-            for path in _write_plan(out, ctx, config, state["records"]["frozen"]).values():
-                if on_file is not None:
-                    on_file(path)
-    return results.document()
+        except _Missing as m:
+            missing += m.specs
+    if missing:
+        return missing
+    holm_verdicts(state["records"], runs, state["scale"])
+    for strategy, record in state["records"].items():
+        try:
+            _joint(state, config, strategy, record, ctx["sites"], ctx["priority"])
+        except _Missing as m:
+            missing += m.specs
+    return missing
 
 
 def _so_far(decided: dict[str, dict[str, dict]]) -> str:
@@ -492,52 +474,22 @@ def _at_most(config: ScanConfig, sites: list[Site]) -> int:
     return config.seeds * (1 + len(config.strategies) * (judged + n))
 
 
-def _load(config: ScanConfig, threads: int, tracking: Tracking = NO_TRACKING) -> dict:
-    """Load the model and data once here: sites, the task maker, identity, scores, priority."""
-    from deadzone.models.checkpoints import load_model
-
-    model, tokenizer = load_model(config.model)
-    if tokenizer is None:
-        raise DeadzoneError(f"{config.model} has no tokenizer; SFT needs one")
-    check_vocabulary(model, tokenizer)
-    all_sites = sites_mod.find_sites(model)
-    if config.sites is None:
-        chosen = [s for s in all_sites if s.layer is not None]
-    else:
-        chosen = sites_mod.select(all_sites, config.sites)
-    if not chosen:
-        raise DeadzoneError(f"{config.model} has no site to scan ({config.sites or 'blocks'})")
-    inputs, model_ref, data_ref = load_inputs(config, model, tokenizer, all_sites)
-    data = inputs.data
-
-    def task(spec: RunSpec) -> RunTask:
-        return RunTask(model_ref, data_ref, config.sft, spec, threads, tracking)
-
-    prime(task(full_spec(0)), inputs)  # runs in this process use the model and data loaded here
-    scores = cheap_scores(model, chosen, inputs)
+def _context(config: ScanConfig, prepared: Prepared) -> dict:
+    """What the scan's rounds and summary read: the chosen sites, identity, cheap scores,
+    the search's priority and the parameter counts."""
+    model, chosen = prepared.model, prepared.chosen
+    scores = cheap_scores(model, chosen, prepared.inputs)
     priority = {n: v for n, v in scores.get(PRIORITY, {}).items() if v is not None}
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     in_blocks = block_params((n, p.numel()) for n, p in model.named_parameters())
-    sft = config.sft.to_dict()
-    sft.pop("seed")
-    identity = {
-        "experiment": EXPERIMENT,
-        "deadzone_version": __version__,
-        "model": config.model,
-        "model_info": {
-            **model_info(model, model_ref),
-            "trainable_params": trainable,
-            "block_params": in_blocks,
-        },
-        "sites": [s.name for s in chosen],
-        "steps": config.sft.steps,
-        "data": data.info,
-        "config": sft,
-    }
+    identity = prepared.identity(
+        EXPERIMENT,
+        {"trainable_params": trainable, "block_params": in_blocks},
+        sites=[s.name for s in chosen],
+    )
     return {
         "model": model,
         "sites": chosen,
-        "task": task,
         "identity": identity,
         "scores": scores,
         "priority": priority,

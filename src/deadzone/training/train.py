@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+# SFTConfig is declared torch-free in deadzone.config (the CLI is built from it); re-exported
+from deadzone.config import MIXED_PRECISION, SFTConfig  # noqa: F401
 from deadzone.errors import DeadzoneError
 from deadzone.models.device import autocast_dtype, get_device
 from deadzone.progress import make_progress
@@ -44,90 +46,6 @@ Batch = dict[str, torch.Tensor]
 TrainData = Iterable[Batch] | Callable[[int], Iterable[Batch]]
 
 IGNORE_INDEX = -100
-MIXED_PRECISION = ("auto", "no", "bf16")
-
-
-@dataclass
-class SFTConfig:
-    """Hyperparameters of one SFT run. Validated where it is built.
-
-    ``batch_size`` is the number of examples per micro-batch (the data layer batches with it);
-    one optimizer step takes ``grad_accum`` micro-batches per process. Warmup lasts
-    ``warmup_steps`` if given, else ``round(warmup_fraction * steps)``; the learning rate then
-    decays along a cosine to ``min_lr_ratio * lr``. ``mixed_precision="auto"`` uses bf16 where
-    the device computes it natively. ``deterministic`` asks torch for deterministic kernels.
-    """
-
-    steps: int = 50
-    lr: float = 3e-4
-    batch_size: int = 8
-    grad_accum: int = 1
-    warmup_steps: int | None = None
-    warmup_fraction: float = 0.1
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    max_grad_norm: float | None = 1.0
-    eval_every: int = 10
-    seed: int = 0
-    mixed_precision: str = "auto"
-    deterministic: bool = True
-    cpu: bool = False
-
-    def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)  # JSON round trips give lists
-        _check_int("steps", self.steps, 1)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("grad_accum", self.grad_accum, 1)
-        _check_int("eval_every", self.eval_every, 1)
-        _check_int("seed", self.seed, 0)
-        if self.warmup_steps is not None:
-            _check_int("warmup_steps", self.warmup_steps, 0)
-            if self.warmup_steps > self.steps:
-                raise DeadzoneError(f"warmup_steps {self.warmup_steps} exceeds steps {self.steps}")
-        _check_float("lr", self.lr, 0.0, math.inf, low_open=True)
-        _check_float("warmup_fraction", self.warmup_fraction, 0.0, 1.0)
-        _check_float("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
-        _check_float("weight_decay", self.weight_decay, 0.0, math.inf)
-        if len(self.betas) != 2:
-            raise DeadzoneError(f"betas must be two numbers, got {self.betas!r}")
-        for beta in self.betas:
-            _check_float("betas", beta, 0.0, 1.0, high_open=True)
-        if self.max_grad_norm is not None:
-            _check_float("max_grad_norm", self.max_grad_norm, 0.0, math.inf, low_open=True)
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise DeadzoneError(
-                f"mixed_precision {self.mixed_precision!r} is not one of "
-                f"{', '.join(MIXED_PRECISION)}"
-            )
-
-    @property
-    def warmup(self) -> int:
-        if self.warmup_steps is not None:
-            return self.warmup_steps
-        return round(self.warmup_fraction * self.steps)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise DeadzoneError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def _check_float(
-    name: str, value: object, low: float, high: float, *, low_open=False, high_open=False
-) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low)
-    ok = ok and (value < high if high_open else value <= high)
-    if not ok:
-        lo = "(" if low_open else "["
-        hi = ")" if high_open or math.isinf(high) else "]"  # infinities are never allowed
-        raise DeadzoneError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}")
 
 
 @dataclass
