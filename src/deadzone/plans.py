@@ -83,14 +83,26 @@ def sample_indices(numel: int, count: int = FINGERPRINT_SAMPLES) -> torch.Tensor
 
 def _fingerprint(model: torch.nn.Module, rounded_to: torch.dtype | None) -> str:
     h = hashlib.sha256(str(getattr(model.config, "model_type", "")).encode())
-    for name, p in model.named_parameters():
+    _hash_parameters(h, model.named_parameters(), rounded_to)
+    return h.hexdigest()
+
+
+def parameters_fingerprint(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """sha256 of some parameters as :func:`model_fingerprint` hashes them (names, shapes, dtypes
+    and sampled values): a frozen prefix's weights, say."""
+    h = hashlib.sha256()
+    _hash_parameters(h, named, None)
+    return h.hexdigest()
+
+
+def _hash_parameters(h, named: Iterable[tuple[str, torch.Tensor]], rounded_to) -> None:
+    for name, p in named:
         dtype = f"{p.dtype}\0" if rounded_to is None else ""
         h.update(f"\0{name}\0{tuple(p.shape)}\0{dtype}".encode())
         flat = p.detach().reshape(-1)
         index = sample_indices(flat.numel()).to(flat.device)
         sample = flat[index] if rounded_to is None else flat[index].to(rounded_to)
         h.update(sample.to("cpu", torch.float32).numpy().tobytes())
-    return h.hexdigest()
 
 
 def same_weights(model: torch.nn.Module, made_for: dict) -> bool:

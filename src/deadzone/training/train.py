@@ -13,6 +13,8 @@ The trainable set may change during a run: :class:`Hook` objects are called at t
 of every step, after the backward pass and after each evaluation, and may call
 :meth:`SFTLoop.freeze`, :meth:`SFTLoop.unfreeze` and :meth:`SFTLoop.set_lr_scales` (a schedule
 does; see ``deadzone.training.schedules``).
+A frozen prefix (every parameter below some block frozen) runs without autograd, its outputs
+kept across epochs with ``cache_prefix`` (``deadzone.training.prefix``).
 A frozen parameter leaves the optimizer with its state; under
 several processes the model is wrapped in a fresh ``DistributedDataParallel`` before the next
 forward pass, since DDP's reducer expects a gradient for exactly the parameters that required one
@@ -38,6 +40,7 @@ from deadzone.models.device import autocast_dtype, get_device
 from deadzone.progress import make_progress
 from deadzone.training.freezing import LR_SCALE, Freezer, optimizer_state_bytes
 from deadzone.training.memory import PeakMemory
+from deadzone.training.prefix import FrozenPrefix, check_same_every_epoch
 
 Batch = dict[str, torch.Tensor]
 # Training data: a re-iterable of batches, or a function of the epoch number returning one.
@@ -56,6 +59,9 @@ class SFTConfig:
     ``warmup_steps`` if given, else ``round(warmup_fraction * steps)``; the learning rate then
     decays along a cosine to ``min_lr_ratio * lr``. ``mixed_precision="auto"`` uses bf16 where
     the device computes it natively. ``deterministic`` asks torch for deterministic kernels.
+    ``cache_prefix`` keeps the frozen prefix's output per example, so that later epochs skip
+    its forward pass (``deadzone.training.prefix``; refused unless the prefix is deterministic
+    and the data the same every epoch).
     """
 
     steps: int = 50
@@ -73,6 +79,7 @@ class SFTConfig:
     mixed_precision: str = "auto"
     deterministic: bool = True
     cpu: bool = False
+    cache_prefix: bool = False
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # JSON round trips give lists
@@ -392,6 +399,9 @@ class SFTLoop:
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.freezer = Freezer(acc.unwrap_model(self.model), self.optimizer)
         self._wrapped_version = self.freezer.version
+        self.prefix = FrozenPrefix(self.module, cache=config.cache_prefix)
+        if config.cache_prefix:
+            check_same_every_epoch(train_data)
         self.hooks = list(hooks)
         self._set_lr(0)
         self.train_data = train_data
@@ -433,6 +443,7 @@ class SFTLoop:
         if self.freezer.version == self._wrapped_version:
             return
         self._wrapped_version = self.freezer.version
+        self.prefix.refresh()
         if acc.num_processes == 1 or self.model is self.module:
             return
         old, module = self.model, self.module
@@ -531,6 +542,8 @@ class SFTLoop:
             except RunFailed as e:
                 result.status, result.error = "failed", str(e)
                 result.final_train_loss = result.final_eval_loss = None
+            finally:
+                self.prefix.remove()
         result.seconds = time.perf_counter() - start
         result.cpu_seconds = time.process_time() - cpu_start
         result.peak_memory_bytes, result.peak_memory_scope = peak.read()
