@@ -82,16 +82,25 @@ def prefix_parameters(model: torch.nn.Module, depth: int) -> list[tuple[str, tor
     return [(n, p) for n, p in model.named_parameters() if id(p) in ids]
 
 
-def prefix_depth(model: torch.nn.Module) -> int:
+def prefix_depth(model: torch.nn.Module, frozen: set[str] | None = None) -> int:
     """The number of bottom blocks below which every parameter is frozen (0: none, or the
-    embeddings train); 0 for a family without a known layout."""
+    embeddings train); 0 for a family without a known layout. ``frozen``: the names of the
+    frozen parameters (default: those with ``requires_grad`` off)."""
     if layout_of(model) is None:
         return 0
-    if any(p.requires_grad for m in prefix_modules(model, 0) for p in m.parameters()):
+    if frozen is None:
+        still = {id(p) for p in model.parameters() if not p.requires_grad}
+    else:
+        still = {id(p) for n, p in model.named_parameters() if n in frozen}
+
+    def all_frozen(module: torch.nn.Module) -> bool:
+        return all(id(p) in still for p in module.parameters())
+
+    if not all(all_frozen(m) for m in prefix_modules(model, 0)):
         return 0
     depth = 0
     for block in blocks(model):
-        if any(p.requires_grad for p in block.parameters()):
+        if not all_frozen(block):
             break
         depth += 1
     return depth
