@@ -238,7 +238,9 @@ class FrozenPrefix:
         inputs = {k: v for k, v in kwargs.items() if torch.is_tensor(v)}
         if not self.cache or "input_ids" not in inputs:
             return
-        keys = [hashlib.blake2b(self._salt + k, digest_size=16).digest() for k in example_keys(inputs)]
+        keys = [
+            hashlib.blake2b(self._salt + k, digest_size=16).digest() for k in example_keys(inputs)
+        ]
         if all(k in self.kept for k in keys):
             self._replay = torch.stack([self.kept[k] for k in keys])
             for block in blocks(self.model)[: self.depth]:

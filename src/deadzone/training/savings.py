@@ -54,8 +54,8 @@ class StepFlops:
 @dataclass(frozen=True)
 class Savings:
     """Per step, of a frozen set against every parameter training. ``frozen_share`` (phi) is the
-    frozen matrices' share of the forward matmul FLOPs; ``prefix_depth`` the blocks below the
-    lowest trainable parameter."""
+    frozen share of the forward matmul FLOPs (the frozen matrices, and the frozen prefix's
+    attention products); ``prefix_depth`` the blocks below the lowest trainable parameter."""
 
     tokens: int
     flops_full: StepFlops
@@ -102,6 +102,8 @@ class _Tally:
         self.model, self.frozen, self.tokens, self.seq = model, frozen, tokens, seq
         self.flops = StepFlops()
         self.block_forward: list[int] = []
+        self.block_attention: list[int] = []
+        self.attention_forward = 0
         self.frozen_forward = 0
         self.grad = False
 
@@ -130,15 +132,17 @@ class _Tally:
         """softmax(q k^T) v, one ``bmm`` each, per head (eager attention)."""
         flops = 2 * self.tokens * heads * self.seq * head_dim
         self.flops.forward += 2 * flops
+        self.attention_forward += 2 * flops
         self.flops.input_grad += flops * (q + k)
         scores = q or k
         self.flops.input_grad += flops * (scores + v)
         return scores or v
 
     def block(self, flow, i: int) -> None:
-        before = self.flops.forward
+        before, attention = self.flops.forward, self.attention_forward
         flow(self, self.model.config, i)
         self.block_forward.append(self.flops.forward - before)
+        self.block_attention.append(self.attention_forward - attention)
 
 
 def _gpt2_block(t: _Tally, c, i: int) -> None:
@@ -182,7 +186,8 @@ def step_flops(
     """The step's matmul FLOPs with the parameters named ``frozen`` frozen."""
     model_type = getattr(model.config, "model_type", None)
     if model_type not in FLOW or layout_of(model) is None:
-        raise DeadzoneError(f"the savings model knows {', '.join(FLOW)}; this model is {model_type}")
+        known = ", ".join(FLOW)
+        raise DeadzoneError(f"the savings model knows {known}; this model is {model_type}")
     params = dict(model.named_parameters())
     unknown = [n for n in frozen if n not in params]
     if unknown:
@@ -289,5 +294,5 @@ def savings(
         state_bytes_saved=sum(_state_bytes(params[n]) for n in frozen),
         activation_bytes_saved=batch_size * activations.prefix(depth) if depth else 0,
         prefix_depth=depth,
-        frozen_share=tally.frozen_forward / full.forward,
+        frozen_share=(tally.frozen_forward + sum(tally.block_attention[:depth])) / full.forward,
     )
