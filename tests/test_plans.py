@@ -14,6 +14,7 @@ from conftest import tiny_gpt2, tiny_llama
 from deadzone import plans
 from deadzone.errors import DeadzoneError
 from deadzone.models.sites import find_sites, get_parameter
+from deadzone.training.savings import savings
 
 
 def axolotl_unfrozen(model: torch.nn.Module, patterns: list[str]) -> set[str]:
@@ -240,7 +241,13 @@ def test_prefix_plan_freezes_the_prefix_whole_and_unties_the_head(tmp_path) -> N
     sites = {name: "frozen" for name in plans.prefix_sites(model, 2)}
     assert "embed" in sites and "L1.mlp.c_proj" in sites and "L2.attn.c_attn" not in sites
     plan = plans.make_plan(model, sites, prefix_depth=2, untie_head=True)
+    fresh = tiny_gpt2(n_layer=3)
+    plans.apply_plan(fresh, plan)  # the model as the plan trains it: the head untied
+    saved = savings(fresh, 4, 32).to_dict()
+    assert saved["prefix_depth"] == 2 and saved["flops_ratio"] < 1
+    plan = plans.make_plan(model, sites, prefix_depth=2, untie_head=True, savings=saved)
     paths = plans.write_plan(tmp_path, model, plan)
+    assert plans.load_plan(paths["plan.json"])["savings"] == saved
     frozen = paths["frozen_parameters.txt"].read_text().split()
     assert "transformer.h.1.ln_2.bias" in frozen and "transformer.wpe.weight" in frozen
     yaml_text = paths["axolotl.yaml"].read_text()

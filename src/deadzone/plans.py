@@ -23,6 +23,7 @@ prefix runs without autograd (``deadzone.training.prefix``). ``untie_head`` (opt
 default): a head tied to the input embedding gets its own trainable copy first, so that a
 frozen embedding does not freeze the head; the saved model's config then says
 ``tie_word_embeddings: false``. A plan that unties a model without tied weights is refused.
+``savings`` (optional): what the plan saves per step, as ``deadzone.training.savings`` models it.
 
 The fingerprint (:func:`model_fingerprint`) identifies the weights of the model in memory, so a
 plan is refused by a model it was not made for. It hashes dtypes and exact values, so the same
@@ -142,11 +143,13 @@ def make_plan(
     order: Iterable[str] = (),
     prefix_depth: int = 0,
     untie_head: bool = False,
+    savings: dict | None = None,
 ) -> dict:
     """The plan putting each site named in ``strategies`` (site name -> strategy) into its
     strategy (``rank`` for ``crystal`` sites), fingerprinted from ``model``; ``order``: other
     sites by increasing single-site cost (the plan's ``order``); ``prefix_depth`` and
-    ``untie_head`` as the module's docstring says."""
+    ``untie_head`` as the module's docstring says; ``savings``: what the plan saves per step
+    (``deadzone.training.savings.Savings.to_dict``), recorded as it is."""
     by_name = {s.name: s for s in find_sites(model)}
     order = list(order)
     for name in [*strategies, *order]:
@@ -175,6 +178,8 @@ def make_plan(
         "prefix_depth": prefix_depth,
         "untie_head": untie_head,
     }
+    if savings is not None:
+        plan["savings"] = savings
     validate(plan)
     _check_prefix(model, plan)
     return plan
@@ -223,6 +228,8 @@ def validate(plan: object, where: str = "plan") -> dict:
         raise bad(f"prefix_depth must be an integer >= 0, got {depth!r}")
     if not isinstance(plan.get("untie_head", False), bool):
         raise bad("untie_head must be true or false")
+    if not isinstance(plan.get("savings", {}), dict):
+        raise bad("savings must be an object")
     return plan
 
 
