@@ -199,3 +199,20 @@ def test_gpt2_dropout_config_is_named():
     model = freeze_prefix(GPT2LMHeadModel(config), 1)
     with pytest.raises(DeadzoneError, match=r"transformer.h.0.attn.attn_dropout has dropout 0.1"):
         FrozenPrefix(model, cache=True)
+
+
+def test_steps_for_epochs_and_a_cached_second_epoch():
+    from deadzone.training.train import steps_for_epochs
+
+    data = batches(3)
+    assert steps_for_epochs(data, 2) == 6 and steps_for_epochs(lambda e: data, 3, grad_accum=2) == 4
+    with pytest.raises(DeadzoneError, match="make no step"):
+        steps_for_epochs(data[:1], 1, grad_accum=2)
+    model = freeze_prefix(no_dropout(tiny_llama()), 1)
+    config = SFTConfig(steps=steps_for_epochs(data, 2), cpu=True, cache_prefix=True)
+    loop = SFTLoop(model, data, data[:1], config, show_progress=False)
+    prefix = loop.prefix
+    loop.run()
+    # each of the 3 batches computed once (the first by the step-0 evaluation); then replayed:
+    # step 1, the 3 steps of epoch 2 and the final evaluation
+    assert prefix.misses == 3 and prefix.hits == 1 + 3 + 1

@@ -322,6 +322,20 @@ def batch_stream(data: TrainData, rank: int = 0, world: int = 1) -> Iterator[Bat
         epoch += 1
 
 
+def steps_for_epochs(data: TrainData, epochs: int, grad_accum: int = 1, processes: int = 1) -> int:
+    """Optimizer steps that take ``epochs`` passes over ``data`` (epoch 0's length; a step takes
+    ``grad_accum`` micro-batches on each of ``processes``): the ``steps`` of a multi-epoch run.
+    A last partial step is dropped (it would start the next epoch)."""
+    _check_int("epochs", epochs, 1)
+    batches = sum(1 for _ in (data(0) if callable(data) else data))
+    steps = epochs * batches // (grad_accum * processes)
+    if steps == 0:
+        raise DeadzoneError(
+            f"{epochs} epoch(s) of {batches} batch(es) make no step of {grad_accum * processes}"
+        )
+    return steps
+
+
 @contextmanager
 def deterministic(enabled: bool) -> Iterator[None]:
     """Deterministic torch kernels inside the block (warn where none exists); restored after.
