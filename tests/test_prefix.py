@@ -74,6 +74,9 @@ def test_frozen_prefix_builds_no_graph_below_it(build):
     assert prefix.depth == 1
     counts = saved_by_block(model, batches(1)[0])
     assert 0 not in counts and counts.get(1, 0) > 0
+    norm = next(p for _, p in prefix_parameters(model, 1) if p.ndim == 1)
+    norm.requires_grad_(True)  # behind the fast path's back: it must stand aside
+    assert saved_by_block(model, batches(1)[0]).get(0, 0) > 0
     prefix.remove()
     assert saved_by_block(model, batches(1)[0]).get(0, 0) > 0
 

@@ -10,8 +10,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from deadzone.errors import DeadzoneError
 from deadzone.training.freezing import optimizer_state_bytes
-from deadzone.training.prefix import prefix_parameters, untie_head
-from deadzone.training.savings import ceilings, savings, step_flops
+from deadzone.training.prefix import FrozenPrefix, prefix_parameters, untie_head
+from deadzone.training.savings import activation_bytes, ceilings, savings, step_flops
 from deadzone.training.train import SFTConfig, SFTLoop, batch_stream, loss_sum
 
 BATCH, SEQ = 3, 16
@@ -147,3 +147,10 @@ def test_unknown_family_and_names_refused():
         step_flops(gpt2(), ["nope"], 1, 8)
     with pytest.raises(DeadzoneError, match="need a frozen prefix"):
         savings(gpt2(), 1, 8, frozen=[], cached=True)
+
+
+def test_activation_probe_sees_through_an_installed_fast_path():
+    model = freeze(llama(), frozen_set(llama(), "prefix"))
+    alone = activation_bytes(model, SEQ)
+    FrozenPrefix(model)
+    assert activation_bytes(model, SEQ) == alone and alone.prefix(2) > 0

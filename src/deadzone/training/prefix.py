@@ -182,7 +182,9 @@ class FrozenPrefix:
     A forward pre-hook on the model turns autograd off; a forward hook on the prefix's last
     block turns it back on and returns its output detached (or, with ``cache``, the kept
     outputs of the batch's examples, when every one of them is kept). A forward hook that runs
-    even when the forward pass fails restores autograd and the blocks. ``hits`` and ``misses``
+    even when the forward pass fails restores autograd and the blocks. A forward pass meeting a
+    prefix parameter that requires a gradient again (set outside the loop's freezer) runs as
+    usual. ``hits`` and ``misses``
     count the forward passes that found every example kept, and those that ran the prefix.
     """
 
@@ -218,6 +220,7 @@ class FrozenPrefix:
 
             weights = parameters_fingerprint(prefix_parameters(self.model, depth))
             self._salt = f"{depth}:{weights}".encode()
+        self._params = [p for _, p in prefix_parameters(self.model, depth)]
         last = blocks(self.model)[depth - 1]
         self._handles = [
             self.model.register_forward_pre_hook(self._enter, with_kwargs=True),
@@ -232,9 +235,11 @@ class FrozenPrefix:
         self._handles, self.depth, self.kept = [], 0, {}
 
     def _enter(self, module, args, kwargs) -> None:
+        self._keys = self._replay = self._grad = None
+        if any(p.requires_grad for p in self._params):
+            return  # a prefix parameter trains again, behind the loop's back: no fast path
         self._grad = torch.is_grad_enabled()
         torch.set_grad_enabled(False)
-        self._keys = self._replay = None
         inputs = {k: v for k, v in kwargs.items() if torch.is_tensor(v)}
         if not self.cache or "input_ids" not in inputs:
             return
@@ -248,8 +253,10 @@ class FrozenPrefix:
         else:
             self._keys = keys
 
-    def _leave(self, module, args, output: torch.Tensor) -> torch.Tensor:
-        torch.set_grad_enabled(bool(self._grad))
+    def _leave(self, module, args, output: torch.Tensor) -> torch.Tensor | None:
+        if self._grad is None:
+            return None
+        torch.set_grad_enabled(self._grad)
         if self._replay is not None:
             self.hits += 1
             return self._replay
