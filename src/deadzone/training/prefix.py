@@ -184,8 +184,8 @@ class FrozenPrefix:
     outputs of the batch's examples, when every one of them is kept). A forward hook that runs
     even when the forward pass fails restores autograd and the blocks. A forward pass meeting a
     prefix parameter that requires a gradient again (set outside the loop's freezer) runs as
-    usual. ``hits`` and ``misses``
-    count the forward passes that found every example kept, and those that ran the prefix.
+    usual. ``hits`` and ``misses`` count the forward passes that found every example kept, and
+    those that ran the prefix. Kept outputs stay on the device they were computed on.
     """
 
     def __init__(self, model: torch.nn.Module, *, cache: bool = False) -> None:
@@ -216,7 +216,7 @@ class FrozenPrefix:
             return 0
         if self.cache:
             check_deterministic(self.model, depth)
-            from deadzone.plans import parameters_fingerprint
+            from deadzone.plans import parameters_fingerprint  # plans imports this module
 
             weights = parameters_fingerprint(prefix_parameters(self.model, depth))
             self._salt = f"{depth}:{weights}".encode()
