@@ -1,31 +1,35 @@
-"""What freezing saves per SFT step, on the builtin:tiny shape (GPT-2, 8 blocks x 96, vocab 4096,
-context 128), with deadzone's own loop.
+"""What freezing saves per SFT step, with deadzone's own loop, on two shapes: ``tiny`` (the
+builtin:tiny GPT-2: 8 blocks x 96, vocabulary 4096) and ``smollm`` (a Llama of SmolLM2-135M's
+configuration: 30 blocks x 576, 9 heads / 3 KV heads, MLP 1536, vocabulary 49,152, tied
+embeddings), both randomly initialised (timing needs no pretrained weights), sequence 128,
+batch 4, fp32 on CPU, one thread.
 
 Variants, each frozen before the first step:
 
 - ``full``: everything trains;
 - ``scattered``: half of the block-matrix parameters frozen, spread over every block and role
-  (``attn.c_attn`` and ``mlp.c_fc`` in even blocks, ``attn.c_proj`` and ``mlp.c_proj`` in odd
-  ones): each saves its weight-gradient product, the gradient still flows through it
-  (target <= 0.88x of ``full``);
-- ``prefix``: the first half of the blocks frozen whole (biases and norms too) with the
-  embeddings, so no backward pass runs below block 4. The builtin model ties its head to the
-  token embedding, so the head is frozen with it (target <= 0.70x);
-- ``prefix-no-wte``: the same blocks and the position embedding, the tied token embedding (and
-  head) still training: its gradient needs the backward pass all the way down, so this saves
-  only the weight gradients of the frozen blocks — the price of a trainable embedding.
+  (GPT-2: ``attn.c_attn`` and ``mlp.c_fc`` in even blocks, ``attn.c_proj`` and ``mlp.c_proj`` in
+  odd ones; Llama: attention and ``gate_proj`` in even blocks, ``up_proj`` and ``down_proj`` in
+  odd ones): each saves its weight-gradient product, the gradient still flows through it;
+- ``prefix``: the embeddings and the first half of the blocks frozen whole, so no backward pass
+  runs below the middle (``deadzone.training.prefix``); the tied head is frozen with the
+  embedding;
+- ``prefix-untied``: the same, the head untied into a trainable copy first;
+- ``prefix-cached``: the same as ``prefix`` with the prefix's outputs cached: the data is one
+  batch, so the first step (epoch 1) fills the cache and the timed steps (epoch 2 on) skip the
+  prefix's forward pass.
 
-Time is the process's CPU time of one optimizer step on one thread (other work on a shared
-machine does not count), the median over ``--repeats`` steps per variant after ``--warmup``;
-the variants alternate step by step in one process. Beside it, each variant's FLOPs per step
-(its matrix products, forward and backward, counted by ``torch.utils.flop_counter``): their
-ratio to ``full`` is the time ratio a step made of nothing but those products would have.
-How a process's memory happens to be laid out moves its time ratios by several hundredths, so
-``--rounds N`` runs N fresh processes one after the other and reports the median of their
-ratios per variant.
+Each variant runs in a fresh process: ``--warmup`` untimed steps, then ``--repeats`` timed ones
+(CPU time of the process on one thread, so other work on a shared machine does not count; the
+median); its peak resident set, less what the process held before the model was built, is its
+training memory. ``--rounds N`` repeats the five processes N times and reports, per variant,
+the median over rounds of its ratio to the same round's ``full``. Beside them: the savings
+model's predicted ratio (matmul FLOPs, ``deadzone.training.savings``), the ceiling at the
+variant's frozen share phi (scattered 1 - phi/3, prefix 1 - 2 phi/3, cached 1 - phi), and the
+predicted memory ratio (full's measured training memory less the modelled gradient, optimizer and
+activation bytes).
 
-    python bench/freeze.py --rounds 5 --json out.json  # figures of docs/benchmarks.md
-    python bench/freeze.py                             # one round
+    python bench/freeze.py --shape tiny,smollm --rounds 2 --json out.json
 
 Part 2, ``--schedules DIR``: the schedules themselves, through ``deadzone freeze`` on
 ``builtin:tiny`` (target fraction 0.5, 3 seeds, whole blocks, all reached by half of training),
@@ -47,90 +51,202 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers.initialization import no_init_weights
 
 from deadzone.models.presets import get_preset
-from deadzone.training.freezing import optimizer_state_bytes
+from deadzone.training.memory import PeakMemory
+from deadzone.training.prefix import blocks, prefix_parameters, untie_head
+from deadzone.training.savings import ceilings, savings
 from deadzone.training.train import SFTConfig, SFTLoop, batch_stream
 
-EMBEDDINGS = ("transformer.wte.weight", "transformer.wpe.weight")
+VARIANTS = ("full", "scattered", "prefix", "prefix-untied", "prefix-cached")
+CEILING = {"full": None, "scattered": "scattered", "prefix": "prefix",
+           "prefix-untied": "prefix", "prefix-cached": "cached"}  # fmt: skip
+# Targets of the issue: step-time ratios, and the prefix's memory ratio on the Llama shape.
+TIME_TARGETS = {"prefix": 0.70, "prefix-cached": 0.55}
+MEMORY_TARGET = 0.60
 
 
-def make_model(
-    preset_name: str, activation: str = "gelu_new", attention: str = "sdpa"
-) -> GPT2LMHeadModel:
-    preset = get_preset(preset_name)
+def gpt2_tiny() -> torch.nn.Module:
+    preset = get_preset("tiny")
     config = GPT2Config(
         n_layer=preset.n_layer, n_embd=preset.n_embd, n_head=preset.n_head,
         n_positions=preset.context, vocab_size=preset.vocab_size,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, activation_function=activation,
-        attn_implementation=attention,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
     )  # fmt: skip
-    torch.manual_seed(preset.seed)
     return GPT2LMHeadModel(config)
 
 
-def frozen_names(model: GPT2LMHeadModel, variant: str) -> list[str]:
-    n_layer = model.config.n_layer
-    names = [n for n, _ in model.named_parameters()]
+def llama_smollm() -> torch.nn.Module:
+    config = LlamaConfig(
+        num_hidden_layers=30, hidden_size=576, intermediate_size=1536, num_attention_heads=9,
+        num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True,
+        max_position_embeddings=2048,
+    )  # fmt: skip
+    return LlamaForCausalLM(config)
+
+
+SHAPES = {"tiny": gpt2_tiny, "smollm": llama_smollm}
+
+
+def make_model(shape: str) -> torch.nn.Module:
+    """The shape with random weights: N(0, 0.02) matrices, unit norms, zero biases (drawn here:
+    transformers' own initialisation of 135M parameters takes longer than a step)."""
+    torch.manual_seed(0)
+    with no_init_weights():
+        model = SHAPES[shape]()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, 0.02)
+            else:
+                p.fill_(0.0 if name.endswith("bias") else 1.0)
+    model.tie_weights()  # skipped with the initialisation
+    if model.config.tie_word_embeddings:
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    return model
+
+
+def frozen_names(model: torch.nn.Module, variant: str) -> list[str]:
+    count = len(blocks(model))
     if variant == "full":
         return []
     if variant == "scattered":
-        even, odd = ("attn.c_attn", "mlp.c_fc"), ("attn.c_proj", "mlp.c_proj")
+        if model.config.model_type == "gpt2":
+            even, odd = ("attn.c_attn", "mlp.c_fc"), ("attn.c_proj", "mlp.c_proj")
+            stem = "transformer.h"
+        else:
+            attn = tuple(f"self_attn.{m}_proj" for m in "qkvo")
+            even, odd, stem = (
+                (*attn, "mlp.gate_proj"),
+                ("mlp.up_proj", "mlp.down_proj"),
+                "model.layers",
+            )
         return [
-            f"transformer.h.{i}.{path}.weight"
-            for i in range(n_layer)
+            f"{stem}.{i}.{path}.weight"
+            for i in range(count)
             for path in (even if i % 2 == 0 else odd)
         ]
-    blocks = [
-        n for n in names if any(n.startswith(f"transformer.h.{i}.") for i in range(n_layer // 2))
-    ]
-    if variant == "prefix":
-        return [*EMBEDDINGS, *blocks]
-    if variant == "prefix-no-wte":
-        return ["transformer.wpe.weight", *blocks]
-    raise ValueError(variant)
+    return [n for n, _ in prefix_parameters(model, count // 2)]
 
 
-VARIANTS = ("full", "scattered", "prefix", "prefix-no-wte")
+def one_variant(shape: str, variant: str, args: argparse.Namespace) -> dict:
+    """Build, freeze and time one variant in this process; its figures."""
+    peak = PeakMemory(torch.device("cpu"))
+    before, _ = peak.read()  # the resident set now: the peak was just reset to it
+    model = make_model(shape)
+    untied = untie_head(model).numel() * 16 if variant == "prefix-untied" else 0
+    names = frozen_names(model, variant)
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), generator=gen)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    steps = args.warmup + args.repeats
+    config = SFTConfig(steps=steps, lr=1e-4, warmup_steps=0, eval_every=steps, cpu=True,
+                       cache_prefix=variant == "prefix-cached")  # fmt: skip
+    for n, p in model.named_parameters():
+        p.requires_grad_(n not in names)
+    loop = SFTLoop(model, [batch], [batch], config, show_progress=False)
+    stream, times = batch_stream([batch]), []
+    for step in range(1, steps + 1):
+        t0 = time.process_time()
+        loop.train_step(stream, step)
+        if step > args.warmup:
+            times.append(time.process_time() - t0)
+    predicted = savings(model, args.batch, args.seq, frozen=names, cached=config.cache_prefix)
+    peak_bytes, scope = peak.read()
+    return {
+        "shape": shape, "variant": variant, "trainable_params": loop.trainable_count(),
+        "cpu_seconds_per_step": statistics.median(times), "step_seconds": times,
+        "peak_bytes": peak_bytes, "peak_scope": scope, "baseline_bytes": before,
+        "training_bytes": peak_bytes - before, "cache_hits": loop.prefix.hits,
+        "untied_bytes": untied,
+        "savings": predicted.to_dict(),
+    }  # fmt: skip
 
 
-def step_flops(args: argparse.Namespace, batch: dict, config: SFTConfig) -> dict[str, int]:
-    """FLOPs of one SFT step's products (forward, backward) per variant, counted by PyTorch's
-    ``FlopCounterMode`` on a model with eager attention: its counter has no formula for the CPU
-    SDPA kernel, so eager attention's ``bmm`` s stand in for it. Elementwise work is not counted:
-    the ratio to ``full`` is what freezing could save if the products were the whole step."""
-    flops = {}
+def run_rounds(args: argparse.Namespace) -> list[dict]:
+    """Every (shape, variant) in a fresh process, ``args.rounds`` times."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for shape in args.shape.split(","):
+                for variant in VARIANTS:
+                    out = os.path.join(tmp, f"{r}-{shape}-{variant}.json")
+                    argv = [sys.executable, __file__, "--one", f"{shape}:{variant}", "--json", out]
+                    for key in ("batch", "seq", "repeats", "warmup"):
+                        argv += [f"--{key}", str(getattr(args, key))]
+                    print(f"round {r + 1}/{args.rounds}: {shape} {variant}", flush=True)
+                    subprocess.run(argv, check=True)
+                    rows.append(json.loads(Path(out).read_text()) | {"round": r})
+    return rows
+
+
+def summarise(rows: list[dict], shape: str) -> list[dict]:
+    """Per variant: the median over rounds of its time and memory ratios to full's."""
+    full = {r["round"]: r for r in rows if r["shape"] == shape and r["variant"] == "full"}
+    out = []
     for variant in VARIANTS:
-        model = make_model(args.preset, args.activation, attention="eager")
-        loop = SFTLoop(model, [batch], [batch], config, show_progress=False)
-        loop.freeze(frozen_names(loop.module, variant))
-        with FlopCounterMode(display=False) as counter:
-            loop.train_step(batch_stream([batch]), 1)
-        flops[variant] = counter.get_total_flops()
-    return flops
+        mine = [r for r in rows if r["shape"] == shape and r["variant"] == variant]
+        time_ratios = [
+            r["cpu_seconds_per_step"] / full[r["round"]]["cpu_seconds_per_step"] for r in mine
+        ]
+        mem_ratios = [r["training_bytes"] / full[r["round"]]["training_bytes"] for r in mine]
+        s = mine[0]["savings"]
+        full_bytes = statistics.median(f["training_bytes"] for f in full.values())
+        # an untied head is a parameter full does not have: its weight, gradient and moments
+        saved = s["state_bytes_saved"] + s["activation_bytes_saved"] - mine[0]["untied_bytes"]
+        kind = CEILING[variant]
+        out.append({
+            "variant": variant, "trainable_params": mine[0]["trainable_params"],
+            "cpu_seconds_per_step": statistics.median(r["cpu_seconds_per_step"] for r in mine),
+            "time_ratio": statistics.median(time_ratios), "time_ratios": time_ratios,
+            "predicted_time_ratio": s["flops_ratio"], "frozen_share": s["frozen_share"],
+            "ceiling": ceilings(s["frozen_share"])[kind] if kind else 1.0,
+            "training_mib": statistics.median(r["training_bytes"] for r in mine) / 2**20,
+            "memory_ratio": statistics.median(mem_ratios),
+            "predicted_memory_ratio": (full_bytes - saved) / full_bytes,
+        })  # fmt: skip
+    return out
+
+
+def print_table(shape: str, summary: list[dict]) -> None:
+    print(f"\n{shape}: median over rounds of each variant's ratio to full")
+    print(
+        f"{'variant':<14} {'trainable':>11} {'CPU s/step':>10} {'time':>7} {'model':>7} "
+        f"{'ceiling':>7} {'phi':>5} {'train MiB':>9} {'memory':>7} {'model':>7}"
+    )
+    for row in summary:
+        print(
+            f"{row['variant']:<14} {row['trainable_params']:>11,} "
+            f"{row['cpu_seconds_per_step']:>10.3f} {row['time_ratio']:>6.3f}x "
+            f"{row['predicted_time_ratio']:>6.3f}x {row['ceiling']:>6.3f}x "
+            f"{row['frozen_share']:>5.2f} {row['training_mib']:>9.0f} {row['memory_ratio']:>6.3f}x "
+            f"{row['predicted_memory_ratio']:>6.3f}x"
+        )
+    for row in summary:
+        target = TIME_TARGETS.get(row["variant"])
+        if target is not None:
+            met = "met" if row["time_ratio"] <= target else "MISSED"
+            print(f"target {row['variant']} time <= {target}x: {met} ({row['time_ratio']:.3f}x)")
+        if shape == "smollm" and row["variant"] == "prefix":
+            met = "met" if row["memory_ratio"] <= MEMORY_TARGET else "MISSED"
+            print(f"target prefix memory <= {MEMORY_TARGET}x: {met} ({row['memory_ratio']:.3f}x)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="tiny", help="model shape (default: tiny)")
-    parser.add_argument("--batch", type=int, default=16, help="examples per step (default: 16)")
-    parser.add_argument("--repeats", type=int, default=15, help="timed steps (default: 15)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps (default: 2)")
-    parser.add_argument(
-        "--activation",
-        default="gelu_new",
-        help="GPT-2 activation_function: gelu_new as the builtin model is pretrained (five "
-        "elementwise kernels), or gelu_pytorch_tanh, the same function in one kernel "
-        "(default: gelu_new)",
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=1, help="fresh processes, one after another (default: 1)"
-    )
+    parser.add_argument("--shape", default="tiny,smollm", help="tiny, smollm or both (default)")
+    parser.add_argument("--batch", type=int, default=4, help="examples per step (default: 4)")
+    parser.add_argument("--seq", type=int, default=128, help="tokens per example (default: 128)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps (default: 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps, epoch 1 (default: 1)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of processes (default: 1)")
     parser.add_argument("--json", help="also write the figures to this file (default: none)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # SHAPE:VARIANT, in a child process
     parser.add_argument(
         "--schedules",
         metavar="DIR",
@@ -143,98 +259,20 @@ def main() -> None:
     if args.schedules:
         schedules(args.schedules, args.steps, args.seeds)
         return
-    if args.rounds > 1:
-        rounds(args)
+    if args.one:
+        shape, variant = args.one.split(":")
+        Path(args.json).write_text(json.dumps(one_variant(shape, variant, args)))
         return
-
-    preset = get_preset(args.preset)
-    gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, preset.vocab_size, (args.batch, preset.context), generator=gen)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
-    steps = args.warmup + args.repeats
-    config = SFTConfig(steps=steps, lr=1e-4, warmup_steps=0, eval_every=steps, cpu=True)
-    loops, streams, times = {}, {}, {v: [] for v in VARIANTS}
-    for variant in VARIANTS:
-        loop = SFTLoop(
-            make_model(args.preset, args.activation), [batch], [batch], config, show_progress=False
-        )
-        loop.freeze(frozen_names(loop.module, variant))
-        loops[variant], streams[variant] = loop, batch_stream([batch])
-    for step in range(1, steps + 1):
-        for variant in VARIANTS:
-            t0 = time.process_time()
-            loops[variant].train_step(streams[variant], step)
-            if step > args.warmup:
-                times[variant].append(time.process_time() - t0)
-
-    full = statistics.median(times["full"])
-    flops = step_flops(args, batch, config)
-    rows = []
-    print(
-        f"{'variant':<15} {'trainable':>10} {'CPU s/step':>11} {'vs full':>8} {'opt. state':>11}"
-        f" {'GFLOP/step':>11} {'vs full':>8}"
-    )
-    for variant in VARIANTS:
-        loop, median = loops[variant], statistics.median(times[variant])
-        row = {
-            "variant": variant,
-            "trainable_params": loop.trainable_count(),
-            "cpu_seconds_per_step": median,
-            "ratio_to_full": median / full,
-            "optimizer_state_bytes": optimizer_state_bytes(loop.optimizer),
-            "flops_per_step": flops[variant],
-            "flops_ratio_to_full": flops[variant] / flops["full"],
-        }
-        rows.append(row)
-        print(
-            f"{variant:<15} {row['trainable_params']:>10,} {median:>11.4f} "
-            f"{row['ratio_to_full']:>7.3f}x {row['optimizer_state_bytes'] / 2**20:>8.2f} MiB"
-            f" {flops[variant] / 1e9:>11.2f} {row['flops_ratio_to_full']:>7.3f}x"
-        )
+    rows = run_rounds(args)
+    summaries = {shape: summarise(rows, shape) for shape in args.shape.split(",")}
+    for shape, summary in summaries.items():
+        print_table(shape, summary)
     if args.json:
-        meta = {
-            "preset": args.preset,
-            "activation": args.activation,
-            "batch": args.batch,
-            "repeats": args.repeats,
-            "threads": 1,
-        }
-        with open(args.json, "w") as f:
-            json.dump({"setup": meta, "variants": rows}, f, indent=2)
-
-
-def rounds(args: argparse.Namespace) -> None:
-    """Part 1 in ``args.rounds`` fresh processes; the median of their ratios per variant."""
-    figures = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.rounds):
-            print(f"round {i + 1} of {args.rounds}", flush=True)
-            out = os.path.join(tmp, f"round{i}.json")
-            argv = [sys.executable, __file__, "--json", out]
-            for key in ("preset", "batch", "repeats", "warmup", "activation"):
-                argv += [f"--{key}", str(getattr(args, key))]
-            subprocess.run(argv, check=True)
-            with open(out) as f:
-                figures.append(json.load(f))
-    print(f"\nmedian over {args.rounds} processes (each: median of {args.repeats} steps)")
-    print(f"{'variant':<15} {'vs full':>8} {'min':>7} {'max':>7} {'FLOPs':>7}   per round")
-    summary = []
-    for variant in VARIANTS:
-        ratios = [
-            row["ratio_to_full"] for fig in figures for row in fig["variants"]
-            if row["variant"] == variant
-        ]  # fmt: skip
-        median = statistics.median(ratios)
-        flops = next(r for r in figures[0]["variants"] if r["variant"] == variant)
-        flops = flops["flops_ratio_to_full"]  # the same in every round: a count, not a time
-        summary.append({"variant": variant, "median_ratio_to_full": median, "ratios": ratios,
-                        "flops_ratio_to_full": flops})  # fmt: skip
-        spread = f"{min(ratios):>7.3f} {max(ratios):>7.3f} {flops:>6.3f}x"
-        print(f"{variant:<15} {median:>7.3f}x {spread}   {' '.join(f'{r:.3f}' for r in ratios)}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"setup": figures[0]["setup"], "rounds": figures, "median": summary}, f,
-                      indent=2)  # fmt: skip
+        setup = {k: getattr(args, k) for k in ("shape", "batch", "seq", "repeats", "warmup")}
+        setup |= {"rounds": args.rounds, "threads": 1}
+        Path(args.json).write_text(
+            json.dumps({"setup": setup, "rows": rows, "summary": summaries}, indent=2)
+        )
 
 
 SCHEDULES = "geometry:pr,freezeout,autofreeze,lisa,random"

@@ -13,7 +13,8 @@ from conftest import tiny_gpt2, tiny_llama
 
 from deadzone import plans
 from deadzone.errors import DeadzoneError
-from deadzone.models.sites import find_sites
+from deadzone.models.sites import find_sites, get_parameter
+from deadzone.training.savings import savings
 
 
 def axolotl_unfrozen(model: torch.nn.Module, patterns: list[str]) -> set[str]:
@@ -33,7 +34,7 @@ def test_plan_written_loaded_and_applied_freezes_exactly_its_parameters(build, t
     model = build()
     plan = plans.make_plan(model, choose(model), source="tiny")
     paths = plans.write_plan(tmp_path, model, plan)
-    assert set(paths) == {"plan.json", "axolotl.yaml", "frozen_parameters.txt"}
+    assert set(paths) == {"plan.json", "axolotl.yaml", "frozen_parameters.txt", "lora_config.json"}
     loaded = plans.load_plan(paths["plan.json"])
     assert loaded == json.loads(json.dumps(plan))
     frozen = set(paths["frozen_parameters.txt"].read_text().split())
@@ -203,3 +204,79 @@ def test_the_fingerprint_of_a_parameter_past_2_to_the_24_elements_reads_its_last
         model.w[-1] = 1.0
     assert plans.model_fingerprint(model) != before
     assert plans.rounded_fingerprint(model, torch.bfloat16)
+
+
+def peft_targets(model: torch.nn.Module, lora: dict) -> set[str]:
+    """The modules peft puts adapters on when the plan's LoraConfig is applied."""
+    from peft import LoraConfig, get_peft_model
+
+    adapted = get_peft_model(model, LoraConfig(**lora))
+    base = "base_model.model."
+    return {
+        n.removeprefix(base).removesuffix(".lora_A.default.weight")
+        for n, _ in adapted.named_parameters()
+        if n.endswith("lora_A.default.weight")
+    }
+
+
+@pytest.mark.parametrize("build", [tiny_gpt2, tiny_llama])
+def test_peft_adapters_land_on_exactly_the_trainable_matrices(build, tmp_path) -> None:
+    model = build()
+    plan = plans.make_plan(model, choose(model), prefix_depth=1)
+    paths = plans.write_plan(tmp_path, model, plan)
+    lora = json.loads(paths["lora_config.json"].read_text())
+    fresh = build()
+    plans.apply_plan(fresh, plan)
+    trainable = {
+        s.param_name.removesuffix(".weight")
+        for s in find_sites(fresh)
+        if s.layer is not None and get_parameter(fresh, s).requires_grad
+    }
+    assert trainable and peft_targets(build(), lora) == trainable
+    assert not any(t.startswith(("transformer.h.0.", "model.layers.0.")) for t in trainable)
+
+
+def test_prefix_plan_freezes_the_prefix_whole_and_unties_the_head(tmp_path) -> None:
+    model = tiny_gpt2(n_layer=3)
+    sites = {name: "frozen" for name in plans.prefix_sites(model, 2)}
+    assert "embed" in sites and "L1.mlp.c_proj" in sites and "L2.attn.c_attn" not in sites
+    plan = plans.make_plan(model, sites, prefix_depth=2, untie_head=True)
+    fresh = tiny_gpt2(n_layer=3)
+    plans.apply_plan(fresh, plan)  # the model as the plan trains it: the head untied
+    saved = savings(fresh, 4, 32).to_dict()
+    assert saved["prefix_depth"] == 2 and saved["flops_ratio"] < 1
+    plan = plans.make_plan(model, sites, prefix_depth=2, untie_head=True, savings=saved)
+    paths = plans.write_plan(tmp_path, model, plan)
+    assert plans.load_plan(paths["plan.json"])["savings"] == saved
+    frozen = paths["frozen_parameters.txt"].read_text().split()
+    assert "transformer.h.1.ln_2.bias" in frozen and "transformer.wpe.weight" in frozen
+    yaml_text = paths["axolotl.yaml"].read_text()
+    assert "tie_word_embeddings: false" in yaml_text and "'^lm_head.weight$'" in yaml_text
+
+    fresh = tiny_gpt2(n_layer=3)
+    plans.apply_plan(fresh, paths["plan.json"])
+    from deadzone.training.prefix import prefix_depth
+
+    assert prefix_depth(fresh) == 2 and fresh.config.tie_word_embeddings is False
+    assert fresh.lm_head.weight.requires_grad and not fresh.transformer.wte.weight.requires_grad
+    assert {n for n, p in fresh.named_parameters() if not p.requires_grad} == set(frozen)
+
+
+def test_prefix_plan_bad_input() -> None:
+    llama = tiny_llama()  # its head is not tied
+    with pytest.raises(DeadzoneError, match="head is not tied"):
+        plans.make_plan(llama, {}, untie_head=True)
+    with pytest.raises(DeadzoneError, match="prefix of 5 blocks; this model has 2"):
+        plans.make_plan(llama, {}, prefix_depth=5)
+    plan = plans.make_plan(tiny_gpt2(), {}, untie_head=True)
+    plan["model"] = plans.make_plan(llama, {})["model"]
+    with pytest.raises(DeadzoneError, match="head is not tied"):
+        plans.apply_plan(llama, plan, check_fingerprint=False)
+    with pytest.raises(DeadzoneError, match="prefix_depth must be an integer"):
+        plans.validate(plans.make_plan(llama, {}) | {"prefix_depth": -1})
+
+
+@pytest.mark.parametrize("answer", [0, 1, 5, 12])
+def test_deepest_finds_the_largest_negligible_depth_by_bisection(answer) -> None:
+    depth, judged = plans.deepest(lambda d: d <= answer, 12)
+    assert depth == answer and len(judged) <= 4 and len(set(judged)) == len(judged)

@@ -52,6 +52,8 @@ class SFTConfig:
     ``warmup_steps`` if given, else ``round(warmup_fraction * steps)``; the learning rate then
     decays along a cosine to ``min_lr_ratio * lr``. ``mixed_precision="auto"`` uses bf16 where
     the device computes it natively. ``deterministic`` asks torch for deterministic kernels.
+    ``cache_prefix`` keeps the frozen prefix's output per example, so that later epochs skip
+    its forward pass (``deadzone.training.prefix``).
     """
 
     steps: int = option(50, "SFT optimizer steps per run")
@@ -74,16 +76,21 @@ class SFTConfig:
     deterministic: bool = option(True, "ask torch for deterministic kernels")
     cpu: bool = option(False, "train on the CPU even where a GPU is found (needed by a "
                        "multi-process CPU launch)")  # fmt: skip
+    cache_prefix: bool = option(
+        False,
+        "keep the wholly frozen prefix's output per example so that later epochs skip its "
+        "forward pass (refused unless the prefix is deterministic and the data the same)",
+    )
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # JSON round trips give lists
-        _check_int("steps", self.steps, 1)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("grad_accum", self.grad_accum, 1)
-        _check_int("eval_every", self.eval_every, 1)
-        _check_int("seed", self.seed, 0)
+        check_int("steps", self.steps, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("grad_accum", self.grad_accum, 1)
+        check_int("eval_every", self.eval_every, 1)
+        check_int("seed", self.seed, 0)
         if self.warmup_steps is not None:
-            _check_int("warmup_steps", self.warmup_steps, 0)
+            check_int("warmup_steps", self.warmup_steps, 0)
             if self.warmup_steps > self.steps:
                 raise DeadzoneError(f"warmup_steps {self.warmup_steps} exceeds steps {self.steps}")
         _check_float("lr", self.lr, 0.0, math.inf, low_open=True)
@@ -115,7 +122,7 @@ def is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value == value
 
 
-def _check_int(name: str, value: object, low: int) -> None:
+def check_int(name: str, value: object, low: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise DeadzoneError(f"{name} must be an integer >= {low}, got {value!r}")
 
@@ -166,7 +173,7 @@ class ExecutionConfig:
 
     def __post_init__(self) -> None:
         if self.workers is not None:
-            _check_int("workers", self.workers, 1)
+            check_int("workers", self.workers, 1)
         _check_choice("backend", self.backend, BACKENDS)
         if self.ray_address and self.backend != "ray":
             raise DeadzoneError("--ray-address needs --backend ray")
@@ -262,7 +269,7 @@ class ExperimentConfig:
         if not isinstance(self.data, str) or not self.data.strip():
             raise DeadzoneError(f"no data given (--data {self.data!r})")
         _check_float("eval_fraction", self.eval_fraction, 0.0, 1.0, low_open=True, high_open=True)
-        _check_int("max_length", self.max_length, 1)
+        check_int("max_length", self.max_length, 1)
         self.check_seeds()
         if not is_number(self.margin) or not 0 < self.margin < 1:
             raise DeadzoneError(
@@ -274,7 +281,7 @@ class ExperimentConfig:
     def check_seeds(self) -> None:
         """``seeds`` is an integer, at least ``MIN_SEEDS``; a recipe may say why in its own
         words."""
-        _check_int("seeds", self.seeds, self.MIN_SEEDS)
+        check_int("seeds", self.seeds, self.MIN_SEEDS)
 
     def sft_identity(self) -> dict:
         """The SFT config as a results identity holds it: less the seed, which each run takes."""

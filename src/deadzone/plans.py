@@ -8,13 +8,22 @@
      "seed": 0,
      "sites": [{"site": "L4.attn.c_proj", "param_name": "transformer.h.4.attn.c_proj.weight",
                 "strategy": "frozen", "rank": null}, ...],
-     "order": ["L2.mlp.c_fc", "L0.attn.c_proj", ...]}
+     "order": ["L2.mlp.c_fc", "L0.attn.c_proj", ...],
+     "prefix_depth": 4, "untie_head": true}
 
 ``rank`` is the rank of a ``crystal`` site (an integer >= 1); every other strategy ignores it,
 and it may be ``null`` or left out. ``seed`` seeds the draws of ``random`` sites. ``order``
 (optional) names other sites of the model, none of them in ``sites``, by increasing single-site
 cost: a scan lists there the sites it did not find jointly negligible, so that a schedule
 freezing more than the plan's sites (``freeze --schedule plan:FILE``) takes the cheapest next.
+
+``prefix_depth`` (optional, 0 by default): the embeddings and blocks ``0 .. prefix_depth-1``
+are frozen whole, biases and norms too (their matrices may also be listed in ``sites``), so the
+prefix runs without autograd (``deadzone.training.prefix``). ``untie_head`` (optional, false by
+default): a head tied to the input embedding gets its own trainable copy first, so that a
+frozen embedding does not freeze the head; the saved model's config then says
+``tie_word_embeddings: false``. A plan that unties a model without tied weights is refused.
+``savings`` (optional): what the plan saves per step, as ``deadzone.training.savings`` models it.
 
 The fingerprint (:func:`model_fingerprint`) identifies the weights of the model in memory, so a
 plan is refused by a model it was not made for. It hashes dtypes and exact values, so the same
@@ -31,6 +40,9 @@ also need their values rewritten, which :func:`apply_plan` does):
   trainable when ``re.match`` finds the pattern in its name, so ``^name$`` selects that name
   alone.
 - ``frozen_parameters.txt``: the parameter names to set ``requires_grad=False``, one a line.
+- ``lora_config.json``: the keyword arguments of a peft ``LoraConfig`` whose ``target_modules``
+  are exactly the block matrices (``Linear`` / GPT-2 ``Conv1D`` modules) the plan keeps
+  trainable: ``LoraConfig(**json.load(f))`` adapts only what is not dead.
 """
 
 from __future__ import annotations
@@ -45,11 +57,15 @@ import torch
 
 from deadzone import fileio
 from deadzone.errors import DeadzoneError
-from deadzone.models.sites import Site, find_sites
+from deadzone.models.sites import CONV1D_MODEL_TYPES, Site, find_sites
+from deadzone.training import prefix
 from deadzone.training.strategies import STRATEGIES, apply_strategies
 
 PLAN_VERSION = 1
 PLAN, AXOLOTL, FROZEN_LIST = "plan.json", "axolotl.yaml", "frozen_parameters.txt"
+LORA = "lora_config.json"
+# The LoraConfig written beside a plan: peft's usual rank and scale.
+LORA_RANK, LORA_ALPHA = 8, 16
 # Values sampled from each parameter for the fingerprint.
 FINGERPRINT_SAMPLES = 16
 # The plan's fingerprints of the weights rounded to a dtype they may be loaded in to fine-tune.
@@ -83,14 +99,26 @@ def sample_indices(numel: int, count: int = FINGERPRINT_SAMPLES) -> torch.Tensor
 
 def _fingerprint(model: torch.nn.Module, rounded_to: torch.dtype | None) -> str:
     h = hashlib.sha256(str(getattr(model.config, "model_type", "")).encode())
-    for name, p in model.named_parameters():
+    _hash_parameters(h, model.named_parameters(), rounded_to)
+    return h.hexdigest()
+
+
+def parameters_fingerprint(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """sha256 of some parameters as :func:`model_fingerprint` hashes them (names, shapes, dtypes
+    and sampled values): a frozen prefix's weights, say."""
+    h = hashlib.sha256()
+    _hash_parameters(h, named, None)
+    return h.hexdigest()
+
+
+def _hash_parameters(h, named: Iterable[tuple[str, torch.Tensor]], rounded_to) -> None:
+    for name, p in named:
         dtype = f"{p.dtype}\0" if rounded_to is None else ""
         h.update(f"\0{name}\0{tuple(p.shape)}\0{dtype}".encode())
         flat = p.detach().reshape(-1)
         index = sample_indices(flat.numel()).to(flat.device)
         sample = flat[index] if rounded_to is None else flat[index].to(rounded_to)
         h.update(sample.to("cpu", torch.float32).numpy().tobytes())
-    return h.hexdigest()
 
 
 def same_weights(model: torch.nn.Module, made_for: dict) -> bool:
@@ -113,10 +141,15 @@ def make_plan(
     seed: int = 0,
     source: str | None = None,
     order: Iterable[str] = (),
+    prefix_depth: int = 0,
+    untie_head: bool = False,
+    savings: dict | None = None,
 ) -> dict:
     """The plan putting each site named in ``strategies`` (site name -> strategy) into its
     strategy (``rank`` for ``crystal`` sites), fingerprinted from ``model``; ``order``: other
-    sites by increasing single-site cost (the plan's ``order``)."""
+    sites by increasing single-site cost (the plan's ``order``); ``prefix_depth`` and
+    ``untie_head`` as the module's docstring says; ``savings``: what the plan saves per step
+    (``deadzone.training.savings.Savings.to_dict``), recorded as it is."""
     by_name = {s.name: s for s in find_sites(model)}
     order = list(order)
     for name in [*strategies, *order]:
@@ -142,8 +175,13 @@ def make_plan(
         "seed": seed,
         "sites": entries,
         "order": order,
+        "prefix_depth": prefix_depth,
+        "untie_head": untie_head,
     }
+    if savings is not None:
+        plan["savings"] = savings
     validate(plan)
+    _check_prefix(model, plan)
     return plan
 
 
@@ -185,6 +223,13 @@ def validate(plan: object, where: str = "plan") -> dict:
             raise bad(f"parameter {entry['param_name']} is listed twice")
         seen.add(entry["param_name"])
     _validate_order(plan.get("order", []), {e["site"] for e in sites}, bad)
+    depth = plan.get("prefix_depth", 0)
+    if not (_is_int(depth) and depth >= 0):
+        raise bad(f"prefix_depth must be an integer >= 0, got {depth!r}")
+    if not isinstance(plan.get("untie_head", False), bool):
+        raise bad("untie_head must be true or false")
+    if not isinstance(plan.get("savings", {}), dict):
+        raise bad("savings must be an object")
     return plan
 
 
@@ -235,6 +280,7 @@ def _check_matches(model: torch.nn.Module, plan: dict, check_fingerprint: bool) 
     unknown = [n for n in plan.get("order", []) if n not in names]
     if unknown:
         raise DeadzoneError(f"the plan's order names site {unknown[0]!r}, which this model lacks")
+    _check_prefix(model, plan)
     if check_fingerprint and not same_weights(model, plan["model"]):
         source = plan["model"].get("source")
         made_for = f" (it was made for {source})" if source else ""
@@ -263,6 +309,10 @@ def apply_plan(
     """
     plan = load_plan(plan) if isinstance(plan, (str, Path)) else validate(plan)
     sites = _check_matches(model, plan, check_fingerprint)
+    if plan.get("untie_head"):
+        prefix.untie_head(model)
+    for _, p in _prefix_parameters(model, plan):
+        p.requires_grad_(False)
     records = []
     for rank in sorted({_rank(e) for e in plan["sites"]}):  # apply_strategies takes one rank
         part = {
@@ -279,10 +329,89 @@ def _rank(entry: dict) -> int:
     return entry["rank"] if entry["strategy"] == "crystal" else 1
 
 
+def _prefix_parameters(model: torch.nn.Module, plan: dict) -> list:
+    depth = plan.get("prefix_depth", 0)
+    return prefix.prefix_parameters(model, depth) if depth else []
+
+
+def _check_prefix(model: torch.nn.Module, plan: dict) -> None:
+    """A one-line DeadzoneError if the plan's prefix or untying does not fit ``model``."""
+    depth = plan.get("prefix_depth", 0)
+    if depth:
+        count = len(prefix.blocks(model))
+        if depth > count:
+            raise DeadzoneError(
+                f"the plan freezes a prefix of {depth} blocks; this model has {count}"
+            )
+    if plan.get("untie_head"):
+        head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+        if head is None or embed is None or head.weight is not embed.weight:
+            raise DeadzoneError(
+                "the plan unties the head, but this model's head is not tied to its embedding"
+            )
+
+
+def frozen_after(model: torch.nn.Module, plan: dict) -> list[str]:
+    """Names of the model's parameters (tied ones once) that the plan freezes: its sites' and
+    its prefix's, in model order."""
+    frozen = {e["param_name"] for e in plan["sites"]} | {
+        n for n, _ in _prefix_parameters(model, plan)
+    }
+    return [name for name, _ in model.named_parameters() if name in frozen]
+
+
 def trainable_after(model: torch.nn.Module, plan: dict) -> list[str]:
-    """Names of the model's parameters (tied ones once) that the plan leaves trainable."""
-    frozen = {e["param_name"] for e in plan["sites"]}
-    return [name for name, _ in model.named_parameters() if name not in frozen]
+    """Names of the model's parameters (tied ones once) that the plan leaves trainable; an
+    untied head's own name (``lm_head.weight``) last where the plan unties it."""
+    frozen = set(frozen_after(model, plan))
+    names = [name for name, _ in model.named_parameters() if name not in frozen]
+    if plan.get("untie_head"):
+        head = model.get_output_embeddings()
+        names += [f"{n}.weight" for n, m in model.named_modules() if m is head]
+    return names
+
+
+def lora_config(model: torch.nn.Module, plan: dict) -> dict:
+    """The keyword arguments of a peft ``LoraConfig`` adapting exactly the block matrices the
+    plan keeps trainable (by full module name; GPT-2's ``Conv1D`` with ``fan_in_fan_out``)."""
+    trainable = set(trainable_after(model, plan))
+    targets = [
+        s.param_name.removesuffix(".weight")
+        for s in find_sites(model)
+        if s.layer is not None and s.param_name in trainable
+    ]
+    if not targets:
+        raise DeadzoneError("the plan keeps no block matrix trainable: nothing for LoRA to adapt")
+    return {
+        "task_type": "CAUSAL_LM",
+        "r": LORA_RANK,
+        "lora_alpha": LORA_ALPHA,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": getattr(model.config, "model_type", None) in CONV1D_MODEL_TYPES,
+        "target_modules": targets,
+    }
+
+
+def deepest(negligible: Callable[[int], bool], high: int) -> tuple[int, list[int]]:
+    """The largest depth in ``0 .. high`` for which ``negligible(depth)`` holds, by bisection,
+    taking ``negligible`` monotone (a deeper prefix costs at least as much) and depth 0 as
+    negligible by definition; returns it and the depths judged, in order (about log2(high))."""
+    low, judged = 0, []
+    while low < high:
+        mid = (low + high + 1) // 2
+        judged.append(mid)
+        if negligible(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low, judged
+
+
+def prefix_sites(model: torch.nn.Module, depth: int) -> list[str]:
+    """The site names (matrices, embeddings) inside the first ``depth`` blocks and below."""
+    names = {n for n, _ in prefix.prefix_parameters(model, depth)}
+    return [s.name for s in find_sites(model) if s.param_name in names]
 
 
 def axolotl_patterns(names: list[str]) -> list[str]:
@@ -301,6 +430,10 @@ def axolotl_yaml(model: torch.nn.Module, plan: dict) -> str:
         f"{len(plan['sites'])} matrices frozen.",
         "# Parameters that stay trainable; every other parameter is frozen.",
     ]
+    if plan.get("prefix_depth"):
+        lines.append(f"# The embeddings and blocks below {plan['prefix_depth']} are frozen whole.")
+    if plan.get("untie_head"):
+        lines.append("# The head is untied from the embedding first: tie_word_embeddings: false.")
     if set(strategies) - {"frozen"}:
         lines.append("# Sites that are not 'frozen' also need their values rewritten: apply_plan.")
     lines.append("unfrozen_parameters:")
@@ -309,14 +442,15 @@ def axolotl_yaml(model: torch.nn.Module, plan: dict) -> str:
 
 
 def write_plan(directory: str | Path, model: torch.nn.Module, plan: dict) -> dict[str, Path]:
-    """Write ``plan.json``, ``axolotl.yaml`` and ``frozen_parameters.txt`` into ``directory``
-    (each atomically); returns their paths."""
+    """Write ``plan.json``, ``axolotl.yaml``, ``frozen_parameters.txt`` and
+    ``lora_config.json`` into ``directory`` (each atomically); returns their paths."""
     validate(plan)
     _check_matches(model, plan, check_fingerprint=True)
+    lora = lora_config(model, plan)
     directory = fileio.ensure_dir(directory)
-    paths = {name: directory / name for name in (PLAN, AXOLOTL, FROZEN_LIST)}
+    paths = {name: directory / name for name in (PLAN, AXOLOTL, FROZEN_LIST, LORA)}
     fileio.write_json(paths[PLAN], plan)
     fileio.write_text(paths[AXOLOTL], axolotl_yaml(model, plan))
-    frozen = "".join(f"{e['param_name']}\n" for e in plan["sites"])
-    fileio.write_text(paths[FROZEN_LIST], frozen)
+    fileio.write_text(paths[FROZEN_LIST], "".join(f"{n}\n" for n in frozen_after(model, plan)))
+    fileio.write_json(paths[LORA], lora)
     return paths

@@ -13,6 +13,8 @@ The trainable set may change during a run: :class:`Hook` objects are called at t
 of every step, after the backward pass and after each evaluation, and may call
 :meth:`SFTLoop.freeze`, :meth:`SFTLoop.unfreeze` and :meth:`SFTLoop.set_lr_scales` (a schedule
 does; see ``deadzone.training.schedules``).
+A frozen prefix (every parameter below some block frozen) runs without autograd, its outputs
+kept across epochs with ``cache_prefix`` (``deadzone.training.prefix``).
 A frozen parameter leaves the optimizer with its state; under
 several processes the model is wrapped in a fresh ``DistributedDataParallel`` before the next
 forward pass, since DDP's reducer expects a gradient for exactly the parameters that required one
@@ -34,12 +36,13 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 # SFTConfig is declared torch-free in deadzone.config (the CLI is built from it); re-exported
-from deadzone.config import MIXED_PRECISION, SFTConfig  # noqa: F401
+from deadzone.config import MIXED_PRECISION, SFTConfig, check_int  # noqa: F401
 from deadzone.errors import DeadzoneError
 from deadzone.models.device import autocast_dtype, get_device
 from deadzone.progress import make_progress
 from deadzone.training.freezing import LR_SCALE, Freezer, optimizer_state_bytes
 from deadzone.training.memory import PeakMemory
+from deadzone.training.prefix import FrozenPrefix, check_same_every_epoch
 
 Batch = dict[str, torch.Tensor]
 # Training data: a re-iterable of batches, or a function of the epoch number returning one.
@@ -233,6 +236,20 @@ def batch_stream(data: TrainData, rank: int = 0, world: int = 1) -> Iterator[Bat
         epoch += 1
 
 
+def steps_for_epochs(data: TrainData, epochs: int, grad_accum: int = 1, processes: int = 1) -> int:
+    """Optimizer steps that take ``epochs`` passes over ``data`` (epoch 0's length; a step takes
+    ``grad_accum`` micro-batches on each of ``processes``): the ``steps`` of a multi-epoch run.
+    A last partial step is dropped (it would start the next epoch)."""
+    check_int("epochs", epochs, 1)
+    batches = sum(1 for _ in (data(0) if callable(data) else data))
+    steps = epochs * batches // (grad_accum * processes)
+    if steps == 0:
+        raise DeadzoneError(
+            f"{epochs} epoch(s) of {batches} batch(es) make no step of {grad_accum * processes}"
+        )
+    return steps
+
+
 @contextmanager
 def deterministic(enabled: bool) -> Iterator[None]:
     """Deterministic torch kernels inside the block (warn where none exists); restored after.
@@ -310,6 +327,9 @@ class SFTLoop:
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.freezer = Freezer(acc.unwrap_model(self.model), self.optimizer)
         self._wrapped_version = self.freezer.version
+        self.prefix = FrozenPrefix(self.module, cache=config.cache_prefix)
+        if config.cache_prefix:
+            check_same_every_epoch(train_data)
         self.hooks = list(hooks)
         self._set_lr(0)
         self.train_data = train_data
@@ -351,6 +371,7 @@ class SFTLoop:
         if self.freezer.version == self._wrapped_version:
             return
         self._wrapped_version = self.freezer.version
+        self.prefix.refresh()
         if acc.num_processes == 1 or self.model is self.module:
             return
         old, module = self.model, self.module
@@ -449,6 +470,8 @@ class SFTLoop:
             except RunFailed as e:
                 result.status, result.error = "failed", str(e)
                 result.final_train_loss = result.final_eval_loss = None
+            finally:
+                self.prefix.remove()
         result.seconds = time.perf_counter() - start
         result.cpu_seconds = time.process_time() - cpu_start
         result.peak_memory_bytes, result.peak_memory_scope = peak.read()
