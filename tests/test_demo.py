@@ -12,7 +12,7 @@ from test_report_html import PAGE_FACTS, browser, screenshot  # noqa: F401 (brow
 
 from deadzone import fileio
 from deadzone.cli import main
-from deadzone.report.build import STUDY_SCAN
+from deadzone.study import STUDY_SCAN
 
 STAGE_FILES = {
     "analyze": ["results.json", "geometry.json", "geometry.csv", "geometry.png", "report.md",
