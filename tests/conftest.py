@@ -151,13 +151,13 @@ def prompt_rows(n: int) -> list[dict]:
     ]  # fmt: skip
 
 
-def run_crystallize(root, strategies: tuple[str, ...], rows: list[dict] | None = None):
+def run_crystallize(root, strategies: tuple[str, ...], rows: int = 40):
     """A real crystallize experiment of a micro GPT-2 on L1.attn.c_proj (2 steps, 2 seeds) in
-    ``root/exp``, on ``rows`` (by default 40 prompt/completion rows)."""
+    ``root/exp``, on ``rows`` prompt/completion rows."""
     from deadzone.experiments.crystallize import CrystallizeConfig, crystallize
     from deadzone.training.train import SFTConfig
 
-    model, data = save_micro_experiment(root, rows or prompt_rows(40))
+    model, data = save_micro_experiment(root, prompt_rows(rows))
     config = CrystallizeConfig(
         model=str(model), targets="L1.attn.c_proj", strategies=strategies, seeds=2,
         data=str(data), max_length=48,
