@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -65,8 +63,9 @@ def test_no_module_imports_itself_back():
     assert cycles(graph) == []
 
 
-@pytest.mark.parametrize("module", ["deadzone.report.demo", "deadzone.study"])
-def test_a_module_that_once_imported_itself_back_imports_alone(module):
+def test_the_demos_report_imports_alone():
+    """It imported report.build, which imported it back (a fresh interpreter: nothing loaded)."""
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    done = subprocess.run([sys.executable, "-c", f"import {module}"], env=env, capture_output=True)
+    code = "import deadzone.report.demo"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
