@@ -38,6 +38,41 @@ except ImportError:  # not POSIX: the browser client cannot hand Chromium its pi
 
 VOCAB = 96
 
+# Tests of other modules moved out of the fast tier, by their durations in a full run of the suite
+# on 2 shared cores (pytest --durations): whole files, or file::test (every parametrization).
+TIERS = {
+    "e2e": (  # a command run end to end: processes, pools, Ray, kills, resumes, trackers
+        "test_scan_cli.py",
+        "test_execute.py::test_ctrl_c_keeps_finished_runs_and_exits_130_with_one_line",  # 102 s
+        "test_execute.py::test_a_killed_worker_is_retried_then_its_run_fails_and_the_others_go_on",
+        "test_execute.py::test_the_pool_and_a_local_ray_cluster_give_the_records_of_the_in_process_run",
+        "test_execute.py::test_a_pool_entered_once_serves_every_experiment_inside_it_with_the_drivers_data",
+        "test_execute.py::test_a_killed_driver_resumes_losing_and_repeating_nothing",  # 25 s
+        "test_execute.py::test_more_seeds_and_another_strategy_reuse_the_finished_runs",  # 10 s
+        "test_tracking.py::test_runs_in_a_worker_process_report_too",  # 39 s
+        "test_tracking.py::test_a_scan_reports_each_of_its_runs",  # 21 s
+        "test_tracking.py::test_tracking_changes_no_result_and_is_no_part_of_the_identity",
+        "test_tracking.py::test_mlflow_metrics_and_params_match_each_runs_curve",  # 18 s
+        "test_pretrain.py::test_pretrained_directory_loads_with_auto_classes_and_matches_memory",
+        "test_pretrain.py::test_console_script_unknown_preset_is_one_line_without_traceback",
+        "test_examples.py::test_example_runs_and_freezes",  # 31 s
+        "test_freeze_cmd.py::test_cli_writes_results_report_plots",  # 12 s
+    ),
+    "slow": (
+        "test_scores.py::test_spearman_permutation_p_agrees_with_scipy_and_is_calibrated",  # 53 s
+        "test_sft_data.py::test_builtin_docstrings_uses_its_own_eval_split",  # 13 s
+    ),
+}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark the tests :data:`TIERS` lists (their own files mark the rest)."""
+    for item in items:
+        names = (item.path.name, f"{item.path.name}::{item.originalname}")
+        for marker, listed in TIERS.items():
+            if any(name in listed for name in names):
+                item.add_marker(marker)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():

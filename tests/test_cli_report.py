@@ -14,6 +14,8 @@ from deadzone.cli import build_parser, main
 from deadzone.report.build import SCHEMA_VERSION, build, write_reports
 from deadzone.report.crystallize import markdown, table_model
 
+pytestmark = pytest.mark.e2e  # a real experiment, then `deadzone report` on copies of it
+
 OUTPUTS = ("report.md", "report.html", "curves.png")
 
 
