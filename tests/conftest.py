@@ -379,3 +379,36 @@ PAGE_FACTS = """(async () => {
       .filter(d => d.scrollWidth > d.clientWidth).length,
   };
 })()"""
+
+
+# --- plots -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def drawn_figures(monkeypatch):
+    """The figures the report modules draw, kept instead of saved, in order."""
+    from deadzone.report import crystallize, freeze, geometry, scan
+
+    figures = []
+    for module in (crystallize, freeze, geometry, scan):
+        monkeypatch.setattr(module, "save_png", lambda fig, path: figures.append(fig))
+    return figures
+
+
+@pytest.fixture
+def legends_on_data():
+    """A check of a figure: the legends on an axes' plotting area, named (none is right)."""
+    return _legends_on_data
+
+
+def _legends_on_data(fig) -> list[str]:
+    """The legends of ``fig`` (its own and its axes') that overlap the plotting area of an axes."""
+    fig.canvas.draw()
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    found = []
+    for legend in legends:
+        box = legend.get_window_extent()
+        for ax in fig.axes:
+            if ax.get_visible() and ax.get_label() != "<colorbar>" and box.overlaps(ax.bbox):
+                found.append(f"legend {[t.get_text() for t in legend.texts]} on {ax.get_title()}")
+    return found

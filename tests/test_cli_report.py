@@ -228,3 +228,15 @@ def test_a_combined_page_of_runs_on_different_data_names_each_model_and_data(
     for directory in (mine, other):
         spec = fileio.read_json(directory / "results.json")["data"]["spec"]
         assert f"data <code>{spec}</code>" in page
+
+
+def test_the_crystallize_plots_keep_their_legends_off_the_curves(
+    experiment, drawn_figures, legends_on_data
+):
+    from deadzone.report.crystallize import plot_curves, plot_verdicts
+
+    results = fileio.read_json(experiment / "results.json")
+    plot_curves(results, experiment / "unused.png")
+    plot_verdicts(results, experiment / "unused.png")
+    assert len(drawn_figures) == 2
+    assert [legends_on_data(fig) for fig in drawn_figures] == [[], []]

@@ -254,3 +254,18 @@ def test_the_joint_checks_steps_are_on_the_page_as_in_report_md(tmp_path):
     assert "1 matrix (L1.attn_qkv)" in text and "(1 matrices)" not in text
     assert text.index("What to do next") < text.index("<h2>Scan of")
     assert "Freeze the plan (<code>plan.json</code>), 1 matrix: L1.attn_qkv" in text
+
+
+def test_no_legend_covers_data(tmp_path, drawn_figures, legends_on_data):
+    report.scores_plot(scan_doc()["summary"], tmp_path / "scores.png")
+    report.heatmap(scan_doc()["summary"], tmp_path / "heatmap.png")
+    assert drawn_figures and all(legends_on_data(fig) == [] for fig in drawn_figures)
+    from deadzone.report.geometry import write_plot
+
+    records = [
+        {"site": f"L{layer}.{role}", "layer": layer, "role": role, "finite": True,
+         "pr": 10.0 + layer, "pc1": 0.1 * (layer + 1)}
+        for layer in range(4) for role in ("attn_qkv", "attn_out", "mlp_in", "mlp_out")
+    ]  # fmt: skip
+    write_plot(tmp_path / "geometry.png", records)
+    assert legends_on_data(drawn_figures[-1]) == []

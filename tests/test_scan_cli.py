@@ -21,8 +21,9 @@ from deadzone.cli import main
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.scan import ScanConfig, scan
 from deadzone.plans import apply_plan, load_plan
-from deadzone.report.build import STUDY_SCAN
+from deadzone.report.build import build
 from deadzone.schema import SCHEMA_VERSION
+from deadzone.study import STUDY_SCAN
 from deadzone.training import strategies
 from deadzone.training.schedules import ScheduleContext, make_schedule, model_units
 from deadzone.training.train import SFTConfig, computed
@@ -108,8 +109,10 @@ def test_a_free_strategy_is_found_negligible_in_few_runs_and_its_plan_freezes_ex
     # The report rebuilds from results.json alone, as HTML too.
     assert main(["report", str(out)]) == 0
     page = (out / "report.html").read_text()
-    assert "Scan of" in page
-    # ... opening with the study's scan claims, both confirmed by the jointly negligible set.
+    assert "Scan of" in page and "What to do next" in page and "The study" not in page
+    # ... and, asked for, with the study's scan claims, both confirmed by the joint set.
+    assert build([out], study=True).errors == []
+    page = (out / "report.html").read_text()
     for claim, study in STUDY_SCAN:
         row = f'{escape(claim)}</td><td data-label="The study">{escape(study)}</td>'
         assert f'{row}<td class="confirmed"' in page, claim

@@ -400,7 +400,8 @@ def plot_curves(results: dict, path: str | Path) -> None:
     over seeds with a ±1 std band."""
     plt = pyplot()
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
+    # One column: legible on a phone's width too; the legend beside the axes, never on a curve.
+    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True, layout="constrained")
     ok = [r for r in results["runs"] if r["status"] == "ok"]
     full = {r["seed"]: r for r in ok if r["strategy"] == "full"}
     for i, a in enumerate(results["summary"]["arms"]):
@@ -414,12 +415,14 @@ def plot_curves(results: dict, path: str | Path) -> None:
         if strategy != "full":
             _band(axes[2], *_paired_series(runs, full), **style)
     axes[2].axhline(0.0, color="C0", lw=1, ls="--", label="full SFT")
+    axes[2].set_xlabel("step")
     titles = ("train loss", "eval loss", "eval loss vs full SFT, same seed (%)")
     for ax, title in zip(axes, titles, strict=True):
-        ax.set(xlabel="step", title=title)
+        ax.set(title=title)
         ax.grid(alpha=0.3)
     if axes[1].get_legend_handles_labels()[0]:  # no run finished: nothing to label
-        axes[1].legend(fontsize=8)
+        handles, labels = axes[1].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncols=2, frameon=False)
     fig.suptitle(f"{_names(results['targets'])} — mean ± std over {len(results['seeds'])} seeds")
     save_png(fig, path)
 
