@@ -24,7 +24,7 @@ STUDY_LAYER = 4  # its block
 STUDY_SETUP = "1 seed, 50 SFT steps"
 NO_COST, BETTER = "costs nothing", "is better"
 # The study's crystallize table: each strategy's final loss against full SFT on L4 c_proj, and
-# the claim it drew from it (docs/definitions.md).
+# the claim it drew from it.
 STUDY_CRYSTALLIZE = {
     "frozen": (-0.2, "Freezing L4 c_proj during SFT costs nothing", NO_COST),
     "crystal": (0.0, "L4 c_proj crystallized to rank 1 and frozen costs nothing", NO_COST),
@@ -82,7 +82,7 @@ def crystallize_claims(results: dict) -> list[Claim]:
 
 # --- scan --------------------------------------------------------------------------------------
 
-# The study's claims a scan judges (DESIGN.md): what it concluded from L4 c_proj's redundancy.
+# The study's claims a scan judges: what it concluded from L4 c_proj's redundancy.
 STUDY_EFFECTIVE = (
     "The model's effective parameter count is lower than its trainable count",
     "concluded from one matrix's redundancy (no scan)",
@@ -218,7 +218,7 @@ def freeze_claims(results: dict) -> list[Claim]:
 
 # --- analyze -----------------------------------------------------------------------------------
 
-# The study's figures (DESIGN.md): layer -> (c_attn PR, c_proj PR, c_proj PC1 %).
+# The study's figures: layer -> (c_attn PR, c_proj PR, c_proj PC1 %).
 STUDY_GEOMETRY = {
     0: (202.7, 145.3, 12.0),
     3: (198.6, 75.8, 21.7),
