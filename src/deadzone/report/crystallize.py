@@ -244,12 +244,12 @@ FREE = ("negligible", "better")
 
 def command(results: dict, seeds: int | None = None) -> str:
     """The ``deadzone crystallize`` command of this experiment, with ``seeds`` seeds."""
-    ranks = f" --rank {','.join(map(str, results['ranks']))}" if "crystal" in results.get(
-        "strategies", ()
-    ) else ""  # fmt: skip
+    arms = results["summary"]["arms"]
+    strategies = results.get("strategies") or list(dict.fromkeys(a["strategy"] for a in arms))
+    ranks = f" --rank {','.join(map(str, results['ranks']))}" if "crystal" in strategies else ""
     return (
         f"deadzone crystallize {results['model']} --target {','.join(results['targets'])} "
-        f"--strategies {','.join(results['strategies'])}{ranks} --steps {results['steps']} "
+        f"--strategies {','.join(strategies)}{ranks} --steps {results['steps']} "
         f"--seeds {seeds or len(results['seeds'])} --data {results['data']['spec']} --out DIR"
     )
 
