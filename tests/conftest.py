@@ -210,7 +210,8 @@ def crystallize_experiment():
 
 # --- headless Chromium, for the browser tier ---------------------------------------------------
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# DEADZONE_CHROMIUM names another browser binary (or a missing one, to see the tier skip or fail).
+CHROMIUM = os.environ.get("DEADZONE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",

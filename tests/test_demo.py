@@ -84,6 +84,7 @@ def test_quick_demo_writes_every_stages_files_and_both_reports(demo):
     headings = [h.split("</h")[0] for h in html.split("<h")[1:] if h[0] in "123456"]
     assert len(headings) == len(set(headings)), headings  # freeze at 25% and 50% differ
     assert "What to do next" in html.split('<section id="claims">')[0]
+    assert "Judged on" not in html  # one model, one data set: the claims are this model's
     report = (out / "report.md").read_text()
     assert "## The study's claims" in report and "(crystallize/report.md)" in report
     assert "(scan/report.md)" in report and "(freeze-50/report.md)" in report
@@ -136,7 +137,12 @@ def test_deadzone_report_rebuilds_the_same_html_byte_for_byte(demo, capsys):
     assert main(["report", str(out)]) == 0
     for page, data in pages.items():
         assert page.read_bytes() == data, page
-    assert main(["report", *(str(out / d) for d in STAGES[1:])]) == 0  # each alone
+    stages = [str(out / d) for d in STAGES[1:]]
+    assert main(["report", *stages]) == 2  # their common parent is the demo: its page stays
+    assert "is an experiment directory with its own report" in capsys.readouterr().err
+    assert (out / "report.html").read_bytes() == pages[out / "report.html"]
+    combined = out.parent / "stages.html"
+    assert main(["report", *stages, "--out", str(combined)]) == 0  # each alone, and together
 
 
 @pytest.mark.parametrize(

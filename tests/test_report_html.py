@@ -156,9 +156,9 @@ def test_the_studys_claims_appear_only_on_a_page_that_asks_for_them():
 
 def test_claims_judged_on_different_models_or_data_name_them():
     claims = [
-        html.Claim("c", "s", "confirmed", "n", where="`m`, data `a.jsonl`"),
-        html.Claim("c", "s", "refuted", "n", where="`m`, data `b.jsonl`"),
+        html.Claim("c", "s", "confirmed", "n", where="model `m`, data `a.jsonl`"),
+        html.Claim("c", "s", "refuted", "n", where="model `m`, data `b.jsonl`"),
     ]
     text = html.render(html.Page("t", claims=claims, study=True))
     assert "On this model" not in text and "here</h2>" not in text
-    assert '<td data-label="Judged on"><code>m</code>, data <code>b.jsonl</code></td>' in text
+    assert '<td data-label="Judged on">model <code>m</code>, data <code>b.jsonl</code></td>' in text

@@ -102,5 +102,5 @@ def html_report(directory: Path, results: dict, study: bool = False) -> html.Rep
     blocks.append(html.Section("Every matrix", [html.from_table(matrices_table(results))]))
     blocks += html.provenance(results)
     title = f"Geometry of `{results['model']}`"
-    return html.Report(title, results["model"], "none (weights only)", next_steps(results),
+    return html.Report(title, results["model"], "", next_steps(results),
                        [html.Section(title, blocks)])  # fmt: skip

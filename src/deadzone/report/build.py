@@ -98,7 +98,8 @@ def load_results(directory: str | Path) -> dict:
 
 
 def _where(report: Report) -> str:
-    return f"`{report.model}`, data `{report.data}`"
+    """``model `m`, data `d.jsonl``` (no data for an experiment that read none)."""
+    return f"model `{report.model}`" + (f", data `{report.data}`" if report.data else "")
 
 
 def _page(reports: list[tuple[Path, Report]], title: str, at: Path, with_study: bool) -> Page:
@@ -106,11 +107,12 @@ def _page(reports: list[tuple[Path, Report]], title: str, at: Path, with_study: 
     report's sections, the first saying which results file, model and data it comes from. The
     claims name the experiment they were judged on when the reports differ in model or data."""
     page = Page(title, study=with_study)
-    several = len({(r.model, r.data) for _, r in reports}) > 1
+    models = {r.model for _, r in reports}
+    several = len(models) > 1 or len({r.data for _, r in reports if r.data}) > 1
     nested = []
     for directory, report in reports:
         source = Path(os.path.relpath(directory / RESULTS, at.parent)).as_posix()
-        said = f"From `{source}`: model `{report.model}`, data `{report.data}`."
+        said = f"From `{source}`: {_where(report)}."
         for i, section in enumerate(report.sections):
             blocks = [Paragraph(said), *section.blocks] if i == 0 else section.blocks
             page.sections.append(Section(section.title, blocks))
@@ -170,6 +172,11 @@ def combined_path(directories: list[Path], out: str | Path | None) -> Path:
             raise DeadzoneError(
                 f"{path.parent} is one of the directories and their common parent: give --out "
                 "FILE for the combined report"
+            )
+        if (path.parent / RESULTS).is_file():  # a demo's stages: its page is not ours to replace
+            raise DeadzoneError(
+                f"{path.parent}, the directories' common parent, is an experiment directory with "
+                "its own report: give --out FILE for the combined report"
             )
     fileio.ensure_dir(path.parent)
     return path

@@ -153,8 +153,9 @@ table.cards td::before{content:attr(data-label);display:block;font-size:.8rem;co
 
 @dataclass
 class Report:
-    """What one experiment puts on a page: its title, model and data, what to do next, the
-    study's claims it judges (when asked for) and its sections."""
+    """What one experiment puts on a page: its title, model and data (empty: the experiment
+    read no data), what to do next, the study's claims it judges (when asked for) and its
+    sections."""
 
     title: str
     model: str
