@@ -132,13 +132,13 @@ h1{font-size:1.6rem;margin:.5rem 0}h2{font-size:1.3rem;margin-top:2rem;
 border-bottom:1px solid #ddd}h3{font-size:1.1rem}
 code{font:.9em ui-monospace,Menlo,Consolas,monospace;background:#f3f3f3;padding:0 .2em}
 .scroll{overflow-x:auto;margin:1rem 0}
-table{border-collapse:collapse;font-size:.85rem}
+table{border-collapse:collapse;font-size:.8rem}
 nav ol{margin:.3rem 0;padding-left:1.4rem}nav li{margin:.1rem 0}
 caption{text-align:left;font-weight:600;padding:.3rem 0}
 th,td{border:1px solid #ddd;padding:.3rem .5rem;text-align:left;vertical-align:top;
 overflow-wrap:normal}
 th{background:#f6f6f6}
-td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
 .confirmed,.better,.negligible{background:#e3f4e1;color:#17611b;font-weight:600}
 .refuted,.costly{background:#fbe4e2;color:#8c1d13;font-weight:600}
 .undetermined{background:#fdf3d8;color:#6b4f00;font-weight:600}
