@@ -1,9 +1,21 @@
-"""Tiny models of each named family, built from configs (no downloads)."""
+"""Shared fixtures: tiny models of each named family, built from configs (no downloads); a real
+crystallize experiment of a micro GPT-2; headless Chromium for the browser tier."""
 
 from __future__ import annotations
 
+import base64
+import io
+import json
+import os
+import select
+import shutil
+import subprocess
+import time
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image as PILImage
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
@@ -19,7 +31,47 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: the browser client cannot hand Chromium its pipe
+    fcntl = None
+
 VOCAB = 96
+
+# Tests of other modules moved out of the fast tier, by their durations in a full run of the suite
+# on 2 shared cores (pytest --durations): whole files, or file::test (every parametrization).
+TIERS = {
+    "e2e": (  # a command run end to end: processes, pools, Ray, kills, resumes, trackers
+        "test_scan_cli.py",
+        "test_execute.py::test_ctrl_c_keeps_finished_runs_and_exits_130_with_one_line",  # 102 s
+        "test_execute.py::test_a_killed_worker_is_retried_then_its_run_fails_and_the_others_go_on",
+        "test_execute.py::test_the_pool_and_a_local_ray_cluster_give_the_records_of_the_in_process_run",
+        "test_execute.py::test_a_pool_entered_once_serves_every_experiment_inside_it_with_the_drivers_data",
+        "test_execute.py::test_a_killed_driver_resumes_losing_and_repeating_nothing",  # 25 s
+        "test_execute.py::test_more_seeds_and_another_strategy_reuse_the_finished_runs",  # 10 s
+        "test_tracking.py::test_runs_in_a_worker_process_report_too",  # 39 s
+        "test_tracking.py::test_a_scan_reports_each_of_its_runs",  # 21 s
+        "test_tracking.py::test_tracking_changes_no_result_and_is_no_part_of_the_identity",
+        "test_tracking.py::test_mlflow_metrics_and_params_match_each_runs_curve",  # 18 s
+        "test_pretrain.py::test_pretrained_directory_loads_with_auto_classes_and_matches_memory",
+        "test_pretrain.py::test_console_script_unknown_preset_is_one_line_without_traceback",
+        "test_examples.py::test_example_runs_and_freezes",  # 31 s
+        "test_freeze_cmd.py::test_cli_writes_results_report_plots",  # 12 s
+    ),
+    "slow": (
+        "test_scores.py::test_spearman_permutation_p_agrees_with_scipy_and_is_calibrated",  # 53 s
+        "test_sft_data.py::test_builtin_docstrings_uses_its_own_eval_split",  # 13 s
+    ),
+}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark the tests :data:`TIERS` lists (their own files mark the rest)."""
+    for item in items:
+        names = (item.path.name, f"{item.path.name}::{item.originalname}")
+        for marker, listed in TIERS.items():
+            if any(name in listed for name in names):
+                item.add_marker(marker)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -120,3 +172,244 @@ def save_micro_experiment(root, rows: list[dict]):
     path = root / "data.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root / "model", path
+
+
+# --- a real crystallize experiment, for the report tests ---------------------------------------
+
+
+def prompt_rows(n: int) -> list[dict]:
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota"]
+    return [
+        {"prompt": f"Say {words[i % 9]} then {words[(2 * i) % 9]}:",
+         "completion": f" {words[i % 9]} {words[(2 * i) % 9]}."}
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def run_crystallize(root, strategies: tuple[str, ...], rows: int = 40):
+    """A real crystallize experiment of a micro GPT-2 on L1.attn.c_proj (2 steps, 2 seeds) in
+    ``root/exp``, on ``rows`` prompt/completion rows."""
+    from deadzone.experiments.crystallize import CrystallizeConfig, crystallize
+    from deadzone.training.train import SFTConfig
+
+    model, data = save_micro_experiment(root, prompt_rows(rows))
+    config = CrystallizeConfig(
+        model=str(model), targets="L1.attn.c_proj", strategies=strategies, seeds=2,
+        data=str(data), max_length=48,
+        sft=SFTConfig(steps=2, lr=3e-3, batch_size=4, eval_every=2),
+    )  # fmt: skip
+    crystallize(config, root / "exp", show_progress=False)
+    return root / "exp"
+
+
+@pytest.fixture(scope="session")
+def crystallize_experiment():
+    """:func:`run_crystallize`, for module fixtures that build their own experiment."""
+    return run_crystallize
+
+
+# --- headless Chromium, for the browser tier ---------------------------------------------------
+
+# DEADZONE_CHROMIUM names another browser binary (or a missing one, to see the tier skip or fail).
+CHROMIUM = os.environ.get("DEADZONE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", "--remote-debugging-pipe",
+]  # fmt: skip
+TIMEOUT = 30.0
+
+
+# --- a small CDP client over a pipe ------------------------------------------------------------
+
+
+def above_9(fd: int) -> int:
+    """``fd`` moved to a number of 10 or more."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return moved
+
+
+class Browser:
+    """Headless Chromium and its DevTools pipe; every message it sends is kept in ``log``."""
+
+    def __init__(self, profile):
+        ours_r, its_w = os.pipe()  # Chromium writes replies on its fd 4
+        its_r, ours_w = os.pipe()  # and reads requests on its fd 3
+        its_r, its_w = (above_9(fd) for fd in (its_r, its_w))  # clear of 3 and 4
+        self.stderr = profile / "chromium.log"
+        # bash puts the pipe ends at fds 3 and 4, then becomes Chromium.
+        at_3_and_4 = f'exec "$0" "$@" 3<&{its_r} 4>&{its_w} {its_r}<&- {its_w}>&-'
+        args = [*FLAGS, f"--user-data-dir={profile / 'profile'}", "about:blank"]
+        with open(self.stderr, "wb") as err:
+            self.proc = subprocess.Popen(
+                ["bash", "-c", at_3_and_4, CHROMIUM, *args],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                pass_fds=(its_r, its_w),
+            )  # fmt: skip
+        os.close(its_r)
+        os.close(its_w)
+        self.rfd, self.wfd = ours_r, ours_w
+        self.buffer, self.pending, self.log, self.next_id = b"", [], [], 0
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self.wfd, json.dumps(message).encode() + b"\0")
+        reply = self.wait(lambda m, i=self.next_id: m.get("id") == i)
+        if "error" in reply:
+            raise AssertionError(f"{method}: {reply['error']}")
+        return reply["result"]
+
+    def wait(self, match, timeout: float = TIMEOUT) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, message in enumerate(self.pending):
+                if match(message):
+                    return self.pending.pop(i)
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                tail = self.stderr.read_text(errors="replace")[-2000:]
+                pytest.fail(f"chromium did not answer (exit {self.proc.poll()}): {tail}")
+            if select.select([self.rfd], [], [], left)[0]:
+                chunk = os.read(self.rfd, 1 << 20)
+                if not chunk:
+                    continue  # the pipe closed: poll() tells on the next turn
+                *messages, self.buffer = (self.buffer + chunk).split(b"\0")
+                for raw in messages:
+                    message = json.loads(raw)
+                    self.log.append(message)
+                    self.pending.append(message)
+
+    def open(self, url: str, width: int, height: int) -> str:
+        """A new tab showing ``url`` at a ``width`` × ``height`` viewport, once it has loaded."""
+        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})
+        session = session["sessionId"]
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            self.send(f"{domain}.enable", session=session)
+        self.resize(session, width, height)
+        self.send("Page.navigate", {"url": url}, session)
+        loaded = {"method": "Page.loadEventFired", "sessionId": session}
+        self.wait(lambda m: loaded.items() <= m.items())
+        return session
+
+    def resize(self, session: str, width: int, height: int) -> None:
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600}
+        self.send("Emulation.setDeviceMetricsOverride", metrics, session)
+
+    def evaluate(self, session: str, expression: str):
+        params = {"expression": expression, "returnByValue": True, "awaitPromise": True}
+        result = self.send("Runtime.evaluate", params, session)
+        if "exceptionDetails" in result:
+            raise AssertionError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"]["value"]
+
+    def problems(self, session: str) -> list[str]:
+        """Console errors, uncaught exceptions, failed or non-local requests of a tab."""
+        found = []
+        for m in self.log:
+            method, p = m.get("method"), m.get("params", {})
+            if m.get("sessionId") != session:
+                continue
+            if method == "Runtime.consoleAPICalled" and p["type"] in ("error", "assert"):
+                found.append(f"console.{p['type']}: {p['args']}")
+            elif method == "Runtime.exceptionThrown":
+                found.append(f"exception: {p['exceptionDetails'].get('text')}")
+            elif method == "Log.entryAdded" and p["entry"]["level"] == "error":
+                found.append(f"log: {p['entry']['text']}")
+            elif method == "Network.loadingFailed":
+                found.append(f"failed request: {p.get('errorText')}")
+            elif method == "Network.requestWillBeSent":
+                url = p["request"]["url"]
+                if not url.startswith(("file:", "data:")):
+                    found.append(f"request: {url}")
+        return found
+
+    def facts(self, session: str) -> dict:
+        """What the page shows: image widths, claim verdicts, tables, widths (``PAGE_FACTS``)."""
+        return self.evaluate(session, PAGE_FACTS)
+
+    def screenshot(self, session: str) -> np.ndarray:
+        """The viewport in grey levels, ``(height, width)``."""
+        data = self.send("Page.captureScreenshot", {"format": "png"}, session)["data"]
+        image = PILImage.open(io.BytesIO(base64.b64decode(data))).convert("L")
+        return np.asarray(image, dtype=float)
+
+    def close(self) -> None:
+        try:
+            os.write(self.wfd, json.dumps({"id": 0, "method": "Browser.close"}).encode() + b"\0")
+            self.proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.rfd)
+        os.close(self.wfd)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium. Without it the test is skipped with the reason, except on CI
+    (``CI=true``), where the browser tier must run: there it fails."""
+    if not os.access(CHROMIUM, os.X_OK) or fcntl is None:
+        why = f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    b = Browser(tmp_path)
+    yield b
+    b.close()
+
+
+PAGE_FACTS = """(async () => {
+  const images = [...document.images];
+  await Promise.all(images.map(i => i.decode()));
+  return {
+    images: images.map(i => i.naturalWidth),
+    claims: [...document.querySelectorAll('#claims table tbody tr td:nth-child(3)')]
+      .map(td => td.textContent),
+    tables: document.querySelectorAll('table').length,
+    shownImages: images.map(i => i.getBoundingClientRect().width),
+    columns: new Set(images.map(i => Math.round(i.getBoundingClientRect().left))).size,
+    contents: document.querySelectorAll('nav#contents li').length,
+    pageWidth: document.scrollingElement.scrollWidth,
+    innerWidth: innerWidth,
+    scrollingTables: [...document.querySelectorAll('.scroll')]
+      .filter(d => d.scrollWidth > d.clientWidth).length,
+  };
+})()"""
+
+
+# --- plots -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def drawn_figures(monkeypatch):
+    """The figures the report modules draw, kept instead of saved, in order."""
+    from deadzone.report import crystallize, freeze, geometry, scan
+
+    figures = []
+    for module in (crystallize, freeze, geometry, scan):
+        monkeypatch.setattr(module, "save_png", lambda fig, path: figures.append(fig))
+    return figures
+
+
+@pytest.fixture
+def legends_on_data():
+    """A check of a figure: the legends on an axes' plotting area, named (none is right)."""
+    return _legends_on_data
+
+
+def _legends_on_data(fig) -> list[str]:
+    """The legends of ``fig`` (its own and its axes') that overlap the plotting area of an axes."""
+    fig.canvas.draw()
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    found = []
+    for legend in legends:
+        box = legend.get_window_extent()
+        for ax in fig.axes:
+            if ax.get_visible() and ax.get_label() != "<colorbar>" and box.overlaps(ax.bbox):
+                found.append(f"legend {[t.get_text() for t in legend.texts]} on {ax.get_title()}")
+    return found

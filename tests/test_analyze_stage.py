@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from deadzone import fileio
+from deadzone import fileio, study
 from deadzone.cli import main
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.analyze import analyze_experiment
 from deadzone.geometry.analysis import analyze_checkpoint
-from deadzone.report import analyze as report
+from deadzone.report.build import write_reports
 from deadzone.schema import SCHEMA_VERSION
 
 
@@ -47,11 +47,14 @@ def test_analyze_out_and_report_put_the_study_beside_the_model(gpt2_dir, tmp_pat
     assert main(["analyze", str(gpt2_dir[0]), "--out", str(out)]) == 0
     assert "report.html" in capsys.readouterr().out
     md = (out / "report.md").read_text()
+    assert "202.7" not in md and "study" not in md  # a user's model: the study only when asked
+    write_reports(out, study=True)
+    md = (out / "report.md").read_text()
     assert "| L0 | 202.7 |" in md and "| L7 | 205.9 | — |" in md  # the study's rows, ours beside
     assert "Attention c_proj has a lower PR than c_attn" in md
     html = (out / "report.html").read_bytes()
     (out / "report.html").unlink()
-    assert main(["report", str(out)]) == 0
+    write_reports(out, study=True)
     assert (out / "report.html").read_bytes() == html
     assert (out / "geometry.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -80,7 +83,7 @@ def results(pairs: list[tuple[float, float]], amplitude: float = 1.0) -> dict:
     ],
 )
 def test_the_c_proj_claim_counts_layers(pairs, verdict):
-    claim = report.claims(results(pairs))[0]
+    claim = study.geometry_claims(results(pairs))[0]
     assert claim.verdict == verdict
     lower = sum(o < i for i, o in pairs)
     assert f"lower in {lower} of {len(pairs)} layers" in claim.numbers
@@ -88,5 +91,5 @@ def test_the_c_proj_claim_counts_layers(pairs, verdict):
 
 @pytest.mark.parametrize("amplitude, verdict", [(1.03, "confirmed"), (30.0, "refuted")])
 def test_the_amplitude_claim_compares_amplitude_pr_with_a_tenth_of_pr(amplitude, verdict):
-    claim = report.claims(results([(200, 84.5), (200, 90)], amplitude))[1]
+    claim = study.geometry_claims(results([(200, 84.5), (200, 90)], amplitude))[1]
     assert claim.verdict == verdict and f"amplitude PR {amplitude:.2f}" in claim.numbers

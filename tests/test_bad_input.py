@@ -233,9 +233,20 @@ def test_a_tokenizer_larger_than_the_embedding_is_refused_naming_both(micro, tmp
 # --- smaller defects ----------------------------------------------------------------------------
 
 
+@pytest.fixture
+def hub_online(monkeypatch):
+    """The hub not in offline mode, whatever the caller's shell exports: ``huggingface_hub``
+    read ``HF_HUB_OFFLINE`` when it was imported, so its constant is set back too."""
+    import huggingface_hub.constants
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
 @pytest.mark.parametrize("why", ["offline", "unreachable"])
 def test_a_data_name_that_is_no_file_fails_fast_and_quietly(
-    micro, tmp_path, capsys, monkeypatch, why
+    micro, tmp_path, capsys, monkeypatch, hub_online, why
 ):
     import time
 
@@ -253,13 +264,12 @@ def test_a_data_name_that_is_no_file_fails_fast_and_quietly(
     assert expected in err
 
 
-def test_the_hub_probe_goes_through_a_configured_proxy(monkeypatch):
+def test_the_hub_probe_goes_through_a_configured_proxy(monkeypatch, hub_online):
     import socket
 
     from deadzone.data import sources
 
     server = socket.create_server(("127.0.0.1", 0))  # a "proxy": the kernel completes connects
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{server.getsockname()[1]}")
     monkeypatch.setenv("no_proxy", "")
     try:

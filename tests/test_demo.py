@@ -8,11 +8,12 @@ import time
 from html import escape
 
 import pytest
-from test_report_html import PAGE_FACTS, browser, screenshot  # noqa: F401 (browser: a fixture)
 
 from deadzone import fileio
 from deadzone.cli import main
-from deadzone.report.build import STUDY_SCAN
+from deadzone.study import STUDY_SCAN
+
+pytestmark = pytest.mark.e2e  # the quick demo, end to end
 
 STAGE_FILES = {
     "analyze": ["results.json", "geometry.json", "geometry.csv", "geometry.png", "report.md",
@@ -80,6 +81,10 @@ def test_quick_demo_writes_every_stages_files_and_both_reports(demo):
         assert html.count(row) == 1, claim
         assert "Not run here" not in html.split(row)[1].split("</tr>")[0]
     assert html.count("<img ") >= 6 and "http" not in html.split("<body>", 1)[1]
+    headings = [h.split("</h")[0] for h in html.split("<h")[1:] if h[0] in "123456"]
+    assert len(headings) == len(set(headings)), headings  # freeze at 25% and 50% differ
+    assert "What to do next" in html.split('<section id="claims">')[0]
+    assert "Judged on" not in html  # one model, one data set: the claims are this model's
     report = (out / "report.md").read_text()
     assert "## The study's claims" in report and "(crystallize/report.md)" in report
     assert "(scan/report.md)" in report and "(freeze-50/report.md)" in report
@@ -132,7 +137,12 @@ def test_deadzone_report_rebuilds_the_same_html_byte_for_byte(demo, capsys):
     assert main(["report", str(out)]) == 0
     for page, data in pages.items():
         assert page.read_bytes() == data, page
-    assert main(["report", *(str(out / d) for d in STAGES[1:])]) == 0  # each alone
+    stages = [str(out / d) for d in STAGES[1:]]
+    assert main(["report", *stages]) == 2  # their common parent is the demo: its page stays
+    assert "is an experiment directory with its own report" in capsys.readouterr().err
+    assert (out / "report.html").read_bytes() == pages[out / "report.html"]
+    combined = out.parent / "stages.html"
+    assert main(["report", *stages, "--out", str(combined)]) == 0  # each alone, and together
 
 
 @pytest.mark.parametrize(
@@ -181,19 +191,22 @@ def test_help_states_every_default(capsys):
     assert "(default: none)" in text and "(default: OUT/tracking)" in text
 
 
-def test_the_demo_report_opens_in_chromium_whole_and_readable_on_a_phone(demo, browser):  # noqa: F811  # noqa: F811
+@pytest.mark.browser
+def test_the_demo_report_opens_in_chromium_whole_and_readable_on_a_phone(demo, browser):
     out, _ = demo
     session = browser.open((out / "report.html").as_uri(), 1280, 900)
-    facts = browser.evaluate(session, PAGE_FACTS)
+    facts = browser.facts(session)
     assert browser.problems(session) == []
     assert len(facts["images"]) >= 6 and all(width > 0 for width in facts["images"]), facts
     assert len(facts["claims"]) >= 9  # analyze 2, crystallize 3, scan 2, freeze at 25% and 50%
     assert set(facts["claims"]) <= {"confirmed", "refuted", "undetermined"}
-    pixels = screenshot(browser, session)
+    assert facts["scrollingTables"] == 0, facts  # at 1280 px no table is cut
+    pixels = browser.screenshot(session)
     assert pixels.std() > 5 and (pixels < 128).mean() > 0.005  # text and lines, not blank
     browser.resize(session, 390, 844)
-    phone = browser.evaluate(session, PAGE_FACTS)
+    phone = browser.facts(session)
     assert phone["innerWidth"] == 390 and phone["pageWidth"] <= 390, phone
+    assert max(phone["shownImages"]) <= 390 and phone["columns"] == 1, phone
     assert browser.problems(session) == []
 
 

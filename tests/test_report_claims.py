@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from deadzone.report.build import STUDY_EFFECTIVE, STUDY_OTHERS, scan_claims
-from deadzone.report.demo import skipped_claims
+from deadzone.study import STUDY_EFFECTIVE, STUDY_OTHERS, scan_claims, skipped_claims
 
 SITES = ["L3.attn.c_proj", "L4.attn.c_attn", "L4.attn.c_proj", "L4.mlp.c_fc"]
 PARAMS = 1024
@@ -54,7 +53,8 @@ def test_a_jointly_negligible_frozen_set_confirms_the_effective_count_with_its_n
     effective, others = scan_claims(doc)
     assert (effective.verdict, others.verdict) == ("confirmed", "confirmed")
     said = effective.numbers
-    assert "2,048 parameters (2 matrices) need not train" in said  # count
+    # the count, and which matrices it speaks of
+    assert "2,048 parameters in 2 matrices (L3.attn.c_proj, L4.attn.c_attn) need not train" in said
     assert "5.0% of the trainable parameters" in said and "25.0% of those in the blocks" in said
     assert "interval [-0.20, +1.10]" in said and "Joint check on 3 seeds" in said
     assert "4 site(s) in block(s) L3, L4 (50.0% of the block parameters)" in said
@@ -68,7 +68,8 @@ def test_a_jointly_negligible_random_set_confirms_it_too():
     doc = results({"frozen": [U, U, U, U], "random": [N, U, U, U]}, {"random": SITES[:1]})
     effective, _ = scan_claims(doc)
     assert effective.verdict == "confirmed"
-    assert "1,024 parameters (1 matrices) carry nothing in their values" in effective.numbers
+    said = "1,024 parameters in 1 matrix (L3.attn.c_proj) carry nothing in their values"
+    assert said in effective.numbers  # one matrix, named
 
 
 @pytest.mark.parametrize(

@@ -163,3 +163,109 @@ def test_a_scan_stopped_in_its_baselines_is_reported_as_judging_nothing_yet(
     assert err.startswith(f"deadzone: error: {tmp_path / 'results.json'}: ")
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "report.md").exists()
+
+
+def scan_doc(unit: str = "share_of_gain") -> dict:
+    """A complete scan results file over :func:`summary`'s sites, whose frozen joint check went
+    4 -> 2 -> 1 sites."""
+    s = summary()
+    names = [site["site"] for site in s["strategies"]["frozen"]["sites"]]
+    steps = [
+        {"sites": names[4:8], "seeds": 2, "verdict": "undetermined", "cost": 0.01,
+         "interval": [-0.01, 0.03], "action": "split"},
+        {"sites": names[4:6], "seeds": 3, "verdict": "costly", "cost": 0.05,
+         "interval": [0.03, 0.07], "action": "split"},
+        {"sites": names[4:5], "seeds": 3, "verdict": "negligible", "cost": 0.001,
+         "interval": [-0.004, 0.006], "action": "accept"},
+    ]  # fmt: skip
+    for name, st in s["strategies"].items():
+        st["verdicts"] = {"negligible": 10, "costly": 6}
+        st["search"] = {"judgements": 20, "runs": 30}
+        st["joint"] = (
+            {"sites": names[4:5], "steps": steps, "seeds": 3} if name == "frozen" else None
+        )
+    joint = s["strategies"]["frozen"]["joint"]
+    s["effective"] = {
+        "frozen": {"sites": 1, "params": 1024, "fraction_of_trainable": 0.01,
+                   "fraction_of_block_params": 0.02, "cost": 0.001, "interval": [-0.004, 0.006],
+                   "verdict": "negligible"},
+        "random": {"sites": 0, "params": 0, "fraction_of_trainable": 0.0,
+                   "fraction_of_block_params": 0.0, "cost": None, "interval": None,
+                   "verdict": None},
+    }  # fmt: skip
+    assert joint["sites"] == [names[4]]
+    s |= {"unit": unit, "margin_used": 0.02, "alpha": 0.05 / 32, "comparisons": 32,
+          "mode": "adaptive", "complete": True, "runs": 64, "seeds": 3}  # fmt: skip
+    return {"schema_version": SCHEMA_VERSION, "experiment": "scan", "model": "m",
+            "sites": names, "steps": 3, "data": {"spec": "d.jsonl"}, "seeds": [0, 1, 2],
+            "runs": [], "summary": s, "model_info": {}}  # fmt: skip
+
+
+def test_a_scan_judged_in_nats_says_so_and_shows_nats():
+    doc = scan_doc("nats")
+    text = report.markdown(doc)
+    assert "judged as a nats" not in text and "0.01 nats" not in text
+    assert "Costs are judged in nats (the fine-tuning gain was not clearly positive)" in text
+    table = report.sites_table(doc["summary"], "frozen")
+    assert table.columns[2] == "Cost (nats)" and table.rows[1][2] == "+0.0010"
+    shares = report.sites_table(scan_doc()["summary"], "frozen")
+    assert shares.columns[2] == "Cost (% of the fine-tuning gain)" and shares.rows[1][2] == "+0.10"
+
+
+def test_the_heatmaps_colours_span_the_costs_it_shows():
+    s = summary()
+    for st in s["strategies"].values():  # costs of 0.3-1.3% of the gain, the margin 2%
+        for i, site in enumerate(st["sites"]):
+            site["cost"] = 0.003 + 0.01 * i / (len(st["sites"]) - 1)
+    assert report.colour_limit(s) == pytest.approx(1.3)  # not 5 margins (±10%)
+    assert report.colour_limit(summary()) == pytest.approx(20.0)  # a cost of 10%, doubled
+    for st in s["strategies"].values():
+        for site in st["sites"]:
+            site["single"] = False
+    assert report.colour_limit(s) == pytest.approx(2.0)  # nothing coloured: the margin
+
+
+def test_scores_with_fewer_than_three_single_site_costs_are_not_plotted(tmp_path):
+    doc = scan_doc()
+    for st in doc["summary"]["strategies"].values():
+        for site in st["sites"][3:]:
+            site["single"] = False  # two single sites left
+    assert not report.drawn(doc["summary"])
+    fileio.write_json(tmp_path / "results.json", doc)
+    (tmp_path / "scores.png").write_bytes(b"an earlier scan's")
+    written = report.write_report(tmp_path)
+    assert "scores.png" not in written and not (tmp_path / "scores.png").exists()
+    assert "scores.png" not in (tmp_path / "report.md").read_text()
+    assert report.drawn(scan_doc()["summary"])
+
+
+def test_the_joint_checks_steps_are_on_the_page_as_in_report_md(tmp_path):
+    from deadzone.report.build import report_directory
+
+    fileio.write_json(tmp_path / "results.json", scan_doc())
+    page, _ = report_directory(tmp_path)
+    text, md = page.read_text(), (tmp_path / "report.md").read_text()
+    steps = report.joint_steps(scan_doc()["summary"], "frozen")
+    assert [s[:6] for s in steps] == ["4 site", "2 site", "1 site"]
+    for i, step in enumerate(steps, 1):
+        assert f"{i}. {step}" in md
+        assert f"<li>{step.replace('->', '-&gt;')}</li>" in text
+    assert "<ol><li>4 sites on 2 seeds" in text
+    assert "1 matrix (L1.attn_qkv)" in text and "(1 matrices)" not in text
+    assert text.index("What to do next") < text.index("<h2>Scan of")
+    assert "Freeze the plan (<code>plan.json</code>), 1 matrix: L1.attn_qkv" in text
+
+
+def test_no_legend_covers_data(tmp_path, drawn_figures, legends_on_data):
+    report.scores_plot(scan_doc()["summary"], tmp_path / "scores.png")
+    report.heatmap(scan_doc()["summary"], tmp_path / "heatmap.png")
+    assert drawn_figures and all(legends_on_data(fig) == [] for fig in drawn_figures)
+    from deadzone.report.geometry import write_plot
+
+    records = [
+        {"site": f"L{layer}.{role}", "layer": layer, "role": role, "finite": True,
+         "pr": 10.0 + layer, "pc1": 0.1 * (layer + 1)}
+        for layer in range(4) for role in ("attn_qkv", "attn_out", "mlp_in", "mlp_out")
+    ]  # fmt: skip
+    write_plot(tmp_path / "geometry.png", records)
+    assert legends_on_data(drawn_figures[-1]) == []

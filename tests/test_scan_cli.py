@@ -22,8 +22,10 @@ from deadzone.cli import main
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.scan import ScanConfig, scan
 from deadzone.plans import apply_plan, load_plan
-from deadzone.report.build import STUDY_SCAN
+from deadzone.report.build import build
+from deadzone.report.scan import drawn
 from deadzone.schema import SCHEMA_VERSION
+from deadzone.study import STUDY_SCAN
 from deadzone.training import strategies
 from deadzone.training.schedules import ScheduleContext, make_schedule, model_units
 from deadzone.training.train import SFTConfig, computed
@@ -109,8 +111,10 @@ def test_a_free_strategy_is_found_negligible_in_few_runs_and_its_plan_freezes_ex
     # The report rebuilds from results.json alone, as HTML too.
     assert main(["report", str(out)]) == 0
     page = (out / "report.html").read_text()
-    assert "Scan of" in page
-    # ... opening with the study's scan claims, both confirmed by the jointly negligible set.
+    assert "Scan of" in page and "What to do next" in page and "The study" not in page
+    # ... and, asked for, with the study's scan claims, both confirmed by the joint set.
+    assert build([out], study=True).errors == []
+    page = (out / "report.html").read_text()
     for claim, study in STUDY_SCAN:
         row = f'{escape(claim)}</td><td data-label="The study">{escape(study)}</td>'
         assert f'{row}<td class="confirmed"' in page, claim
@@ -169,7 +173,9 @@ def test_the_plan_orders_the_other_sites_by_single_cost_and_a_rerun_claims_only_
 
     assert main([*args, "--strategies", "random"]) == 0
     again = capsys.readouterr().out
-    assert wrote(again) == ["results.json", "report.md", "heatmap.png", "scores.png"]
+    summary = fileio.read_json(out / "results.json")["summary"]
+    scores = ["scores.png"] if drawn(summary) else []  # none with under 3 single-site costs
+    assert wrote(again) == ["results.json", "report.md", "heatmap.png", *scores]
     assert load_plan(out / "plan.json") == plan  # the earlier plan, left as it was
 
 

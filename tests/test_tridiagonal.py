@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.linalg import lapack
+from scipy.linalg import cython_lapack, lapack
 
 from deadzone.geometry import tridiagonal
 
@@ -48,3 +48,32 @@ def test_overwrite_only_when_asked_and_possible() -> None:
     F = np.asfortranarray(kept.astype(np.float32))
     tridiagonal.reduce(F, overwrite=True)  # not float64: reduced in a copy
     assert np.array_equal(F, kept.astype(np.float32))
+
+
+@pytest.fixture
+def unbound(monkeypatch):
+    """A scipy whose Cython table of LAPACK routines has no ``__pyx_capi__`` to bind."""
+    monkeypatch.setattr(tridiagonal, "cython_lapack", object())
+    for cached in (tridiagonal.binds, tridiagonal._routine, tridiagonal._sytrd_lwork):
+        cached.cache_clear()
+    yield
+    monkeypatch.undo()
+    tridiagonal.binds.cache_clear()
+    tridiagonal._sytrd_lwork.cache_clear()
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 100])
+def test_without_the_table_scipys_wrappers_give_the_same_numbers(n: int, unbound) -> None:
+    G = psd(n, seed=n)
+    assert not tridiagonal.binds()
+    wrapped = tridiagonal.reduce(G)
+    lam = tridiagonal.eigenvalues(wrapped.d, wrapped.e)
+    tridiagonal.binds.cache_clear()
+    tridiagonal.cython_lapack = cython_lapack
+    assert tridiagonal.binds()
+    bound = tridiagonal.reduce(G)
+    for got, want in zip(wrapped, bound, strict=True):
+        assert got.shape == want.shape
+        assert np.allclose(got, want, rtol=0, atol=1e-12 * max(1.0, np.abs(want).max(initial=0)))
+    expected = tridiagonal.eigenvalues(bound.d, bound.e)
+    assert np.allclose(lam, expected, rtol=0, atol=1e-12 * expected[-1])

@@ -1,13 +1,14 @@
 """Advisory file locks: one live writer per results directory, one pretraining per preset.
 
-A lock is an ``flock`` on a file, so the kernel lets go of it when its holder dies, however it
-dies (``kill -9`` included): a dead process never holds a lock. The file also records who holds
-it (pid, host, command), for the message that refuses a second writer.
+A lock is a :mod:`filelock` lock on a file (``flock`` on POSIX, ``msvcrt.locking`` on Windows),
+so the operating system lets go of it when its holder dies, however it dies (``kill -9``
+included): a dead process never holds a lock. The file also records who holds it (pid, host,
+command), for the message that refuses a second writer; where the system keeps other processes
+from reading a locked file (Windows), the message says less.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shlex
@@ -17,6 +18,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from deadzone.errors import DeadzoneError
 
@@ -47,32 +50,43 @@ def file_lock(path: str | Path, *, wait: bool, what: str = "") -> Iterator[None]
     with a process about to lock it).
     """
     path = Path(path)
+    lock = FileLock(path, timeout=-1 if wait else 0)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        lock.acquire()
+    except Timeout:
+        raise DeadzoneError(
+            f"{what or path} is in use by {describe(_read(path))}; wait for it to finish, "
+            "or choose another output directory"
+        ) from None
     except OSError as e:
         raise DeadzoneError(f"cannot create the lock file {path}: {e.strerror}") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            raise DeadzoneError(
-                f"{what or path} is in use by {describe(_read(fd))}; wait for it to finish, "
-                "or choose another output directory"
-            ) from None
+        _record(path, json.dumps(holder()) + "\n")
+        yield
+    finally:
+        _record(path, "")
+        lock.release()
+
+
+def _record(path: Path, text: str) -> None:
+    """Replace the lock file's record with ``text``; best effort (a lock held elsewhere in this
+    process may keep the bytes from being written on Windows)."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        return
+    try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder()) + "\n").encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.write(fd, text.encode())
+    except OSError:
+        pass
     finally:
         os.close(fd)
 
 
-def _read(fd: int) -> dict:
+def _read(path: Path) -> dict:
     try:
-        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        info = json.loads(path.read_text() or "{}")
     except (OSError, ValueError):
         return {}
     return info if isinstance(info, dict) else {}

@@ -13,16 +13,26 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 
 from deadzone.errors import DeadzoneError
 
-if TYPE_CHECKING:
-    from deadzone.data.sft import Example
-
 IGNORE_INDEX = -100  # label of a token without loss, as torch's cross-entropy expects
+
+
+@dataclass(frozen=True)
+class Example:
+    """One tokenized example; ``labels[i]`` is ``input_ids[i]`` or ``IGNORE_INDEX``."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def trained_tokens(self) -> int:
+        """Tokens the loss is computed on (the first one is never predicted)."""
+        return sum(label != IGNORE_INDEX for label in self.labels[1:])
 
 
 def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:

@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from deadzone.data.batching import IGNORE_INDEX, collate, eval_batches, train_batches
+from deadzone.data.batching import IGNORE_INDEX, Example, collate, eval_batches, train_batches
 from deadzone.data.formats import Rendered, render_table
 from deadzone.data.sources import Table, is_builtin, read_spec, update_hash
 from deadzone.errors import DeadzoneError
@@ -48,19 +48,6 @@ __all__ = [
 ]
 
 TOKENIZE_CHUNK = 512  # rows per tokenizer call
-
-
-@dataclass(frozen=True)
-class Example:
-    """One tokenized example; ``labels[i]`` is ``input_ids[i]`` or ``IGNORE_INDEX``."""
-
-    input_ids: list[int]
-    labels: list[int]
-
-    @property
-    def trained_tokens(self) -> int:
-        """Tokens the loss is computed on (the first one is never predicted)."""
-        return sum(label != IGNORE_INDEX for label in self.labels[1:])
 
 
 @dataclass

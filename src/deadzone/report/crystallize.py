@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from deadzone.report import pyplot, save_png, write_files
+from deadzone.report import html, pyplot, save_png, write_files
 from deadzone.report.table import Table, to_markdown
 
 LABELS = {
@@ -74,14 +74,16 @@ def _verdict(record: dict) -> str:
 
 
 def table_model(results: dict) -> Table:
-    """The study's columns (strategy, final loss, vs full), then the cost in nats and in the
-    verdict's unit with its Holm-adjusted interval, and the verdict."""
+    """The study's columns (strategy, final loss, vs full), then the cost in nats and, when the
+    verdicts are judged as a share of the gain, in that unit too, with the Holm-adjusted interval
+    in the verdict's unit, and the verdict."""
     summary = results["summary"]
     unit = summary["unit"]
+    in_nats = unit == "nats"  # then the verdict's cost is the nats column: print it once
     columns = [
-        "Strategy", "Final train loss", "vs full", "Final eval loss", "vs full",
-        "Cost (nats)", f"Cost ({_unit_name(summary)})", "Holm-adjusted 95% CI", "Verdict",
-        "Trainable params",
+        "Strategy", "Final train loss", "vs full", "Final eval loss", "vs full", "Cost (nats)",
+        *([] if in_nats else [f"Cost ({_unit_name(summary)})"]), "Holm-adjusted 95% CI",
+        "Verdict", "Trainable params",
     ]  # fmt: skip
     rows = []
     for s in summary["arms"]:
@@ -90,6 +92,8 @@ def table_model(results: dict) -> Table:
         params = "—" if s["trainable_params"] is None else f"{s['trainable_params']:,}"
         cost = None if base else s["cost"]
         judged = cost[unit] if cost else None
+        nats = "—" if not cost or cost["nats"]["mean"] is None else f"{cost['nats']['mean']:+.4f}"
+        share = "—" if not judged or judged["mean"] is None else _in_unit(judged["mean"], unit)
         rows.append(
             [
                 label(s["strategy"], s["rank"]) + n,
@@ -97,14 +101,15 @@ def table_model(results: dict) -> Table:
                 "baseline" if base else _pct(s["delta_train_pct"]),
                 _loss(s["eval_loss_mean"], s["eval_loss_std"]),
                 "baseline" if base else _pct(s["delta_eval_pct"]),
-                "—" if not cost or cost["nats"]["mean"] is None else f"{cost['nats']['mean']:+.4f}",
-                "—" if not judged or judged["mean"] is None else _in_unit(judged["mean"], unit),
+                nats,
+                *([] if in_nats else [share]),
                 "—" if not judged else _interval(judged["adjusted"], unit),
                 _verdict(s),
                 params,
             ]
         )
-    return Table(columns, rows, right=frozenset({1, 2, 3, 4, 5, 6, 9}))
+    right = {1, 2, 3, 4, 5, len(columns) - 1} | (set() if in_nats else {6})
+    return Table(columns, rows, right=frozenset(right))
 
 
 def table(results: dict) -> str:
@@ -234,9 +239,66 @@ def setup_text(results: dict) -> str:
     )
 
 
+FREE = ("negligible", "better")
+
+
+def command(results: dict, seeds: int | None = None) -> str:
+    """The ``deadzone crystallize`` command of this experiment, with ``seeds`` seeds."""
+    arms = results["summary"]["arms"]
+    strategies = results.get("strategies") or list(dict.fromkeys(a["strategy"] for a in arms))
+    ranks = f" --rank {','.join(map(str, results['ranks']))}" if "crystal" in strategies else ""
+    return (
+        f"deadzone crystallize {results['model']} --target {','.join(results['targets'])} "
+        f"--strategies {','.join(strategies)}{ranks} --steps {results['steps']} "
+        f"--seeds {seeds or len(results['seeds'])} --data {results['data']['spec']} --out DIR"
+    )
+
+
+def next_steps(results: dict) -> list[str]:
+    """What to do next, in plain sentences: what to freeze, what it saves and costs (with its
+    interval), and the command to run next."""
+    summary, unit = results["summary"], results["summary"]["unit"]
+    target = _names(results["targets"])
+    arms = [a for a in summary["arms"] if a["verdict"] != "baseline"]
+    full = next((a for a in summary["arms"] if a["verdict"] == "baseline"), None)
+    free = [a for a in arms if a["verdict"] in FREE]
+    said = []
+    for a in free:
+        saved = ""
+        if full and full["trainable_params"] and a["trainable_params"] is not None:
+            fewer = full["trainable_params"] - a["trainable_params"]
+            saved = f", and trains {fewer:,} fewer parameters ({_share(fewer, full)} of full's)"
+        what = _cost(a["strategy"], a["rank"], len(results["targets"]))
+        said.append(
+            f"Freeze {target}: {what} costs {cost_text(a['cost'][unit], unit)}, "
+            f"{a['verdict']}{saved}."
+        )
+    if not free:
+        said.append(f"Keep {target} training: no strategy was shown to cost less than the margin.")
+    needed = [a["seeds_needed"] for a in arms if a["verdict"] == "undetermined" and
+              a.get("seeds_needed")]  # fmt: skip
+    if needed:
+        n = min(needed)
+        said.append(
+            f"To decide the undetermined, rerun with about {n:,} seeds into the same directory "
+            f"(finished runs are reused): `{command(results, n)}`."
+        )
+    said.append(
+        f"Next, map the whole model: `deadzone scan {results['model']} --data "
+        f"{results['data']['spec']} --out DIR` ends in a freeze plan with its joint cost."
+    )
+    return said
+
+
+def _share(part: int, full: dict) -> str:
+    return f"{100 * part / full['trainable_params']:.2f}%"
+
+
 def markdown(results: dict) -> str:
+    steps = "".join(f"- {s}\n" for s in next_steps(results))
     return (
         f"# Crystallize {_names(results['targets'])} of `{results['model']}`\n\n"
+        f"## What to do next\n\n{steps}\n"
         f"{setup_text(results)}\n\n"
         f"{table(results)}\n\n"
         f"{EXPLAINED}\n\n"
@@ -338,7 +400,8 @@ def plot_curves(results: dict, path: str | Path) -> None:
     over seeds with a ±1 std band."""
     plt = pyplot()
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
+    # One column: legible on a phone's width too; the legend beside the axes, never on a curve.
+    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True, layout="constrained")
     ok = [r for r in results["runs"] if r["status"] == "ok"]
     full = {r["seed"]: r for r in ok if r["strategy"] == "full"}
     for i, a in enumerate(results["summary"]["arms"]):
@@ -352,12 +415,14 @@ def plot_curves(results: dict, path: str | Path) -> None:
         if strategy != "full":
             _band(axes[2], *_paired_series(runs, full), **style)
     axes[2].axhline(0.0, color="C0", lw=1, ls="--", label="full SFT")
+    axes[2].set_xlabel("step")
     titles = ("train loss", "eval loss", "eval loss vs full SFT, same seed (%)")
     for ax, title in zip(axes, titles, strict=True):
-        ax.set(xlabel="step", title=title)
+        ax.set(title=title)
         ax.grid(alpha=0.3)
     if axes[1].get_legend_handles_labels()[0]:  # no run finished: nothing to label
-        axes[1].legend(fontsize=8)
+        handles, labels = axes[1].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncols=2, frameon=False)
     fig.suptitle(f"{_names(results['targets'])} — mean ± std over {len(results['seeds'])} seeds")
     save_png(fig, path)
 
@@ -367,3 +432,18 @@ def write_report(out: str | Path) -> tuple[Path, ...]:
     ``out/results.json``."""
     plots = {"verdicts.png": plot_verdicts, "curves.png": plot_curves}
     return write_files(out, "crystallize", markdown, plots)
+
+
+def html_report(directory: Path, results: dict, study: bool = False) -> html.Report:
+    """Rewrite ``report.md`` and its plots; return the crystallize section for a page."""
+    write_report(directory)
+    blocks: list = [html.Paragraph(setup_text(results)), html.from_table(table_model(results))]
+    blocks.append(html.Paragraph(f"Conclusion. {conclusion(results)}"))
+    if note := shared_note(results).strip():
+        blocks.append(html.Paragraph(note))
+    blocks += html.figures(directory, (("verdicts.png", "verdicts"), ("curves.png", "curves")))
+    blocks += html.provenance(results)
+    title = f"Crystallize {', '.join(results['targets'])} of `{results['model']}`"
+    section = html.Section(title, blocks)
+    return html.Report(title, results["model"], results["data"]["spec"], next_steps(results),
+                       [section])  # fmt: skip

@@ -1,9 +1,9 @@
 """Report of a demo directory: the study's claims from every stage, the stages, their sections.
 
 Built from ``DIR/results.json`` (``experiment: "demo"``) and the stages' own results files,
-each reported by its experiment's reporter (which also rewrites the stage's ``report.md``):
-nothing is recomputed. Stages the demo skipped appear with the reason, and the study's claims
-they would have judged stay undetermined.
+each reported by its experiment's reporter (``report.build`` runs them and calls the pieces
+here): nothing is recomputed. Stages the demo skipped appear with the reason, and the study's
+claims they would have judged stay undetermined (``study.skipped_claims``).
 """
 
 from __future__ import annotations
@@ -11,14 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from deadzone import fileio
-from deadzone.report.build import STUDY_FREEZE, STUDY_SCAN
 from deadzone.report.html import Claim, Paragraph, Section, from_table
 from deadzone.report.table import Table as TableModel
 from deadzone.report.table import to_markdown
-
-# The study's claims a skipped stage would have judged: the same claims its reporter judges
-# when the stage runs.
-STAGE_CLAIMS = {"scan": STUDY_SCAN, "freeze": (STUDY_FREEZE,)}
 
 
 def stage_table(results: dict) -> TableModel:
@@ -32,16 +27,6 @@ def stage_table(results: dict) -> TableModel:
     return TableModel(columns, rows, right=frozenset({3}))
 
 
-def skipped_claims(results: dict) -> list[Claim]:
-    claims = []
-    for s in results["stages"]:
-        kind = s["name"].partition("-")[0]  # freeze-25, freeze-50: freeze
-        if s["status"] == "skipped" and kind in STAGE_CLAIMS:
-            for claim, study in STAGE_CLAIMS[kind]:
-                claims.append(Claim(claim, study, "undetermined", f"Not run here: {s['note']}."))
-    return claims
-
-
 def summary_text(results: dict) -> str:
     total = results.get("seconds")
     took = f" in {total:.0f} s" if total is not None else " (unfinished)"
@@ -52,8 +37,11 @@ def summary_text(results: dict) -> str:
     )
 
 
-def markdown(results: dict, claims: list[Claim]) -> str:
-    lines = ["# deadzone demo", "", summary_text(results), "", "## The study's claims", ""]
+def markdown(results: dict, claims: list[Claim], steps: list[str] = ()) -> str:
+    lines = ["# deadzone demo", "", summary_text(results), ""]
+    if steps:
+        lines += ["## What to do next", "", *(f"- {s}" for s in steps), ""]
+    lines += ["## The study's claims", ""]
     claims_model = TableModel(
         ["Claim", "The study", "On this model", "The numbers"],
         [[c.claim, c.study, f"**{c.verdict}**", c.numbers] for c in claims],
@@ -71,7 +59,9 @@ def stages_section(results: dict) -> Section:
     return Section("The demo's stages", blocks)
 
 
-def write_markdown(directory: Path, results: dict, claims: list[Claim]) -> Path:
+def write_markdown(
+    directory: Path, results: dict, claims: list[Claim], steps: list[str] = ()
+) -> Path:
     path = directory / "report.md"
-    fileio.write_text(path, markdown(results, claims))
+    fileio.write_text(path, markdown(results, claims, steps))
     return path

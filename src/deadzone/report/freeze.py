@@ -6,8 +6,15 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from deadzone.report import pyplot, save_png, write_files
-from deadzone.report.crystallize import _in_unit, _interval, _loss, _unit_name, _verdict
+from deadzone.report import html, pyplot, save_png, write_files
+from deadzone.report.crystallize import (
+    _in_unit,
+    _interval,
+    _loss,
+    _unit_name,
+    _verdict,
+    cost_text,
+)
 from deadzone.report.table import Table, to_markdown
 
 
@@ -22,8 +29,24 @@ def _estimate(estimate: dict | None, fmt: str, unit: str = "") -> str:
 
 
 def _ratio(saving: dict | None) -> str:
-    """``0.71× [0.65, 0.77]``: a paired ratio against full with its 95% interval."""
+    """``0.71× [0.65, 0.77]``: a paired ratio against full with its 95% interval. A ratio is
+    positive: an interval made on the arithmetic scale that reaches zero or below is not shown
+    as one (the ratio alone, and why)."""
+    if saving and saving.get("interval") and saving["interval"][0] <= 0:
+        return f"{saving['mean']:.2f}× (arithmetic interval reaches 0: none shown)"
     return _estimate(saving, ".2f", "×")
+
+
+def ratio_words(results: dict) -> str:
+    """How the × columns were made: geometric means with log-scale intervals (``scale: log``
+    in the results), else arithmetic means of the per-seed ratios."""
+    savings = [a["savings"]["wall_time"] for a in results["summary"]["arms"] if a.get("savings")]
+    if any(s and s.get("scale") == "log" for s in savings):
+        return (
+            "geometric means of the per-seed ratios against full, with 95% t intervals of the "
+            "log ratios mapped back (a ratio's interval is never below zero)"
+        )
+    return "means of per-seed ratios against full with their 95% t intervals"
 
 
 def _share(value: float | None) -> str:
@@ -146,20 +169,61 @@ def _saves_time(arm: dict) -> bool:
     return wall is not None and wall < 1
 
 
+def title(results: dict) -> str:
+    """The report's title, with the share frozen (two freeze reports on one page differ)."""
+    return f"Freeze schedules on `{results['model']}`, {_share(results['target_fraction'])} frozen"
+
+
+def next_steps(results: dict) -> list[str]:
+    """What to do next: the schedule to use, what it saves and costs with their intervals, and
+    the command; or what would decide."""
+    summary, unit = results["summary"], results["summary"]["unit"]
+    arms = [a for a in summary["arms"] if a["verdict"] != "baseline"]
+    free = [a for a in arms if a["verdict"] in ("negligible", "better") and _saves_time(a)]
+    said = []
+    if free:
+        best = min(free, key=lambda a: a["savings"]["wall_time"]["mean"])
+        s = best["savings"]
+        said.append(
+            f"Freeze with `{best['schedule']}`: {_ratio(s['wall_time'])} full's wall time, "
+            f"{_ratio(s['optimizer_peak'])} its optimizer state; it costs "
+            f"{cost_text(best['cost'][unit], unit)}, {best['verdict']}."
+        )
+        said.append(
+            f"Use it in your trainer: `FreezeCallback({best['schedule']!r})`; before a long run, "
+            f"check it over more steps: `deadzone freeze {results['model']} --schedule "
+            f"{best['schedule']} --steps {2 * results['steps']} --data {results['data']['spec']} "
+            "--out DIR`."
+        )
+    else:
+        said.append(
+            "Keep full SFT for now: no schedule both saved time and had a cost shown to be "
+            "within the margin."
+        )
+    needed = [a["seeds_needed"] for a in arms if a.get("seeds_needed")]
+    if needed:
+        said.append(
+            f"About {min(needed):,} seeds would decide the undetermined schedules: rerun with "
+            f"`--seeds {min(needed)}` into the same directory (finished runs are reused)."
+        )
+    return said
+
+
 def markdown(results: dict) -> str:
     data, cfg = results["data"], results["config"]
     counts = data.get("counts", {})
+    steps = "".join(f"- {s}\n" for s in next_steps(results))
     return (
-        f"# Freeze schedules on `{results['model']}`\n\n"
+        f"# {title(results)}\n\n## What to do next\n\n{steps}\n"
         f"{results['steps']} SFT steps (lr {cfg['lr']:g}, batch {cfg['batch_size']} × "
         f"{cfg['grad_accum']}); {_share(results['target_fraction'])} of the block-matrix "
         f"parameters frozen by {_by(results)}, unit `{results['unit']}`; seeds "
         f"{', '.join(str(s) for s in results['seeds'])}; data `{data['spec']}` "
         f"({counts.get('train_examples', '?')} train / {counts.get('eval_examples', '?')} eval "
         f"examples, sha256 {data['content_hash'][:12]}).\n\n"
-        f"{to_markdown(table_model(results))}\n\n{EXPLAINED}\n\n"
-        f"Measured per run (means over the seeds; × full: mean of per-seed ratios with 95% "
-        f"intervals):\n\n{to_markdown(measures_model(results))}\n\n"
+        f"{to_markdown(table_model(results))}\n\n{explained(results)}\n\n"
+        f"Measured per run (means over the seeds; × full: {ratio_words(results)}):\n\n"
+        f"{to_markdown(measures_model(results))}\n\n"
         f"**Conclusion.** {conclusion(results)}\n\n"
         "![saving against cost](pareto.png)\n\n![frozen share and step time](timeline.png)\n"
     )
@@ -170,12 +234,17 @@ def _by(results: dict) -> str:
     return f"step {by}" if isinstance(by, int) else f"{100 * by:.0f}% of training"
 
 
+def explained(results: dict) -> str:
+    """The table's columns in words."""
+    return EXPLAINED.format(ratios=ratio_words(results))
+
+
 EXPLAINED = (
     "Each schedule ran once per seed beside full SFT on the same batches. *vs full* and the "
     "cost are means of the per-seed paired differences in final eval loss; the cost is judged "
     "as in `crystallize` (share of full's fine-tuning gain against the margin, Holm over the "
     "schedules; *negligible* means the whole interval lies below the margin). The × columns "
-    "are means of per-seed ratios against full with their 95% t intervals: wall time (noisy "
+    "are {ratios}: wall time (noisy "
     "on a shared machine), this process's CPU time (the fair clock there), the peak of the "
     "optimizer's state and its mean over the steps (a staggered schedule freezes nothing at "
     "step 1, so its peak is full's). *Frozen*: share of block-matrix parameters frozen at the "
@@ -192,7 +261,7 @@ def plot_pareto(results: dict, path: str | Path) -> None:
     plt = pyplot()
     summary = results["summary"]
     unit = summary["unit"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
     for arm in summary["arms"]:
         if arm["verdict"] == "baseline" or not arm.get("cost"):
             continue
@@ -215,7 +284,7 @@ def plot_pareto(results: dict, path: str | Path) -> None:
     ax.set_xlabel("cost, " + ("% of the fine-tuning gain" if unit == "share_of_gain" else "nats"))
     ax.set_ylabel("CPU time saved (1 − × full)")
     ax.set_title(f"{results['model']}: saving against cost, {len(results['seeds'])} seeds")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     save_png(fig, path)
 
 
@@ -240,7 +309,7 @@ def _frozen_share(run: dict, point: dict) -> float:
 def plot_timeline(results: dict, path: str | Path) -> None:
     """Share of block-matrix parameters frozen and step time against step, mean over seeds."""
     plt = pyplot()
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, layout="constrained")
     ok = [r for r in results["runs"] if r.get("status") == "ok"]
     for name in dict.fromkeys(r["schedule"] for r in ok):
         runs = [r for r in ok if r["schedule"] == name]
@@ -251,7 +320,7 @@ def plot_timeline(results: dict, path: str | Path) -> None:
     top.set_ylabel("block matrices frozen (%)")
     bottom.set_ylabel("step wall time (ms)")
     bottom.set_xlabel("step")
-    top.legend(fontsize=8)
+    top.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     top.set_title(f"{results['model']}: mean over {len(results['seeds'])} seeds")
     save_png(fig, path)
 
@@ -261,3 +330,16 @@ def write_report(out: str | Path) -> tuple[Path, ...]:
     ``out/results.json``."""
     plots = {"pareto.png": plot_pareto, "timeline.png": plot_timeline}
     return write_files(out, "freeze", markdown, plots)
+
+
+def html_report(directory: Path, results: dict, study: bool = False) -> html.Report:
+    """Rewrite ``report.md`` and its plots; return the freeze section for a page."""
+    write_report(directory)
+    blocks: list = [html.from_table(table_model(results))]
+    blocks.append(html.Paragraph(f"Conclusion. {conclusion(results)}"))
+    blocks.append(html.Paragraph(explained(results)))
+    shown = (("pareto.png", "saving against cost"), ("timeline.png", "timeline"))
+    blocks += html.figures(directory, shown) + html.provenance(results)
+    section = html.Section(title(results), blocks)
+    return html.Report(title(results), results["model"], results["data"]["spec"],
+                       next_steps(results), [section])  # fmt: skip

@@ -122,7 +122,7 @@ def write_plot(path: str | Path, records: list[dict]) -> None:
     for r in records:
         if r["layer"] is not None and r["finite"]:
             by_role.setdefault(r["role"], []).append(r)
-    fig, (ax_pr, ax_pc1) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_pr, ax_pc1) = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
     for role, rows in sorted(by_role.items()):
         rows.sort(key=lambda r: r["layer"])
         for ax, metric, scale in ((ax_pr, "pr", 1.0), (ax_pc1, "pc1", 100.0)):
@@ -134,9 +134,10 @@ def write_plot(path: str | Path, records: list[dict]) -> None:
     for ax in (ax_pr, ax_pc1):
         ax.grid(alpha=0.3)
         if by_role:
-            ax.legend(fontsize="small")
             ax.xaxis.get_major_locator().set_params(integer=True)
         else:
             ax.text(0.5, 0.5, "no block matrices analysed", ha="center", transform=ax.transAxes)
-    fig.tight_layout()
+    if by_role:  # one legend under both panels, on no line
+        handles, labels = ax_pr.get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize="small", loc="outside lower center", ncols=6)
     save_png(fig, path)

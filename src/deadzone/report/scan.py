@@ -1,6 +1,7 @@
 """Pieces of a scan's report, from the ``summary`` of its ``results.json`` alone.
 
-The summary (plain data; costs are shares of the fine-tuning gain, 0.01 = 1%)::
+The summary (plain data; costs are shares of the fine-tuning gain, 0.01 = 1%, or nats when
+the gain was not clearly positive: ``unit``)::
 
     {"margin": 0.02, "seeds": 3,
      "strategies": {
@@ -28,12 +29,12 @@ from pathlib import Path
 
 from deadzone.errors import DeadzoneError
 from deadzone.models.sites import ROLE_ORDER
-from deadzone.report import pyplot, read_results, save_png, write_files
+from deadzone.report import html, pyplot, read_results, save_png, write_files
 from deadzone.report.table import Table, to_markdown
 
 NEGLIGIBLE = ("negligible", "better")
-# The colour scale spans this many margins either side of zero.
-COLOUR_MARGINS = 5
+# Fewer single-site costs than this make no scatter (a correlation of two points says nothing).
+MIN_POINTS = 3
 # Scatters per row of scores.png.
 PLOT_COLUMNS = 4
 # Above this many cells the heatmap leaves out the numbers and keeps the marks.
@@ -57,8 +58,9 @@ def heatmap(summary: dict, path: str | Path) -> None:
     fig, axes = plt.subplots(
         1, panels, figsize=(4.2 * panels + 1.5, 6), squeeze=False, layout="constrained"
     )
-    margin = 100 * _margin(summary)
-    limit = COLOUR_MARGINS * margin  # costs beyond it take the end colours
+    scale = _scale(summary)
+    margin = scale * _margin(summary)
+    limit = colour_limit(summary)
     image = None
     for ax, (name, st) in zip(axes[0], strategies.items(), strict=False):
         sites = [s for s in st["sites"] if s["layer"] is not None]
@@ -67,7 +69,7 @@ def heatmap(summary: dict, path: str | Path) -> None:
         grid = np.full((len(layers), len(roles)), np.nan)
         for s in sites:
             if s.get("single") and s["cost"] is not None:
-                grid[layers.index(s["layer"]), roles.index(s["role"])] = 100 * s["cost"]
+                grid[layers.index(s["layer"]), roles.index(s["role"])] = scale * s["cost"]
         ax.imshow(np.ones_like(grid), cmap="Greys", vmin=0, vmax=6, aspect="auto")  # group: grey
         image = ax.imshow(grid, cmap="RdYlGn_r", vmin=-limit, vmax=limit, aspect="auto")
         annotate = grid.size <= ANNOTATE_CELLS
@@ -75,7 +77,8 @@ def heatmap(summary: dict, path: str | Path) -> None:
             y, x = layers.index(s["layer"]), roles.index(s["role"])
             value = grid[y, x]
             mark = "✓" if s["verdict"] in NEGLIGIBLE else {"costly": "✗"}.get(s["verdict"], "?")
-            text = f"{mark} {value:+.1f}" if annotate and not math.isnan(value) else mark
+            shown = f"{value:+.1f}" if scale == 100 else f"{value:+.3f}"
+            text = f"{mark} {shown}" if annotate and not math.isnan(value) else mark
             ax.text(x, y, text, ha="center", va="center", fontsize=7 if annotate else 6)
         ax.set_xticks(range(len(roles)), roles, rotation=45, ha="right")
         ax.set_yticks(range(len(layers)), [f"L{layer}" for layer in layers])
@@ -87,6 +90,19 @@ def heatmap(summary: dict, path: str | Path) -> None:
     save_png(fig, path)
 
 
+def colour_limit(summary: dict) -> float:
+    """The heatmap's colour scale, ± this (in the unit shown): the largest single-site cost in
+    size, so the colours spread over the costs drawn; the margin when no cost is drawn."""
+    scale = _scale(summary)
+    costs = [
+        abs(scale * s["cost"])
+        for st in summary["strategies"].values()
+        for s in st["sites"]
+        if s.get("single") and s["cost"] is not None and s["layer"] is not None
+    ]
+    return max(costs, default=0.0) or scale * _margin(summary)
+
+
 def _pairs(summary: dict, strategy: str, score: str) -> tuple[list[float], list[float]]:
     values = summary["scores"].get(score, {})
     xs, ys = [], []
@@ -94,13 +110,23 @@ def _pairs(summary: dict, strategy: str, score: str) -> tuple[list[float], list[
         x = values.get(s["site"])
         if s.get("single") and s["cost"] is not None and x is not None and math.isfinite(x):
             xs.append(x)
-            ys.append(100 * s["cost"])
+            ys.append(_scale(summary) * s["cost"])
     return xs, ys
+
+
+def drawn(summary: dict) -> bool:
+    """Whether some score has at least :data:`MIN_POINTS` single-site costs to scatter."""
+    return any(
+        len(_pairs(summary, strategy, score)[0]) >= MIN_POINTS
+        for score in summary["scores"]
+        for strategy in summary["strategies"]
+    )
 
 
 def scores_plot(summary: dict, path: str | Path) -> None:
     """PNG: one scatter per score, the score against the single-site cost, one colour per
-    strategy (its rho from the scan in the legend), the margin dashed."""
+    strategy with at least :data:`MIN_POINTS` points (its rho from the scan in the legend, under
+    the axes), the margin dashed."""
     plt = pyplot()
     names = list(summary["scores"]) or ["(no scores)"]
     cols = min(PLOT_COLUMNS, len(names))
@@ -115,17 +141,21 @@ def scores_plot(summary: dict, path: str | Path) -> None:
         score, plotted = names[k], False
         for strategy, st in summary["strategies"].items():
             xs, ys = _pairs(summary, strategy, score)
+            if len(xs) < MIN_POINTS:
+                continue
             c = st.get("correlations", {}).get(score) or {}
             rho = "—" if c.get("rho") is None else f"{c['rho']:+.2f}"
             p = "" if c.get("p") is None else f", p={c['p']:.2g}"
             ax.scatter(xs, ys, s=14, label=f"{strategy}: ρ={rho}{p}")
             plotted = plotted or bool(xs)
-        ax.axhline(100 * _margin(summary), color="grey", linestyle="--", linewidth=0.8)
+        ax.axhline(_scale(summary) * _margin(summary), color="grey", linestyle="--", linewidth=0.8)
         ax.set_title(score, fontsize=9)
         ax.set_ylabel(f"cost ({_unit(summary)})", fontsize=8)
-        ax.legend(fontsize=7)
-        if not plotted:
-            ax.text(0.5, 0.5, "no single-site costs", ha="center", transform=ax.transAxes)
+        if plotted:
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+        else:
+            text = f"fewer than {MIN_POINTS} sites judged alone"
+            ax.text(0.5, 0.5, text, ha="center", transform=ax.transAxes, fontsize=8)
     save_png(fig, path)
 
 
@@ -151,20 +181,46 @@ def _margin(summary: dict) -> float:
     return summary.get("margin_used") or summary["margin"]
 
 
+def _in_nats(summary: dict) -> bool:
+    return summary.get("unit") == "nats"
+
+
+def _scale(summary: dict) -> float:
+    """What a cost is multiplied by to be shown: 100 for a share of the gain (shown in %), 1 for
+    nats (shown as nats)."""
+    return 1.0 if _in_nats(summary) else 100.0
+
+
 def _unit(summary: dict) -> str:
-    """The unit of 100 x a cost: % of the gain, or centi-nats when the gain was not clear."""
-    return "0.01 nats" if summary.get("unit") == "nats" else "% of the fine-tuning gain"
+    """The unit costs are shown in: % of the fine-tuning gain, or nats when the gain was not
+    clearly positive."""
+    return "nats" if _in_nats(summary) else "% of the fine-tuning gain"
 
 
 # --- report.md ---------------------------------------------------------------------------------
 
 
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:+.2f}"
+def _pct(value: float | None, summary: dict) -> str:
+    """A cost in the unit shown: ``+1.23`` (% of the gain) or ``+0.0123`` (nats)."""
+    if value is None:
+        return "—"
+    return f"{value:+.4f}" if _in_nats(summary) else f"{100 * value:+.2f}"
 
 
-def _interval(interval: list[float] | None) -> str:
-    return "—" if not interval else f"[{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]"
+def _interval(interval: list[float] | None, summary: dict) -> str:
+    if not interval:
+        return "—"
+    return f"[{_pct(interval[0], summary)}, {_pct(interval[1], summary)}]"
+
+
+def _listed(names: list[str], shown: int = 6) -> str:
+    """``a, b, c``, the first ``shown`` named and how many more."""
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" * (len(names) > shown))
+
+
+def _matrices(names: list[str]) -> str:
+    """``1 matrix: L1.attn.c_proj``, ``3 matrices: a, b, c``."""
+    return f"{len(names)} {'matrix' if len(names) == 1 else 'matrices'}: {_listed(names)}"
 
 
 def sites_table(summary: dict, strategy: str) -> Table:
@@ -173,7 +229,8 @@ def sites_table(summary: dict, strategy: str) -> Table:
     rows = []
     for s in summary["strategies"][strategy]["sites"]:
         how = "alone" if s["single"] else "in a group"
-        rows.append([s["site"], s["verdict"], _pct(s["cost"]), _interval(s["interval"]), how])
+        cost, interval = _pct(s["cost"], summary), _interval(s["interval"], summary)
+        rows.append([s["site"], s["verdict"], cost, interval, how])
     unit = _unit(summary)
     columns = ["Site", "Verdict", f"Cost ({unit})", "Interval", "Judged"]
     return Table(columns, rows, right=frozenset({2, 3}))
@@ -189,11 +246,14 @@ def effective_text(summary: dict, strategy: str) -> str:
         return f"{strategy}: no set of sites was found jointly negligible."
     share = e["fraction_of_trainable"]
     block = e["fraction_of_block_params"]
+    names = (summary["strategies"][strategy].get("joint") or {}).get("sites") or []
+    which = f" ({_listed(names)})" if len(names) == e["sites"] else ""
     return (
-        f"{strategy}: {e['params']:,} parameters ({e['sites']} matrices) {what} — "
+        f"{strategy}: {e['params']:,} parameters in {e['sites']} "
+        f"{'matrix' if e['sites'] == 1 else 'matrices'}{which} {what} — "
         f"{100 * share:.1f}% of the trainable parameters, {100 * block:.1f}% of those in the "
-        f"blocks; joint cost {_pct(e['cost'])}, interval {_interval(e['interval'])} "
-        f"({_unit(summary)}), {e['verdict']}."
+        f"blocks; joint cost {_pct(e['cost'], summary)}, interval "
+        f"{_interval(e['interval'], summary)} ({_unit(summary)}), {e['verdict']}."
     )
 
 
@@ -202,22 +262,28 @@ def joint_steps(summary: dict, strategy: str) -> list[str]:
     if not joint:
         return []
     lines = []
-    for i, step in enumerate(joint["steps"], 1):
+    for step in joint["steps"]:
+        n = len(step["sites"])
         lines.append(
-            f"{i}. {len(step['sites'])} sites on {step['seeds']} seeds: {step['verdict']}, "
-            f"cost {_pct(step['cost'])}, interval {_interval(step['interval'])} -> "
-            f"{step['action']}"
+            f"{n} {'site' if n == 1 else 'sites'} on {step['seeds']} seeds: "
+            f"{step['verdict']}, cost {_pct(step['cost'], summary)}, interval "
+            f"{_interval(step['interval'], summary)} -> {step['action']}"
         )
     return lines
 
 
 def statistics_text(results: dict) -> str:
     s = summary_of(results)
-    unit = "share of the fine-tuning gain" if s["unit"] == "share_of_gain" else "nats"
+    unit = (
+        "in nats (the fine-tuning gain was not clearly positive)"
+        if _in_nats(s)
+        else "as a share of the fine-tuning gain"
+    )
+    margin = f"{s['margin_used']:g}" + (" nats" if _in_nats(s) else " (a share of the gain)")
     rows = [r for st in s["strategies"].values() for r in st["sites"]]
     if not any(r.get("level") is not None for r in rows):  # unfinished, or written before Holm
         return (
-            f"Costs are judged as a {unit} against the margin {s['margin_used']:g}: negligible "
+            f"Costs are judged {unit} against the margin {margin}: negligible "
             f"when the interval lies below it; every judgement so far at {s['alpha']:.3g} = "
             f"0.05 / {s['comparisons']} (sites x strategies), the strictest level of Holm's "
             "procedure; Holm's own verdicts come once every search is answered."
@@ -237,7 +303,7 @@ def statistics_text(results: dict) -> str:
         "site was decided with on every seed, whose claim stands as Holm read it"
     )
     return (
-        f"Costs are judged as a {unit} against the margin {s['margin_used']:g}: negligible when "
+        f"Costs are judged {unit} against the margin {margin}: negligible when "
         f"the interval lies below it; {how}."
     )
 
@@ -285,9 +351,9 @@ def rho_note(summary: dict) -> str:
 def markdown(results: dict) -> str:
     """``report.md`` of a scan, from its results alone."""
     s = summary_of(results)
-    lines = [
-        f"# Scan of `{results['model']}`",
-        "",
+    lines = [f"# Scan of `{results['model']}`", "", "## What to do next", ""]
+    lines += [*(f"- {step}" for step in next_steps(results)), ""]
+    lines += [
         f"{len(results['sites'])} sites, strategies {', '.join(s['strategies'])}, "
         f"{s['mode']} search, up to {seeds_read(results)} seeds, {results['steps']} SFT "
         f"steps, data `{results['data']['spec']}`; {s['runs']} runs.",
@@ -313,7 +379,8 @@ def markdown(results: dict) -> str:
         ]
         steps = joint_steps(s, strategy)
         if steps:
-            lines += ["Joint check:", "", *steps, ""]
+            numbered = [f"{i}. {step}" for i, step in enumerate(steps, 1)]
+            lines += ["Joint check:", "", *numbered, ""]
     lines += [
         "## Does geometry predict redundancy?",
         "",
@@ -324,20 +391,95 @@ def markdown(results: dict) -> str:
     ]
     note = rho_note(s)
     lines += [note, ""] if note else []
-    lines += ["![scores](scores.png)", ""]
+    lines += ["![scores](scores.png)", ""] if drawn(s) else []
     return "\n".join(lines)
 
 
+def next_steps(results: dict) -> list[str]:
+    """What to do next, in plain sentences: the plan to freeze, what it saves and costs with its
+    interval, and the command that measures and applies it; or why nothing can be frozen yet."""
+    s, model, spec = summary_of(results), results["model"], results["data"]["spec"]
+    said = []
+    if not s.get("complete", True):
+        said.append("This scan is not complete: rerun the same command to finish it.")
+    e = s["effective"].get("frozen")
+    if e and e["sites"] and e["verdict"] in NEGLIGIBLE:
+        names = (s["strategies"]["frozen"].get("joint") or {}).get("sites") or []
+        said.append(
+            f"Freeze the plan (`plan.json`), {_matrices(names)}: {e['params']:,} parameters, "
+            f"{100 * e['fraction_of_trainable']:.1f}% of the trainable ones. Their joint cost is "
+            f"{_pct(e['cost'], s)} {_interval(e['interval'], s)} ({_unit(s)}), {e['verdict']}."
+        )
+        said.append(
+            "Measure what it saves (step time, memory) against full SFT: `deadzone freeze "
+            f"{model} --schedule plan:DIR/plan.json --data {spec} --out DIR2`; in your own "
+            'trainer, `FreezeCallback("plan:DIR/plan.json")`.'
+        )
+    else:
+        said.append("Nothing to freeze yet: no set of matrices was shown jointly negligible.")
+    open_sites = {
+        site["site"]
+        for st in s["strategies"].values()
+        for site in st["sites"]
+        if site["verdict"] == "undetermined"
+    }
+    if open_sites:
+        n = len(open_sites)
+        said.append(
+            f"{n} {'matrix is' if n == 1 else 'matrices are'} undetermined: rerun with more "
+            f"seeds (`--seeds {2 * seeds_read(results)}`) into the same directory; finished "
+            "runs are reused."
+        )
+    return said
+
+
 def write_report(directory: str | Path) -> dict[str, Path]:
-    """Write ``report.md``, ``heatmap.png`` and ``scores.png`` in ``directory`` from its
-    ``results.json``; returns their paths by name. A scan whose baselines have not all finished
-    is a one-line DeadzoneError: nothing can be judged yet."""
+    """Write ``report.md``, ``heatmap.png`` and, when some score has enough single-site costs
+    to scatter, ``scores.png`` in ``directory`` from its ``results.json``; returns their paths
+    by name. A scan whose baselines have not all finished is a one-line DeadzoneError: nothing
+    can be judged yet."""
     results = read_results(directory, "scan")
     why = not_judged(results)
     if why:
         raise DeadzoneError(f"{Path(directory) / 'results.json'}: {why}")
-    plots = {
-        "heatmap.png": lambda results, path: heatmap(results["summary"], path),
-        "scores.png": lambda results, path: scores_plot(results["summary"], path),
-    }
+    plots = {"heatmap.png": lambda results, path: heatmap(results["summary"], path)}
+    if drawn(results["summary"]):
+        plots["scores.png"] = lambda results, path: scores_plot(results["summary"], path)
+    else:
+        (Path(directory) / "scores.png").unlink(missing_ok=True)  # not one of an earlier scan
     return {p.name: p for p in write_files(directory, "scan", markdown, plots)}
+
+
+def _rho_cell(c: dict | None) -> str:
+    if not c or c.get("rho") is None:
+        return "—"
+    return f"{c['rho']:+.2f} (p={c['p']:.2g}, n={c['n']})"
+
+
+def html_report(directory: Path, results: dict, study: bool = False) -> html.Report:
+    """Rewrite ``report.md``, ``heatmap.png`` and ``scores.png``; return the scan's section,
+    its joint checks step by step as in ``report.md``."""
+    write_report(directory)
+    summary = results["summary"]
+    blocks: list = [html.Paragraph(statistics_text(results))]
+    blocks += [html.Paragraph(effective_text(summary, s)) for s in summary["strategies"]]
+    blocks += html.figures(directory, (("heatmap.png", "cost of each site"),))
+    for strategy in summary["strategies"]:
+        inner: list = [html.from_table(sites_table(summary, strategy))]
+        if steps := joint_steps(summary, strategy):
+            inner += [html.Paragraph("Joint check:"), html.Items(steps, ordered=True)]
+        blocks.append(html.Section(f"{strategy}: every site", inner))
+    rows = [
+        [score] + [_rho_cell(st.get("correlations", {}).get(score)) for st in
+                   summary["strategies"].values()]
+        for score in summary["scores"]
+    ]  # fmt: skip
+    columns = ["Score", *(f"{st}: ρ (p, n)" for st in summary["strategies"])]
+    blocks.append(html.from_table(Table(columns, rows)))
+    if note := rho_note(summary):
+        blocks.append(html.Paragraph(note))
+    blocks += html.figures(directory, (("scores.png", "scores against costs"),))
+    blocks += html.provenance(results)
+    title = f"Scan of `{results['model']}`"
+    return html.Report(title, results["model"], results["data"]["spec"], next_steps(results),
+                       [html.Section(title, blocks)])  # fmt: skip

@@ -37,7 +37,7 @@ from accelerate.utils import set_seed
 
 # SFTConfig is declared torch-free in deadzone.config (the CLI is built from it); re-exported
 from deadzone.config import MIXED_PRECISION, SFTConfig, check_int  # noqa: F401
-from deadzone.errors import DeadzoneError
+from deadzone.errors import DeadzoneError, RunFailed  # noqa: F401 (RunFailed re-exported)
 from deadzone.models.device import autocast_dtype, get_device
 from deadzone.progress import make_progress
 from deadzone.training.freezing import LR_SCALE, Freezer, optimizer_state_bytes
@@ -103,11 +103,6 @@ def computed(record: dict) -> dict:
     must be identical when the same run is computed again, anywhere, on as many threads."""
     curve = [{k: v for k, v in p.items() if k not in MEASURED_PER_STEP} for p in record["curve"]]
     return {k: v for k, v in record.items() if k not in MEASURED} | {"curve": curve}
-
-
-class RunFailed(Exception):
-    """A run cannot go on (it met a non-finite number, or a strategy cannot be applied): it is
-    recorded ``failed`` with this message, and the runs beside it go on."""
 
 
 # --- building blocks --------------------------------------------------------------------------
