@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from deadzone.cli import options as opt
-from deadzone.cli.outcome import check_baseline, recorded_keys, say_resumed
+from deadzone.cli.outcome import check_baseline, recorded_keys, say_resumed, write_reports
 from deadzone.experiments.configs import CrystallizeConfig
 
 
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int | None:
     from accelerate import PartialState
 
     from deadzone.experiments.crystallize import BASELINE, crystallize
-    from deadzone.report.crystallize import conclusion, table_model, write_report
+    from deadzone.report.crystallize import conclusion, table_model
     from deadzone.report.table import to_text
 
     config = opt.read_config(CrystallizeConfig, args)
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int | None:
     results = crystallize(config)
     if main_process:
         say_resumed(config.out, before, results)
-        report, verdicts, curves = write_report(config.out)
+        written = write_reports(config.out)
         print(f"{to_text(table_model(results))}\n\n{conclusion(results)}")
-        print(f"wrote {report.with_name('results.json')}, {report}, {verdicts}, {curves}")
+        print(f"wrote {', '.join(written)}")
     return check_baseline(config.out, results, BASELINE, main_process)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from deadzone.cli import options as opt
-from deadzone.cli.outcome import check_baseline, recorded_keys, say_resumed
+from deadzone.cli.outcome import check_baseline, recorded_keys, say_resumed, write_reports
 from deadzone.experiments.configs import FreezeConfig
 
 
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int | None:
     from accelerate import PartialState
 
     from deadzone.experiments.freeze import BASELINE, freeze
-    from deadzone.report.freeze import conclusion, table_model, write_report
+    from deadzone.report.freeze import conclusion, table_model
     from deadzone.report.table import to_text
 
     config = opt.read_config(FreezeConfig, args)
@@ -41,9 +41,8 @@ def run(args: argparse.Namespace) -> int | None:
     results = freeze(config, save=args.save)
     if main_process:
         say_resumed(config.out, before, results)
-        paths = write_report(config.out)
+        written = write_reports(config.out)
         print(f"{to_text(table_model(results))}\n\n{conclusion(results)}")
-        written = [str(paths[0].with_name("results.json")), *map(str, paths)]
         if args.save:
             written.append(f"{args.save} ({config.first_frozen()}, seed 0)")
         print(f"wrote {', '.join(written)}")

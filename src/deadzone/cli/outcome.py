@@ -38,3 +38,15 @@ def check_baseline(out: str, results: dict, baseline: str, main_process: bool) -
         f"every {baseline} run failed ({runs[0]['error']}): nothing to compare against; "
         f"see {out}/results.json"
     )
+
+
+def write_reports(out: str) -> list[str]:
+    """Write the experiment's ``report.md``, its plots and ``report.html`` from its results
+    file; return the files ``out`` now holds, results first, for the ``wrote`` line."""
+    from pathlib import Path
+
+    from deadzone.report.build import write_reports as write
+
+    report, page = write(out)
+    plots = sorted(str(p) for p in Path(out).glob("*.png"))
+    return [str(report.with_name("results.json")), str(report), str(page), *plots]

@@ -23,13 +23,19 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="the combined page (default: with several DIRs, report.html in their nearest "
         "common parent; with one, none)",
     )
+    p.add_argument(
+        "--study",
+        action="store_true",
+        help="also judge the seed study's claims on these experiments (the demo's report "
+        "always does; an ordinary experiment's report never does unless asked)",
+    )
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from deadzone.report.build import build
 
-    outcome = build(args.dirs, args.out)
+    outcome = build(args.dirs, args.out, study=args.study)
     if outcome.written:
         print(f"wrote {', '.join(str(p) for p in outcome.written)}")
     for error in outcome.errors:

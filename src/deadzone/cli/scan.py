@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from deadzone.cli import options as opt
+from deadzone.cli.outcome import write_reports
 from deadzone.experiments.configs import ScanConfig
 
 
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> None:
     from accelerate import PartialState
 
     from deadzone.experiments.scan import scan
-    from deadzone.report.scan import effective_text, rho_note, rho_table, write_report
+    from deadzone.report.scan import effective_text, rho_note, rho_table
 
     started = time.monotonic()
     config = opt.read_config(ScanConfig, args)
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> None:
     if not PartialState(cpu=config.sft.cpu).is_main_process:
         return
     summary = results["summary"]
-    paths = write_report(config.out)
+    written = write_reports(config.out) + [str(p) for p in plan_files]
     for strategy, st in summary["strategies"].items():
         counts = ", ".join(f"{n} {v}" for v, n in st["verdicts"].items() if n)
         print(f"{strategy}: {counts}; {st['search']['runs']} runs besides the baselines")
@@ -48,7 +49,6 @@ def run(args: argparse.Namespace) -> None:
     note = rho_note(summary)
     if note:
         print(note)
-    written = [f"{config.out}/results.json", *map(str, [*paths.values(), *plan_files])]
     print(
         f"{len(ran)} run(s) now, {summary['runs']} in results.json; "
         f"{time.monotonic() - started:.0f} s"

@@ -48,6 +48,7 @@ from deadzone.experiments.skeleton import (
     plan_experiment,
     run_experiment,
 )
+from deadzone.ratios import geometric
 from deadzone.training.schedules import ScheduleSpec
 from deadzone.training.tracking import NO_TRACKING, Tracking
 
@@ -335,7 +336,8 @@ RATIOS = {  # name -> what of a run record is compared against full's
 
 
 def savings(mine: list[dict], full: dict[int, dict]) -> dict:
-    """Per-seed ratios against ``full`` (mean, interval) and the frozen shares of a schedule."""
+    """Per-seed ratios against ``full`` (geometric mean, log-scale interval: ``ratios.geometric``)
+    and the frozen shares of a schedule."""
     out: dict = {}
     for name, of in RATIOS.items():
         ratios = []
@@ -343,14 +345,7 @@ def savings(mine: list[dict], full: dict[int, dict]) -> dict:
             f = full.get(r["seed"])
             if f is not None and of(r) and of(f):
                 ratios.append(of(r) / of(f))
-        mean, sd = stats.mean_sd(ratios)
-        interval = stats.t_interval(ratios)
-        out[name] = {
-            "mean": mean,
-            "sd": sd,
-            "interval": list(interval) if interval else None,
-            "n": len(ratios),
-        }
+        out[name] = geometric(ratios)
     finals = [frozen_final(r) for r in mine]
     means = [frozen_mean(r) for r in mine]
     out["frozen_fraction"] = stats.mean_sd(finals)[0] if mine else None
