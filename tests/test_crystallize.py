@@ -19,7 +19,7 @@ from deadzone.experiments.crystallize import (
     plan_runs,
     summarize,
 )
-from deadzone.models.checkpoints import model_fingerprint
+from deadzone.models.checkpoints import files_fingerprint
 from deadzone.report.crystallize import markdown, table_model, write_report
 from deadzone.report.table import to_markdown, to_text
 from deadzone.schema import SCHEMA_VERSION
@@ -508,15 +508,15 @@ def test_a_model_resaved_with_other_weights_is_refused(setup, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(source)
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    print_ = model_fingerprint(tmp_path / "model")
-    assert print_ == model_fingerprint(source)  # the same weights, saved again
+    print_ = files_fingerprint(tmp_path / "model")
+    assert print_ == files_fingerprint(source)  # the same weights, saved again
     cfg = config((str(tmp_path / "model"), data), strategies=("full",), seeds=1)
     crystallize(cfg, tmp_path / "out", show_progress=False)
 
     with torch.no_grad():
         model.transformer.h[1].mlp.c_fc.weight.add_(1e-3)
     model.save_pretrained(tmp_path / "model")
-    assert model_fingerprint(tmp_path / "model") != print_
+    assert files_fingerprint(tmp_path / "model") != print_
     with pytest.raises(DeadzoneError, match="with model_info.fingerprint"):
         crystallize(cfg, tmp_path / "out", show_progress=False)
 

@@ -98,7 +98,7 @@ def test_a_plan_for_another_model_is_refused(tmp_path) -> None:
 def test_a_plan_applies_to_its_model_loaded_in_another_dtype_and_not_to_another_model(dtype):
     plan = plans.make_plan(tiny_gpt2(), choose(tiny_gpt2()), source="tiny gpt2")
     copy = tiny_gpt2().to(dtype)  # the same checkpoint, loaded in a dtype to fine-tune in
-    assert plans.model_fingerprint(copy) != plan["model"]["fingerprint"]
+    assert plans.weights_fingerprint(copy) != plan["model"]["fingerprint"]
     plans.apply_plan(copy, plan)
     assert {n for n, p in copy.named_parameters() if not p.requires_grad} == {
         e["param_name"] for e in plan["sites"]
@@ -199,10 +199,10 @@ def test_the_fingerprint_of_a_parameter_past_2_to_the_24_elements_reads_its_last
     model = torch.nn.Module()
     model.config = None
     model.w = torch.nn.Parameter(torch.zeros(28_311_552))  # a real LM's token embedding
-    before = plans.model_fingerprint(model)
+    before = plans.weights_fingerprint(model)
     with torch.no_grad():
         model.w[-1] = 1.0
-    assert plans.model_fingerprint(model) != before
+    assert plans.weights_fingerprint(model) != before
     assert plans.rounded_fingerprint(model, torch.bfloat16)
 
 

@@ -25,7 +25,7 @@ frozen embedding does not freeze the head; the saved model's config then says
 ``tie_word_embeddings: false``. A plan that unties a model without tied weights is refused.
 ``savings`` (optional): what the plan saves per step, as ``deadzone.training.savings`` models it.
 
-The fingerprint (:func:`model_fingerprint`) identifies the weights of the model in memory, so a
+The fingerprint (:func:`weights_fingerprint`) identifies the weights of the model in memory, so a
 plan is refused by a model it was not made for. It hashes dtypes and exact values, so the same
 checkpoint loaded in bfloat16 or float16 (to fine-tune) is recognised by ``fingerprint_bf16`` or
 ``fingerprint_fp16`` instead (:func:`rounded_fingerprint`: no dtypes, the values rounded to that
@@ -74,7 +74,7 @@ ROUNDED = {"fingerprint_bf16": torch.bfloat16, "fingerprint_fp16": torch.float16
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
 
 
-def model_fingerprint(model: torch.nn.Module) -> str:
+def weights_fingerprint(model: torch.nn.Module) -> str:
     """sha256 of the model's type, parameter names, shapes and dtypes, and ``FINGERPRINT_SAMPLES``
     values spread evenly over each parameter: the same weights give the same fingerprint
     whatever device they are on; other weights (another checkpoint, values rewritten), another."""
@@ -82,7 +82,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def rounded_fingerprint(model: torch.nn.Module, dtype: torch.dtype) -> str:
-    """:func:`model_fingerprint` without the dtypes and with the sampled values rounded to
+    """:func:`weights_fingerprint` without the dtypes and with the sampled values rounded to
     ``dtype``: the same weights in float32 or in ``dtype`` give the same one."""
     return _fingerprint(model, dtype)
 
@@ -104,7 +104,7 @@ def _fingerprint(model: torch.nn.Module, rounded_to: torch.dtype | None) -> str:
 
 
 def parameters_fingerprint(named: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """sha256 of some parameters as :func:`model_fingerprint` hashes them (names, shapes, dtypes
+    """sha256 of some parameters as :func:`weights_fingerprint` hashes them (names, shapes, dtypes
     and sampled values): a frozen prefix's weights, say."""
     h = hashlib.sha256()
     _hash_parameters(h, named, None)
@@ -124,7 +124,7 @@ def _hash_parameters(h, named: Iterable[tuple[str, torch.Tensor]], rounded_to) -
 def same_weights(model: torch.nn.Module, made_for: dict) -> bool:
     """Whether ``model`` holds the weights a plan's ``model`` entry was made for: its exact
     fingerprint, or one of the rounded ones the plan records (:data:`ROUNDED`)."""
-    if model_fingerprint(model) == made_for["fingerprint"]:
+    if weights_fingerprint(model) == made_for["fingerprint"]:
         return True
     return any(
         made_for.get(key) == rounded_fingerprint(model, dtype)
@@ -167,7 +167,7 @@ def make_plan(
     plan = {
         "plan_version": PLAN_VERSION,
         "model": {
-            "fingerprint": model_fingerprint(model),
+            "fingerprint": weights_fingerprint(model),
             **{key: rounded_fingerprint(model, dtype) for key, dtype in ROUNDED.items()},
             "model_type": getattr(model.config, "model_type", None),
             "source": source,

@@ -52,13 +52,13 @@ def analyze_experiment(
 ) -> dict:
     """Analyse ``model``'s sites matching ``sites`` (default all) into ``out``, or reuse what
     ``out`` holds for them; return the ``results.json`` document."""
-    from deadzone.models.checkpoints import model_fingerprint, resolve
+    from deadzone.models.checkpoints import files_fingerprint, resolve
     from deadzone.report import geometry
 
     out, sites = Path(out), sites or "*"
     with writing(out):
         path = resolve(model)
-        fingerprint = model_fingerprint(path if path.is_dir() else path.parent)
+        fingerprint = files_fingerprint(path if path.is_dir() else path.parent)
         identity = _identity(model, sites, fingerprint)
         done = _reusable(out, identity)
         if done is not None:

@@ -107,7 +107,7 @@ def load_inputs(config, model, tokenizer, all_sites) -> tuple[RunInputs, ModelRe
     ``model``, ``data``, ``eval_data``, ``eval_fraction``, ``max_length`` and ``sft``) for
     ``model`` and ``tokenizer``, the runs' shared inputs, and the references a run task carries."""
     from deadzone.data.sft import load_sft_data, pad_id_for
-    from deadzone.models.checkpoints import context_length, model_fingerprint, resolve
+    from deadzone.models.checkpoints import context_length, files_fingerprint, resolve
 
     max_length = min(config.max_length, context_length(model) or config.max_length)
     data = load_sft_data(
@@ -121,7 +121,7 @@ def load_inputs(config, model, tokenizer, all_sites) -> tuple[RunInputs, ModelRe
         model, {s.name: s for s in all_sites}, data, pad_id_for(tokenizer), config.sft
     )
     path = resolve(config.model)
-    model_ref = ModelRef(config.model, model_fingerprint(path), str(path))
+    model_ref = ModelRef(config.model, files_fingerprint(path), str(path))
     data_ref = DataRef(
         config.data, config.eval_data, config.eval_fraction, max_length, data.info["content_hash"]
     )
@@ -174,12 +174,12 @@ def inputs_for(task: RunTask) -> RunInputs:
 def _load(task: RunTask) -> RunInputs:
     from deadzone.data.sft import load_sft_data, pad_id_for
     from deadzone.models import sites
-    from deadzone.models.checkpoints import load_model, model_fingerprint, resolve
+    from deadzone.models.checkpoints import files_fingerprint, load_model, resolve
 
     spec, d = task.model.spec, task.data
     here = task.model.path
     path = Path(here) if here and Path(here).is_dir() else resolve(spec)
-    if model_fingerprint(path) != task.model.fingerprint:
+    if files_fingerprint(path) != task.model.fingerprint:
         raise DeadzoneError(
             f"{spec} on {socket.gethostname()} is not the model the experiment was planned on "
             "(another fingerprint)"

@@ -173,7 +173,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 SAMPLES, SAMPLE_BYTES = 16, 4096
 
 
-def model_fingerprint(directory: str | Path) -> str:
+def files_fingerprint(directory: str | Path) -> str:
     """sha256 identifying the model in ``directory``, cheap on multi-gigabyte checkpoints.
 
     It covers the config (less the keys that only say who saved it) and tokenizer files
