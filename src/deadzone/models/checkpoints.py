@@ -8,7 +8,8 @@
 - ``builtin:tiny`` / ``builtin:paper`` (pretrained on first use, then cached).
 
 Nothing here unpickles a file: weights are read from safetensors, and a checkpoint holding only
-``pytorch_model.bin`` is loaded by ``transformers`` with ``torch.load(weights_only=True)``.
+``pytorch_model.bin`` is loaded by ``transformers`` with ``torch.load(weights_only=True)``; one
+whose pickle holds anything but tensors is refused in one line, never executed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -106,6 +109,8 @@ def load_model(spec: str, *, dtype: torch.dtype | None = None):
         model, info = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype or torch.float32, output_loading_info=True
         )
+    except pickle.UnpicklingError as e:
+        raise unsafe_pickle_error(path, e) from None
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise DeadzoneError(f"cannot load a causal LM from {spec}: {_first_line(e)}") from None
     check_loading_info(spec, info)
@@ -116,6 +121,31 @@ def load_model(spec: str, *, dtype: torch.dtype | None = None):
     except (OSError, ValueError, TypeError) as e:
         raise DeadzoneError(f"cannot load the tokenizer in {spec}: {_first_line(e)}") from None
     return model, tokenizer
+
+
+def unsafe_pickle_error(directory: Path, error: Exception) -> DeadzoneError:
+    """The one-line refusal of a pickled checkpoint holding more than tensors.
+
+    ``torch.load(weights_only=True)`` refused it without executing it; the file named is the
+    first pickled weight file that it refuses again (memory-mapped, so nothing is read twice
+    but the pickle's own bytes).
+    """
+    culprit = None
+    for file in sorted(f for f in directory.iterdir() if f.suffix in (".bin", ".pt", ".pth")):
+        try:
+            torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError:
+            culprit = file
+            break
+        except (OSError, RuntimeError):
+            continue  # not a zip-format pickle: not the file torch refused as unsafe
+    found = re.search(r"GLOBAL ([\w.]+)", str(error))
+    what = f" ({found.group(1)})" if found else ""
+    return DeadzoneError(
+        f"{culprit or directory} holds Python objects besides tensors{what}, which deadzone "
+        "does not unpickle; convert the checkpoint to safetensors where you trust it "
+        "(from_pretrained, then save_pretrained(..., safe_serialization=True))"
+    )
 
 
 def check_loading_info(spec: str, info: dict) -> None:
