@@ -110,7 +110,8 @@ def test_a_killed_pretraining_resumes_to_the_same_model_bytes(tmp_path):
     assert (tmp_path / ".killed.partial" / "state.pt").is_file()
     resumed = pretrain("micro", out, threads=1)
     assert resumed.record["resumed_from_step"] == 10
-    assert (out / "model.safetensors").read_bytes() == (whole.out / "model.safetensors").read_bytes()
+    weights = "model.safetensors"
+    assert (out / weights).read_bytes() == (whole.out / weights).read_bytes()
     for key in ("step0_eval_loss", "train_loss", "eval_loss", "tokens"):
         assert resumed.record[key] == whole.record[key]
     assert not (tmp_path / ".killed.partial").exists()  # removed once the model is saved

@@ -29,7 +29,8 @@ def _inputs(model) -> RunInputs:
 
 
 def _same_weights(a, b) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_a_loaded_model_is_copied_from_its_files_and_left_unread(gpt2_dir):
@@ -39,7 +40,10 @@ def test_a_loaded_model_is_copied_from_its_files_and_left_unread(gpt2_dir):
     assert _reread(model) is not None  # read back from the files, not deep-copied
     run = pristine_copy(model)
     assert run is not model and _same_weights(run, model)
-    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(run.parameters(), model.parameters()))
+    assert all(
+        p.data_ptr() != q.data_ptr()
+        for p, q in zip(run.parameters(), model.parameters(), strict=True)
+    )
     assert [p.requires_grad for p in run.parameters()] == [
         p.requires_grad for p in model.parameters()
     ]
