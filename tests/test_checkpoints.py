@@ -1,3 +1,6 @@
+import argparse
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import tiny_gpt2, tiny_llama
@@ -134,3 +137,42 @@ def test_analysis_of_a_checkpoint_lacking_a_matrix_names_it(gpt2_dir, caplog):
         records = analyze_checkpoint(str(path), "L1.mlp.*")
     assert [r["site"] for r in records] == ["L1.mlp.c_proj"]
     assert "lacks 1 matrix(es) of its architecture: L1.mlp.c_fc" in caplog.text
+
+
+class _Touch:
+    """Unpickling this would create ``marker``: the proof that a pickle was executed."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+@pytest.mark.parametrize("extra", ["namespace", "code"])
+def test_a_bin_checkpoint_holding_objects_is_one_line_naming_it_never_executed(tmp_path, extra):
+    model = tiny_gpt2()
+    model.config.save_pretrained(tmp_path)
+    marker = tmp_path / "executed"
+    state = dict(model.state_dict())
+    state["args"] = argparse.Namespace(lr=1e-3) if extra == "namespace" else _Touch(marker)
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    for load in (load_model, open_checkpoint):
+        with pytest.raises(DeadzoneError) as caught:
+            load(str(tmp_path))
+        message = str(caught.value)
+        assert "\n" not in message
+        assert str(tmp_path / "pytorch_model.bin") in message
+        assert "safetensors" in message
+    assert not marker.exists()
+    if extra == "namespace":
+        assert "argparse.Namespace" in message
+
+
+def test_a_bin_checkpoint_of_tensors_alone_still_loads(tmp_path):
+    model = tiny_gpt2()
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    loaded, _ = load_model(str(tmp_path))
+    ids = torch.tensor([[1, 2, 3]])
+    torch.testing.assert_close(loaded(ids).logits, model.eval()(ids).logits, rtol=0, atol=0)

@@ -83,3 +83,35 @@ def test_files_written_by_pretrain_have_ordinary_permissions(micro):
     assert stat.S_IMODE(micro.out.stat().st_mode) == 0o777 & ~mask
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in micro.out.iterdir()}
     assert modes and set(modes.values()) == {0o666 & ~mask}, modes
+
+
+KILL_AFTER_CHECKPOINT = """
+import os, signal, sys
+from deadzone.models import pretraining
+
+save = pretraining.Checkpoints.save
+
+def save_then_die(self, state):
+    save(self, state)
+    if len(state["steps"]) == int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)  # as a kill -9 right after that checkpoint
+
+pretraining.Checkpoints.save = save_then_die
+pretraining.pretrain("micro", sys.argv[1], threads=1)
+"""
+
+
+def test_a_killed_pretraining_resumes_to_the_same_model_bytes(tmp_path):
+    whole = pretrain("micro", tmp_path / "whole", threads=1)
+    assert whole.record["resumed_from_step"] == 0
+    out = tmp_path / "killed"
+    child = subprocess.run([sys.executable, "-c", KILL_AFTER_CHECKPOINT, str(out), "10"])
+    assert child.returncode == -9 and not out.exists()
+    assert (tmp_path / ".killed.partial" / "state.pt").is_file()
+    resumed = pretrain("micro", out, threads=1)
+    assert resumed.record["resumed_from_step"] == 10
+    weights = "model.safetensors"
+    assert (out / weights).read_bytes() == (whole.out / weights).read_bytes()
+    for key in ("step0_eval_loss", "train_loss", "eval_loss", "tokens"):
+        assert resumed.record[key] == whole.record[key]
+    assert not (tmp_path / ".killed.partial").exists()  # removed once the model is saved

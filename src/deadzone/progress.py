@@ -3,6 +3,12 @@
 On a terminal, a live rich bar. Without one (CI logs, ``| tee``), a live bar would print
 nothing until the end, so a plain line per task is printed every :data:`INTERVAL` seconds
 instead, and one when the task is complete.
+
+The time left is estimated from the pace since the task's first advance, never from the first
+advance itself (rich's bar does the same): the first unit of work carries the warm-up (lazy
+allocations, a cold cache, or a stage far longer than the others, such as the demo's
+pretraining counted as one unit among the runs), and extrapolating it to the rest gave hours
+for a run of minutes. Until a second advance there is no estimate to print.
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ class PlainProgress:
                 start=now,
                 last=now,
                 printed=0,
+                first=None,  # (clock, completed) at the first advance: where the pace starts
             )  # fmt: skip
         )
         return len(self.tasks) - 1
@@ -85,6 +92,8 @@ class PlainProgress:
         if description is not None:
             task.description = description
         now = _clock()
+        if advance and task.first is None:
+            task.first = (now, task.completed)
         done = task.total is not None and task.completed >= task.total
         if advance and (done or now - task.last >= INTERVAL):
             self._print(task, now)
@@ -98,11 +107,22 @@ class PlainProgress:
             f"{task.description}: {task.completed:g}{total}",
             f"{_clock_text(elapsed)} elapsed",
         ]
-        if task.total and 0 < task.completed < task.total:
-            left = elapsed * (task.total - task.completed) / task.completed
+        left = _time_left(task, now)
+        if left is not None:
             parts.append(f"{_clock_text(left)} left")
         parts += [c.format(task=task) for c in self.columns]
         print(", ".join(parts), file=console.file, flush=True)
+
+
+def _time_left(task: SimpleNamespace, now: float) -> float | None:
+    """Seconds left at the pace since the first advance; None before a second one."""
+    if task.first is None or not task.total or task.completed >= task.total:
+        return None
+    since, done_then = task.first
+    paced = task.completed - done_then
+    if paced <= 0 or now <= since:
+        return None
+    return (now - since) * (task.total - task.completed) / paced
 
 
 def _clock_text(seconds: float) -> str:

@@ -14,7 +14,6 @@ keeps every record, but only the main process writes ``results.json``.
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from deadzone import fileio, locks
 from deadzone.data.sft import SFTData, eval_batches, train_batches
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.results import RESULTS, read_results
+from deadzone.models.checkpoints import pristine_copy
 from deadzone.models.sites import Site
 from deadzone.provenance import git_state, versions
 from deadzone.training import strategies
@@ -57,8 +57,10 @@ class RunSpec:
 class RunInputs:
     """What every run of an experiment shares: the pristine model, its sites, data and config.
 
-    Every run trains a deep copy of ``model``, which itself is never modified. For a given seed
+    Every run trains a copy of ``model``, which itself is never modified. For a given seed
     every run sees the same training batches in the same order and the same eval batches.
+    ``step0`` keeps, per seed, the step-0 eval loss of a run whose model at step 0 is ``model``
+    itself, for the next such run of the seed to reuse (:data:`UNCHANGED_AT_STEP0`).
     """
 
     model: torch.nn.Module
@@ -67,6 +69,7 @@ class RunInputs:
     pad_id: int
     config: SFTConfig
     eval: list[Batch] = field(init=False)
+    step0: dict[int, float] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         # Eval loss is a token-weighted sum, so order is free: batch by length, pad little.
@@ -77,6 +80,25 @@ class RunInputs:
 
     def train_data(self, seed: int):
         return train_batches(self.data.train, self.config.batch_size, seed=seed, pad_id=self.pad_id)
+
+
+# Strategies that leave a site's values as they are: a run of these alone (with or without a
+# schedule, which freezes during training only) evaluates the pristine model at step 0.
+UNCHANGED_AT_STEP0 = frozenset({"full", "frozen"})
+
+
+class _Step0Loop(SFTLoop):
+    """An SFT loop whose first evaluation (step 0) is ``step0`` when given, not computed."""
+
+    def __init__(self, *args, step0: float | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._step0 = step0
+
+    def evaluate(self) -> float:
+        if self._step0 is not None:
+            loss, self._step0 = self._step0, None
+            return loss
+        return super().evaluate()
 
 
 def run_one(
@@ -98,19 +120,24 @@ def run_one(
 
     A strategy that cannot be applied (it raises :class:`RunFailed`) makes the run ``failed``
     with the reason, like a run that meets a non-finite loss; the runs beside it go on.
+
+    A run whose model at step 0 is the pristine one (``full`` and ``frozen`` sites only, any
+    schedule) reuses the step-0 eval loss of the last such run of its seed instead of
+    evaluating the same model on the same batches again.
     """
-    model = copy.deepcopy(inputs.model)
+    model = pristine_copy(inputs.model)  # read back from its files: one copy in memory
     plan = {inputs.sites[name]: strategy for name, strategy in spec.plan.items()}
     try:
         site_records = strategies.apply_strategies(model, plan, rank=spec.rank, seed=spec.seed)
     except RunFailed as e:
         return failed_record(spec, str(e))
     config = replace(inputs.config, seed=spec.seed)
+    pristine = set(spec.plan.values()) <= UNCHANGED_AT_STEP0
     schedule = None
     if spec.schedule is not None:
         schedule = ScheduleHook(spec.schedule.build(model, config.steps, spec.seed))
         hooks = [schedule, *hooks]
-    loop = SFTLoop(
+    loop = _Step0Loop(
         model,
         inputs.train_data(spec.seed),
         inputs.eval,
@@ -119,8 +146,11 @@ def run_one(
         description=spec.key,
         show_progress=show_progress,
         hooks=list(hooks),
+        step0=inputs.step0.get(spec.seed) if pristine else None,
     )
     result = loop.run()
+    if pristine and result.step0_eval_loss is not None:
+        inputs.step0[spec.seed] = result.step0_eval_loss
     record = {**spec.labels, "key": spec.key, **result.to_dict(), "sites": site_records}
     if schedule is not None:
         record["timeline"] = timeline(schedule)

@@ -8,14 +8,18 @@
 - ``builtin:tiny`` / ``builtin:paper`` (pretrained on first use, then cached).
 
 Nothing here unpickles a file: weights are read from safetensors, and a checkpoint holding only
-``pytorch_model.bin`` is loaded by ``transformers`` with ``torch.load(weights_only=True)``.
+``pytorch_model.bin`` is loaded by ``transformers`` with ``torch.load(weights_only=True)``; one
+whose pickle holds anything but tensors is refused in one line, never executed.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
+import pickle
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -106,6 +110,8 @@ def load_model(spec: str, *, dtype: torch.dtype | None = None):
         model, info = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype or torch.float32, output_loading_info=True
         )
+    except pickle.UnpicklingError as e:
+        raise unsafe_pickle_error(path, e) from None
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise DeadzoneError(f"cannot load a causal LM from {spec}: {_first_line(e)}") from None
     check_loading_info(spec, info)
@@ -116,6 +122,84 @@ def load_model(spec: str, *, dtype: torch.dtype | None = None):
     except (OSError, ValueError, TypeError) as e:
         raise DeadzoneError(f"cannot load the tokenizer in {spec}: {_first_line(e)}") from None
     return model, tokenizer
+
+
+def pristine_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` to train, as it was loaded, without a second copy in memory.
+
+    A model loaded from a safetensors directory holds its weights as memory maps of the files,
+    read page by page when used. A deep copy reads every page, so the pristine model then takes
+    as much memory as the copy that trains. Here the copy is read back from the files instead,
+    and the pristine model's pages stay unread: one copy of the weights per process. It is
+    used only where the files still hold the model's weights (its type, parameter names and
+    a sample of values match, bit for bit) and keeps its trainable flags and mode; anything
+    else (a model built in memory, or changed since it was loaded) is deep-copied.
+    """
+    reread = _reread(model)
+    if reread is None:
+        return copy.deepcopy(model)
+    for p, q in zip(model.parameters(), reread.parameters(), strict=True):
+        q.requires_grad_(p.requires_grad)
+    return reread.train(model.training)
+
+
+def _reread(model: torch.nn.Module) -> torch.nn.Module | None:
+    """``model`` loaded again from the directory it came from, if it matches; else None."""
+    from transformers import AutoModelForCausalLM
+
+    source = Path(str(getattr(model, "name_or_path", "") or ""))
+    if not str(source) or not source.is_dir() or not _shards(source):
+        return None
+    dtype = next(model.parameters()).dtype
+    try:
+        reread = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError):
+        return None
+    if type(reread) is not type(model) or not _same_sample(model, reread):
+        return None
+    return reread
+
+
+def _same_sample(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Same parameter names and shapes, and the same first, middle and last value of each."""
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    if pa.keys() != pb.keys():
+        return False
+    for name, x in pa.items():
+        y = pb[name]
+        if x.shape != y.shape or x.dtype != y.dtype:
+            return False
+        n = x.numel()
+        at = torch.tensor(sorted({0, n // 2, n - 1}), dtype=torch.long)
+        fx, fy = x.detach().reshape(-1)[at], y.detach().reshape(-1)[at]
+        if not torch.equal(fx.view(-1).cpu(), fy.view(-1).cpu()):
+            return False
+    return True
+
+
+def unsafe_pickle_error(directory: Path, error: Exception) -> DeadzoneError:
+    """The one-line refusal of a pickled checkpoint holding more than tensors.
+
+    ``torch.load(weights_only=True)`` refused it without executing it; the file named is the
+    first pickled weight file that it refuses again (memory-mapped, so nothing is read twice
+    but the pickle's own bytes).
+    """
+    culprit = None
+    for file in sorted(f for f in directory.iterdir() if f.suffix in (".bin", ".pt", ".pth")):
+        try:
+            torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError:
+            culprit = file
+            break
+        except (OSError, RuntimeError):
+            continue  # not a zip-format pickle: not the file torch refused as unsafe
+    found = re.search(r"GLOBAL ([\w.]+)", str(error))
+    what = f" ({found.group(1)})" if found else ""
+    return DeadzoneError(
+        f"{culprit or directory} holds Python objects besides tensors{what}, which deadzone "
+        "does not unpickle; convert the checkpoint to safetensors where you trust it "
+        "(from_pretrained, then save_pretrained(..., safe_serialization=True))"
+    )
 
 
 def check_loading_info(spec: str, info: dict) -> None:

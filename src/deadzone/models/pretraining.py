@@ -1,7 +1,15 @@
-"""Pretrain a builtin preset on the builtin corpus: tokenizer, token blocks, training, saving."""
+"""Pretrain a builtin preset on the builtin corpus: tokenizer, token blocks, training, saving.
+
+Pretraining keeps a checkpoint every ``checkpoint_every`` steps of its preset, beside its
+output (``.<out>.partial``): after a Ctrl-C or a kill, pretraining into the same output again
+resumes from it, and ends with the same model, byte for byte, as a run never interrupted (on
+as many torch threads). The checkpoint is removed once the model is saved.
+"""
 
 from __future__ import annotations
 
+import logging
+import pickle
 import shutil
 import tempfile
 import time
@@ -15,10 +23,11 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from deadzone.data import corpus
 from deadzone.errors import DeadzoneError
-from deadzone.fileio import ensure_dir, ordinary_permissions, write_json
+from deadzone.fileio import atomic_path, ensure_dir, ordinary_permissions, write_json
+from deadzone.models.device import choose_threads
 from deadzone.models.presets import Preset, builtin_dir, get_preset
 from deadzone.provenance import versions
-from deadzone.training.train import SFTConfig, train
+from deadzone.training.train import SFTConfig, SFTLoop
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -27,6 +36,9 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 MARKER = "deadzone_pretrain.json"
+STATE = "state.pt"
+
+log = logging.getLogger(__name__)
 
 
 def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -113,6 +125,90 @@ def sft_config(preset: Preset) -> SFTConfig:
     )
 
 
+@dataclass
+class Checkpoints:
+    """Pretraining's checkpoint, ``.<out>.partial/state.pt`` beside ``out``.
+
+    ``identity`` (preset, corpus hash, tokenizer) says what the checkpoint trains: one of
+    anything else is started over, never resumed.
+    """
+
+    directory: Path
+    identity: dict
+
+    def load(self) -> dict | None:
+        """The saved state, or None (none, unreadable, or of another pretraining)."""
+        file = self.directory / STATE
+        if not file.is_file():
+            return None
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+            log.warning("ignoring the unreadable pretraining checkpoint %s: %s", file, e)
+            return None
+        return state if state.get("identity") == self.identity else None
+
+    def save(self, state: dict) -> None:
+        with atomic_path(self.directory / STATE) as tmp:
+            torch.save({**state, "identity": self.identity}, tmp)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class _PretrainLoop(SFTLoop):
+    """The SFT loop that saves its whole state every ``every`` steps, and resumes from
+    ``state``: the steps before it are replayed (their batches drawn from the stream, their
+    losses read back) instead of trained, and the step-0 evaluation is read back too."""
+
+    def __init__(self, *args, checkpoints: Checkpoints, every: int, state: dict | None, **kw):
+        super().__init__(*args, **kw)
+        self.checkpoints, self.every, self.state = checkpoints, every, state
+        self.steps: list[tuple[float, int]] = []  # (train loss, tokens) of each step
+        self.step0: float | None = None
+        self.train_seconds = 0.0
+        self.replay_step0 = state is not None
+        if state is not None:
+            self.module.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.steps = [(float(loss), int(n)) for loss, n in state["steps"]]
+            self.step0, self.train_seconds = state["step0_eval_loss"], state["train_seconds"]
+
+    def evaluate(self) -> float:
+        if self.replay_step0:  # made before the interruption, on the model as it was then
+            self.replay_step0 = False
+            return self.step0
+        loss = super().evaluate()
+        if self.step0 is None:
+            self.step0 = loss
+        return loss
+
+    def train_step(self, stream, step: int) -> tuple[float, int]:
+        if step <= len(self.steps):  # trained before the interruption
+            for _ in range(self.config.grad_accum):
+                next(stream)
+            if step == len(self.steps):
+                torch.set_rng_state(self.state["rng"])
+            return self.steps[step - 1]
+        t0 = time.perf_counter()
+        loss, tokens = super().train_step(stream, step)
+        self.train_seconds += time.perf_counter() - t0
+        self.steps.append((loss, tokens))
+        if step % self.every == 0 and step < self.config.steps:
+            self.checkpoints.save(self._state())
+        return loss, tokens
+
+    def _state(self) -> dict:
+        return {
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "steps": self.steps,
+            "step0_eval_loss": self.step0,
+            "train_seconds": self.train_seconds,
+        }
+
+
 def _prepare_out(out: Path) -> None:
     """Refuse to overwrite anything but an earlier pretraining output."""
     if out.exists() and not out.is_dir():
@@ -150,10 +246,15 @@ class Pretrained:
     out: Path
 
 
-def pretrain(preset_name: str, out: str | Path | None = None) -> Pretrained:
+def pretrain(
+    preset_name: str, out: str | Path | None = None, *, threads: int | None = None
+) -> Pretrained:
     """Pretrain preset ``preset_name`` on the builtin corpus and save it in Hugging Face format.
 
-    Without ``out`` the model goes to the user cache, where ``builtin:<preset>`` finds it.
+    Without ``out`` the model goes to the user cache, where ``builtin:<preset>`` finds it. It
+    trains on ``threads`` torch threads, else on :func:`deadzone.models.device.choose_threads`'
+    choice (the cores other work leaves idle); the caller's setting is restored after. A
+    checkpoint left by an interrupted pretraining into ``out`` is resumed.
     """
     preset = get_preset(preset_name)
     if out is not None:  # check a given directory before the corpus is built
@@ -161,6 +262,15 @@ def pretrain(preset_name: str, out: str | Path | None = None) -> Pretrained:
     chash = corpus.corpus_hash()
     if out is None:
         _prepare_out(out := builtin_dir(preset.name, chash))
+    before = torch.get_num_threads()
+    torch.set_num_threads(choose_threads(threads))
+    try:
+        return _pretrain(preset, chash, out)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _pretrain(preset: Preset, chash: str, out: Path) -> Pretrained:
     start = time.perf_counter()
     train_docs, eval_docs = (
         corpus.pretraining_documents("train"),
@@ -171,12 +281,20 @@ def pretrain(preset_name: str, out: str | Path | None = None) -> Pretrained:
     eval_blocks = token_blocks(tokenizer, eval_docs, preset.context)[: preset.eval_blocks]
     model = build_model(preset, tokenizer)
     evals = [_as_batch(b) for b in eval_blocks.split(preset.batch_size)]
-    run = train(
+    identity = {"preset": preset, "corpus_hash": chash, "vocab": tokenizer.get_vocab()}
+    checkpoints = Checkpoints(out.parent / f".{out.name}.partial", _plain(identity))
+    state = checkpoints.load()
+    if state is not None:
+        log.warning("resuming pretraining %s from step %d", preset.name, len(state["steps"]))
+    loop = _PretrainLoop(
         model, _epoch_batches(train_blocks, preset), evals, sft_config(preset),
-        description=f"pretraining {preset.name}",
+        description=f"pretraining {preset.name}", checkpoints=checkpoints,
+        every=preset.checkpoint_every, state=state,
     )  # fmt: skip
+    run = loop.run()
     if run.status != "ok":
         raise DeadzoneError(f"pretraining {preset.name} failed: {run.error}")
+    run.tokens_per_second = run.train_tokens / max(loop.train_seconds, 1e-9)
     record = {
         "preset": preset.name,
         "corpus_hash": chash,
@@ -191,7 +309,15 @@ def pretrain(preset_name: str, out: str | Path | None = None) -> Pretrained:
         "train_loss": run.final_train_loss,
         "eval_loss": run.final_eval_loss,
         "seconds": round(time.perf_counter() - start, 1),
+        "resumed_from_step": 0 if state is None else len(state["steps"]),
         "versions": versions(),
     }
     _save(model, tokenizer, record, out)
+    checkpoints.remove()
     return Pretrained(model, tokenizer, record, out)
+
+
+def _plain(identity: dict) -> dict:
+    """``identity`` as plain values a checkpoint holds (``torch.load(weights_only=True)``)."""
+    preset = identity["preset"]
+    return {**identity, "preset": {k: getattr(preset, k) for k in preset.__dataclass_fields__}}
