@@ -178,14 +178,6 @@ class ExecutionConfig:
         if self.ray_address and self.backend != "ray":
             raise DeadzoneError("--ray-address needs --backend ray")
 
-    def executor(self, show_progress: bool = True):
-        """The executor this describes."""
-        from deadzone.experiments.execute import make_executor
-
-        return make_executor(
-            self.backend, self.workers, self.ray_address, show_progress=show_progress
-        )
-
 
 @dataclass
 class TrackingConfig:
@@ -203,12 +195,6 @@ class TrackingConfig:
 
     def __post_init__(self) -> None:
         _check_choice("tracker", self.report_to, REPORT_TO_CHOICES)
-
-    def tracking(self, out):
-        """The ``Tracking`` of an experiment into ``out``, checked before any run starts."""
-        from deadzone.training.tracking import tracking_for
-
-        return tracking_for(self.report_to, out, self.tracking_dir)
 
 
 # --- what every experiment of SFT runs judged against full takes ------------------------------

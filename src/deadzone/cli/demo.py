@@ -32,9 +32,11 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from deadzone.experiments.demo import demo
+    from deadzone.experiments.execute import executor_for
     from deadzone.report.build import report_directory
     from deadzone.report.demo import stage_table
     from deadzone.report.table import to_text
+    from deadzone.training.tracking import tracking_of
 
     execution = opt.read_config(DemoExecution, args)
     tracking = opt.read_config(TrackingConfig, args)
@@ -42,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     results = demo(
         args.out,
         quick=args.quick,
-        tracking=tracking.tracking(args.out),
-        executor=execution.executor() if given else None,
+        tracking=tracking_of(tracking, args.out),
+        executor=executor_for(execution) if given else None,
     )
     html, report = report_directory(args.out)
     print(to_text(stage_table(results)))

@@ -605,6 +605,13 @@ def _first_line(e: BaseException) -> str:
 Executor = InProcess | Pool | Ray
 
 
+def executor_for(execution, show_progress: bool = True) -> Executor:
+    """The executor a ``deadzone.config.ExecutionConfig`` describes."""
+    return make_executor(
+        execution.backend, execution.workers, execution.ray_address, show_progress=show_progress
+    )
+
+
 def make_executor(
     backend: str = "local",
     workers: int | None = None,

@@ -30,6 +30,7 @@ from deadzone.experiments.execute import (
     ModelRef,
     RunTask,
     execute,
+    executor_for,
     load_inputs,
     model_info,
     prime,
@@ -38,7 +39,7 @@ from deadzone.experiments.runs import ResultsDir, RunInputs, RunSpec, provenance
 from deadzone.models import sites as sites_mod
 from deadzone.models.sites import Site
 from deadzone.schema import SCHEMA_VERSION
-from deadzone.training.tracking import NO_TRACKING, Tracking
+from deadzone.training.tracking import NO_TRACKING, Tracking, tracking_of
 
 
 @dataclass
@@ -205,8 +206,8 @@ def run_experiment(
 
     out = output_directory(config, out)
     check_sites_early(config.model, site_patterns(config))
-    executor = executor or config.execution.executor(show_progress)
-    tracking = config.tracking.tracking(out) if tracking is None else tracking
+    executor = executor or executor_for(config.execution, show_progress)
+    tracking = tracking_of(config.tracking, out) if tracking is None else tracking
     state = PartialState(cpu=config.sft.cpu)  # the processes of this launch, if several
     if state.num_processes > 1 and not isinstance(executor, InProcess):
         raise DeadzoneError("under accelerate launch, runs execute in process (no --workers)")

@@ -8,11 +8,11 @@ fast path makes it a guarantee (a hook that forces the embeddings' output to req
 cannot undo it) and is where the prefix's outputs can be cached.
 
 Caching (``cache=True``): the prefix's output for each example is kept, keyed by the prefix's
-weights (:func:`deadzone.plans.parameters_fingerprint`) and the example's tokens, so that a
-later epoch over the same examples skips the prefix's forward pass too: its blocks pass their
-input through and the last one returns the kept rows. Only a deterministic prefix may be cached
-(no dropout in it), and only data whose examples are the same every epoch; anything else is
-refused with one line.
+weights (:func:`deadzone.models.fingerprints.parameters_fingerprint`) and the example's
+tokens, so that a later epoch over the same examples skips the prefix's forward pass too: its
+blocks pass their input through and the last one returns the kept rows. Only a deterministic
+prefix may be cached (no dropout in it), and only data whose examples are the same every epoch;
+anything else is refused with one line.
 
 A tied head is the input embedding: a prefix that freezes the embedding freezes the head with
 it. :func:`untie_head` gives the head its own trainable copy instead (``tie_word_embeddings``
@@ -216,7 +216,7 @@ class FrozenPrefix:
             return 0
         if self.cache:
             check_deterministic(self.model, depth)
-            from deadzone.plans import parameters_fingerprint  # plans imports this module
+            from deadzone.models.fingerprints import parameters_fingerprint
 
             weights = parameters_fingerprint(prefix_parameters(self.model, depth))
             self._salt = f"{depth}:{weights}".encode()

@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from deadzone.errors import DeadzoneError
+from deadzone.errors import DeadzoneError, RunFailed
 from deadzone.models.sites import Site, get_parameter
-from deadzone.training.train import RunFailed
 
 
 class StrategyFailed(RunFailed):

@@ -56,6 +56,12 @@ class Tracking:
 NO_TRACKING = Tracking()
 
 
+def tracking_of(config, out: str | Path) -> Tracking:
+    """The ``Tracking`` a ``deadzone.config.TrackingConfig`` describes for an experiment into
+    ``out``, checked before any run starts."""
+    return tracking_for(config.report_to, out, config.tracking_dir)
+
+
 def tracking_for(report_to: str, out: str | Path, directory: str | Path | None = None) -> Tracking:
     """The :class:`Tracking` of an experiment into ``out``: ``directory`` or ``out/tracking``,
     checked (the tracker's package is installed) before any run starts."""
