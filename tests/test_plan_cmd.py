@@ -3,6 +3,9 @@ a plan that ``freeze --schedule plan:FILE`` and ``apply_plan`` take; refusals be
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 from conftest import save_micro_experiment
 from test_crystallize import rows
@@ -79,10 +82,7 @@ def test_untie_of_an_untied_model_is_refused(setup, tmp_path, capsys):
     untied = tmp_path / "untied"
     model.lm_head.weight = type(model.lm_head.weight)(model.lm_head.weight.detach().clone())
     model.save_pretrained(untied)
-    AutoModelForCausalLM  # the tokenizer is not needed: the refusal comes first
-    import shutil
-
-    for f in (setup[0] and __import__("pathlib").Path(setup[0])).glob("*token*"):
+    for f in Path(setup[0]).glob("*token*"):
         shutil.copy(f, untied / f.name)
     assert main(argv((str(untied), setup[1]), tmp_path / "out", "--untie-head")) == 2
     err = capsys.readouterr().err

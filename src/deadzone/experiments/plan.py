@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import logging
 import math
 import statistics
@@ -287,11 +288,14 @@ def _layer(search: Search, name: str) -> int | None:
 
 def _by_prior(search: Search) -> list[str]:
     """The block sites, lowest cheap score first (then by name)."""
-    from deadzone.geometry.scores import SCORES, ScoreData
+    from deadzone.geometry.scores import GRAD_BATCHES, SCORES, ScoreData
 
     prepared = search.session.prepared
     sites = [s for s in prepared.sites if s.layer is not None]
-    data = ScoreData(train=list(prepared.inputs.train_data(0))[:4], eval=prepared.inputs.eval)
+    data = ScoreData(
+        train=list(itertools.islice(prepared.inputs.train_data(0), GRAD_BATCHES)),
+        eval=prepared.inputs.eval,
+    )
     scores = SCORES[PRIOR](prepared.model, sites, data)
     return sorted((s.name for s in sites), key=lambda n: (scores.get(n) or 0.0, n))
 
