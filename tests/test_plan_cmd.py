@@ -84,6 +84,7 @@ def test_untie_of_an_untied_model_is_refused(setup, tmp_path, capsys):
     model.save_pretrained(untied)
     for f in Path(setup[0]).glob("*token*"):
         shutil.copy(f, untied / f.name)
+    capsys.readouterr()
     assert main(argv((str(untied), setup[1]), tmp_path / "out", "--untie-head")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not tied" in err
