@@ -1,8 +1,9 @@
 """Thin command-line layer: parse arguments, call one library function, print.
 
 One module per command (``pretrain``, ``crystallize``, ``analyze``, ``scan``, ``freeze``,
-``demo``, ``report``), each with ``add(sub)``, which declares its parser, and the handler it
-sets; the options several commands share are declared once in :mod:`deadzone.cli.options`.
+``plan``, ``demo``, ``report``), each with ``add(sub)``, which declares its parser, and the
+handler it sets; the options several commands share are
+declared once in :mod:`deadzone.cli.options`.
 This package holds the entry point: :func:`build_parser`, the logging set-up and :func:`main`.
 Handlers import torch and the library lazily, so ``deadzone --help`` stays fast.
 """
@@ -15,11 +16,11 @@ import os
 import sys
 
 from deadzone import __version__
-from deadzone.cli import analyze, crystallize, demo, freeze, pretrain, report, scan
+from deadzone.cli import analyze, crystallize, demo, freeze, plan, pretrain, report, scan
 from deadzone.cli.options import Parser
 from deadzone.errors import DeadzoneError
 
-COMMANDS = (pretrain, crystallize, analyze, scan, freeze, demo, report)  # in --help's order
+COMMANDS = (pretrain, crystallize, analyze, scan, freeze, plan, demo, report)  # in --help's order
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,7 +43,21 @@ def run(args: argparse.Namespace) -> int | None:
         say_resumed(config.out, before, results)
         written = write_reports(config.out)
         print(f"{to_text(table_model(results))}\n\n{conclusion(results)}")
+        for line in savings_lines(results.get("plan_savings") or {}):
+            print(line)
         if args.save:
             written.append(f"{args.save} ({config.first_frozen()}, seed 0)")
         print(f"wrote {', '.join(written)}")
     return check_baseline(config.out, results, BASELINE, main_process)
+
+
+def savings_lines(plan_savings: dict[str, dict]) -> list[str]:
+    """One line per plan schedule: what its savings model predicts per step."""
+    return [
+        f"{name}: savings model: FLOPs ratio {m['flops_ratio']:.3f} of full's (prefix depth "
+        f"{m['prefix_depth']}, frozen share {m['frozen_share']:.3f}"
+        f"{', prefix outputs cached' if m.get('cached') else ''}), "
+        f"{m['state_bytes_saved'] / 2**20:.1f} MiB of gradient and optimizer state and "
+        f"{m['activation_bytes_saved'] / 2**20:.1f} MiB of activations saved"
+        for name, m in plan_savings.items()
+    ]

@@ -258,3 +258,44 @@ class DemoExecution(ExecutionConfig):
         "(default: 2 processes for the full demo, one after another for --quick)",
         metavar="N",
     )
+
+
+@dataclass(kw_only=True)
+class PlanConfig(ExperimentConfig):
+    """The search for the cheapest certified plan: the deepest negligible frozen prefix (the
+    embeddings and blocks below it), grown by sites above it in the order of their cheap
+    scores for at most ``grow`` joint checks; the plan found checked again at ``horizon``
+    times the steps (0: not checked). ``untie_head``: a tied head gets its own trainable
+    copy, so that the frozen embedding does not freeze it."""
+
+    MIN_SEEDS = 2
+
+    seeds: int = option(
+        3, "the most seeds a judgement looks at (sequentially: 2 first, more while undetermined)"
+    )
+    horizon: int = option(
+        4, "check the plan found again at this many times --steps (0: no long-horizon check)"
+    )
+    grow: int = option(
+        2, "joint checks spent growing the plan with sites above the prefix (0: the prefix alone)"
+    )
+    untie_head: bool = option(
+        False, "give a head tied to the embedding its own trainable copy (recorded in the plan)"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, low in (("horizon", 0), ("grow", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise DeadzoneError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.horizon == 1:
+            raise DeadzoneError("horizon 1 repeats the search's own runs: give 0 or >= 2")
+
+    def check_seeds(self) -> None:
+        seeds = self.seeds
+        if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < self.MIN_SEEDS:
+            raise DeadzoneError(
+                f"a plan search needs --seeds >= 2 (got {seeds!r}): with fewer there is no "
+                "interval, and no plan could be certified"
+            )

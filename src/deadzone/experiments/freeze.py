@@ -69,6 +69,7 @@ def plan_runs(specs: dict[str, ScheduleSpec], seeds: int) -> list[RunSpec]:
             # "strategy" is the arm name crystallize's summary reads.
             labels={"schedule": name, "strategy": name, "rank": None, "seed": seed},
             schedule=None if name == BASELINE else spec,
+            freeze_plan=_whole(spec.plan),
         )
         for seed in range(seeds)
         for name, spec in specs.items()
@@ -119,6 +120,14 @@ def plan(
     )
 
 
+def _whole(plan: dict | None) -> dict | None:
+    """A plan with a frozen prefix or an untied head, applied whole before its runs train (the
+    schedule freezes its sites; the prefix's biases and norms, and the untying, are this)."""
+    if plan is not None and (plan.get("prefix_depth") or plan.get("untie_head")):
+        return plan
+    return None
+
+
 def _load_plan(name: str) -> dict | None:
     kind, _, arg = name.partition(":")
     return plans.load_plan(arg) if kind == "plan" and arg else None
@@ -134,7 +143,45 @@ def schedules(config: FreezeConfig, loaded: dict, model, sites) -> dict[str, Sch
         )
         spec.build(model, config.sft.steps)  # refuses what cannot run, before any run
         specs[name] = spec
+    if config.sft.cache_prefix:
+        _check_cacheable(model, specs)
     return specs
+
+
+def _check_cacheable(model, specs: dict[str, ScheduleSpec]) -> None:
+    """``--cache-prefix`` needs a plan schedule with a frozen prefix from step 1, and that
+    prefix deterministic (no dropout): a one-line error otherwise, before any data."""
+    from deadzone.training import prefix
+
+    depths = [(s.plan or {}).get("prefix_depth", 0) for s in specs.values()]
+    if not any(depths):
+        raise DeadzoneError(
+            "--cache-prefix needs a wholly frozen prefix: give a plan:FILE schedule whose plan "
+            "has a prefix_depth (deadzone plan writes one)"
+        )
+    prefix.check_deterministic(model, max(depths))
+
+
+def plan_savings(prepared: Prepared) -> dict[str, dict]:
+    """The savings model (``deadzone.training.savings``) of each plan schedule's plan, per step
+    at the batch size and the mean training length, with cached prefix outputs if asked."""
+    import copy
+    import statistics
+
+    from deadzone.training.savings import savings as model_savings
+
+    sft, out = prepared.config.sft, {}
+    seq = max(1, round(statistics.fmean(len(e.input_ids) for e in prepared.inputs.data.train)))
+    for name, spec in prepared.chosen.items():
+        if spec.plan is None:
+            continue
+        model = copy.deepcopy(prepared.model)
+        plans.apply_plan(model, spec.plan)
+        cached = sft.cache_prefix and bool(spec.plan.get("prefix_depth"))
+        found = model_savings(model, sft.batch_size, seq, cached=cached)
+        out[name] = {**found.to_dict(), "batch_size": sft.batch_size, "seq_len": seq,
+                     "cached": cached}  # fmt: skip
+    return out
 
 
 def design(config: FreezeConfig, prepared: Prepared, *, save=None) -> Design:
@@ -162,6 +209,7 @@ def design(config: FreezeConfig, prepared: Prepared, *, save=None) -> Design:
         },
         summarize=partial(summarize, margin=config.margin, margin_nats=config.margin_nats),
         specs=specs,
+        header={"plan_savings": plan_savings(prepared)},
         drive=partial(_drive, config, specs, save),
     )
 

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import torch
 
-from deadzone import fileio, locks
+from deadzone import fileio, locks, plans
 from deadzone.data.sft import SFTData, eval_batches, train_batches
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.results import RESULTS, read_results
 from deadzone.models.checkpoints import pristine_copy
 from deadzone.models.sites import Site
 from deadzone.provenance import git_state, versions
-from deadzone.training import strategies
+from deadzone.training import prefix, strategies
 from deadzone.training.schedules import ScheduleHook, ScheduleSpec, frozen_fraction
 from deadzone.training.train import Batch, RunFailed, RunResult, SFTConfig, SFTLoop
 
@@ -42,7 +42,9 @@ class RunSpec:
     ``key`` names the run uniquely within its experiment; ``labels`` are copied into its record.
     ``rank`` is the rank of every ``crystal`` site of the run. ``schedule``, if given, freezes
     parameters during the run (built inside the run from the run's model, steps and seed); its
-    record then holds the schedule's ``timeline``.
+    record then holds the schedule's ``timeline``. ``freeze_plan``, if given, is a deadzone plan
+    applied whole (:func:`deadzone.plans.apply_plan`: its sites, its prefix, its untied head)
+    just before the run trains.
     """
 
     key: str
@@ -51,6 +53,7 @@ class RunSpec:
     rank: int = 1
     labels: dict = field(default_factory=dict)
     schedule: ScheduleSpec | None = None
+    freeze_plan: dict | None = None
 
 
 @dataclass
@@ -132,11 +135,16 @@ def run_one(
     except RunFailed as e:
         return failed_record(spec, str(e))
     config = replace(inputs.config, seed=spec.seed)
-    pristine = set(spec.plan.values()) <= UNCHANGED_AT_STEP0
+    planned = [e["strategy"] for e in spec.freeze_plan["sites"]] if spec.freeze_plan else []
+    pristine = {*spec.plan.values(), *planned} <= UNCHANGED_AT_STEP0
     schedule = None
     if spec.schedule is not None:
         schedule = ScheduleHook(spec.schedule.build(model, config.steps, spec.seed))
         hooks = [schedule, *hooks]
+    if spec.freeze_plan is not None:
+        plans.apply_plan(model, spec.freeze_plan)
+    if config.cache_prefix and prefix.prefix_depth(model) == 0:
+        config = replace(config, cache_prefix=False)  # nothing to cache: the prefix trains
     loop = _Step0Loop(
         model,
         inputs.train_data(spec.seed),

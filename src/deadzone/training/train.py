@@ -26,7 +26,7 @@ from __future__ import annotations
 import gc
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 
@@ -323,7 +323,10 @@ class SFTLoop:
         self.freezer = Freezer(acc.unwrap_model(self.model), self.optimizer)
         self._wrapped_version = self.freezer.version
         self.prefix = FrozenPrefix(self.module, cache=config.cache_prefix)
-        if config.cache_prefix:
+        if config.cache_prefix and (callable(train_data) or isinstance(train_data, Sized)):
+            # epochs that can be compared are; an endless stream (an experiment's batches of a
+            # fixed example list) is not read ahead: a changed example only misses the cache,
+            # whose keys are the examples' tokens
             check_same_every_epoch(train_data)
         self.hooks = list(hooks)
         self._set_lr(0)

@@ -1,0 +1,43 @@
+"""``deadzone plan``: the frozen set (a frozen prefix, grown above it) that saves most per step
+at a cost shown negligible, certified and checked again at a longer horizon."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from deadzone.cli import options as opt
+from deadzone.cli.outcome import recorded_keys, say_resumed
+from deadzone.experiments.configs import PlanConfig
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = opt.command_parser(
+        sub,
+        "plan",
+        "Search the deepest frozen prefix whose cost is negligible, grow it with sites above "
+        "it, certify the plan found and check it again at a longer horizon.",
+    )
+    opt.add_config(p, PlanConfig)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int | None:
+    from accelerate import PartialState
+
+    from deadzone.experiments.plan import find_plan, report_text
+
+    config = opt.read_config(PlanConfig, args)
+    main_process = PartialState(cpu=config.sft.cpu).is_main_process
+    before = recorded_keys(config.out)
+    results = find_plan(config)
+    if not main_process:
+        return None
+    say_resumed(config.out, before, results)
+    summary = results["summary"]
+    print(report_text(summary), end="")
+    names = ("results.json", "report.md", "plan.json", "axolotl.yaml", "frozen_parameters.txt",
+             "lora_config.json")  # fmt: skip
+    print(f"wrote {', '.join(str(Path(config.out) / n) for n in names)}")
+    long = summary["long_horizon"]
+    return 1 if long is not None and not long["holds"] else None
