@@ -271,12 +271,17 @@ def threads_per_run(workers: int = 1, requested: int | None = None) -> int:
     """Torch threads of each run, ``workers`` runs at once: the one place every executor asks.
 
     ``requested`` (``--threads``), else ``OMP_NUM_THREADS``, else the cores other work leaves
-    idle divided among the runs (:func:`deadzone.models.device.choose_threads`, which logs the
-    choice in one line).
+    idle divided among the runs (:func:`deadzone.models.device.thread_choice`). The choice is
+    said once, in one line, when the executor first runs tasks (:func:`execute`).
     """
-    from deadzone.models.device import choose_threads
+    from deadzone.models.device import thread_choice
 
-    return choose_threads(requested, runs=check_workers(workers))
+    threads, why = thread_choice(requested, runs=check_workers(workers))
+    _said_threads[threads] = why
+    return threads
+
+
+_said_threads: dict[int, str] = {}  # why each thread count was chosen, until execute says it
 
 
 def check_workers(workers: int) -> int:
@@ -665,6 +670,8 @@ def execute(
     results.order_by([t.key for t in tasks])
     pending = [t for t in tasks if not results.finished(t.key)]
     quiet = not show_progress or isinstance(executor, InProcess) or not pending
+    if pending and executor.threads in _said_threads:
+        log.info("torch threads: %s", _said_threads.pop(executor.threads))
     with make_progress(disable=quiet) as bar:
         runs = bar.add_task(f"runs ({executor.name})", total=len(pending))
 
