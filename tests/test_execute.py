@@ -282,11 +282,18 @@ def test_a_strategy_that_cannot_be_applied_fails_its_run_only(setup, tmp_path, m
     )
 
 
-def test_threads_per_run(monkeypatch):
+def test_threads_per_run_honours_threads_then_omp_then_idle_cores(monkeypatch):
+    from deadzone.models import device
+
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert threads_per_run(2, cores=16) == 8 and threads_per_run(3, cores=2) == 1
+    monkeypatch.setattr(device, "usable_cores", lambda: 16)
+    monkeypatch.setattr(device, "busy_cores", lambda: 0.0)
+    assert threads_per_run(2) == 8 and threads_per_run(3) == 5
+    monkeypatch.setattr(device, "busy_cores", lambda: 14.0)
+    assert threads_per_run(3) == 1 and threads_per_run(3, 4) == 4
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert threads_per_run(2, cores=16) == 3
+    assert threads_per_run(2) == 3 and threads_per_run(2, 5) == 5
+    assert Pool(2, threads=2).threads == 2 and make_executor(threads=1).threads == 1
 
 
 @pytest.mark.parametrize(

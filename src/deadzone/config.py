@@ -22,6 +22,10 @@ DEFAULT_SEEDS = 3
 DEFAULT_MAX_LENGTH = 256
 DEFAULT_MARGIN = 0.02  # of the fine-tuning gain
 DEFAULT_MARGIN_NATS = 0.01  # of eval loss per token: a 1% change in perplexity
+DEFAULT_MARGIN_RATE = 0.02  # of exact-match rate: two examples in a hundred
+DEFAULT_EXACT_MATCH_EXAMPLES = 64
+DTYPES = ("float32", "bfloat16", "auto")  # deadzone.models.device.weight_dtype reads them
+ENDPOINTS = ("eval_loss", "exact_match")
 MIXED_PRECISION = ("auto", "no", "bf16")
 BACKENDS = ("local", "ray")
 # tests/test_cli.py checks these against deadzone.training.tracking.CHOICES (which imports torch)
@@ -154,8 +158,14 @@ class ExecutionConfig:
     workers: int | None = option(
         None,
         "run N runs at once: a pool of N local processes, or N Ray tasks with --backend ray; "
-        "each run gets max(1, cores // N) torch threads unless OMP_NUM_THREADS is set "
-        "(default: one run after another in this process)",
+        "each run gets --threads torch threads (default: one run after another in this "
+        "process)",
+        metavar="N",
+    )
+    threads: int | None = option(
+        None,
+        "torch threads per run (default: OMP_NUM_THREADS if set, else the cores other work "
+        "leaves idle, divided among the runs at once; the choice is logged)",
         metavar="N",
     )
     backend: str = option(
@@ -174,6 +184,8 @@ class ExecutionConfig:
     def __post_init__(self) -> None:
         if self.workers is not None:
             check_int("workers", self.workers, 1)
+        if self.threads is not None:
+            check_int("threads", self.threads, 1)
         _check_choice("backend", self.backend, BACKENDS)
         if self.ray_address and self.backend != "ray":
             raise DeadzoneError("--ray-address needs --backend ray")
@@ -239,6 +251,31 @@ class ExperimentConfig:
         DEFAULT_MARGIN_NATS,
         "the margin in nats of eval loss, used instead when the gain is not clearly positive",
     )
+    margin_rate: float = option(
+        DEFAULT_MARGIN_RATE,
+        "with --endpoint exact_match: the largest cost called negligible, in exact-match rate "
+        "(full's rate minus the strategy's, paired by seed), in (0, 1)",
+    )
+    endpoint: str = option(
+        "eval_loss",
+        "what verdicts are judged on: eval_loss (paired, low noise), or exact_match (of greedy "
+        "completions, against --margin-rate; needs prompt/completion or chat eval data). "
+        "Either way both are reported",
+        choices=ENDPOINTS,
+    )
+    exact_match_examples: int = option(
+        DEFAULT_EXACT_MATCH_EXAMPLES,
+        "each finished run of prompt/completion or chat data scores exact match on the first "
+        "N eval examples (generation is slow); 0: not scored",
+        metavar="N",
+    )
+    dtype: str = option(
+        "float32",
+        "weights' dtype for every run: float32, bfloat16 (half the memory; small updates "
+        "round away), or auto (bfloat16 where the device computes it natively). float16 is "
+        "refused (no loss scaling)",
+        listed=DTYPES,
+    )
     sft: SFTConfig = option(factory=SFTConfig)
     execution: ExecutionConfig = option(factory=ExecutionConfig)
     tracking: TrackingConfig = option(factory=TrackingConfig)
@@ -263,6 +300,18 @@ class ExperimentConfig:
             )
         if not is_number(self.margin_nats) or not self.margin_nats > 0:
             raise DeadzoneError(f"margin-nats must be > 0, got {self.margin_nats!r}")
+        if not is_number(self.margin_rate) or not 0 < self.margin_rate < 1:
+            raise DeadzoneError(f"margin-rate must be in (0, 1), got {self.margin_rate!r}")
+        _check_choice("endpoint", self.endpoint, ENDPOINTS)
+        check_int("exact_match_examples", self.exact_match_examples, 0)
+        if self.endpoint == "exact_match" and self.exact_match_examples == 0:
+            raise DeadzoneError("--endpoint exact_match needs --exact-match-examples >= 1")
+        if self.dtype == "float16":
+            raise DeadzoneError(
+                "dtype float16 is refused: without loss scaling its range loses AdamW's "
+                "updates; use bfloat16"
+            )
+        _check_choice("dtype", self.dtype, DTYPES)
 
     def check_seeds(self) -> None:
         """``seeds`` is an integer, at least ``MIN_SEEDS``; a recipe may say why in its own

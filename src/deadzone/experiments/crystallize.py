@@ -19,7 +19,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from deadzone.config import DEFAULT_MARGIN, DEFAULT_MARGIN_NATS
+from deadzone.config import DEFAULT_MARGIN, DEFAULT_MARGIN_NATS, DEFAULT_MARGIN_RATE
 from deadzone.experiments import stats
 from deadzone.experiments.configs import BASELINE, CrystallizeConfig
 from deadzone.experiments.execute import Executor
@@ -128,7 +128,12 @@ def design(config: CrystallizeConfig, prepared: Prepared) -> Design:
             "seeds": list(range(config.seeds)),
         },
         summarize=partial(
-            summarize, margin=config.margin, margin_nats=config.margin_nats, shapes=shapes
+            summarize,
+            margin=config.margin,
+            margin_nats=config.margin_nats,
+            shapes=shapes,
+            endpoint=config.endpoint,
+            margin_rate=config.margin_rate,
         ),
         specs=plan_runs(config.strategies, names, config.seeds, config.ranks),
     )
@@ -136,7 +141,9 @@ def design(config: CrystallizeConfig, prepared: Prepared) -> Design:
 
 # --- summary: costs in three units, verdicts, crystallization rank -----------------------------
 
-UNITS = ("nats", "pct", "share_of_gain")  # of each arm's cost, paired per seed against full
+# Of each arm's cost, paired per seed against full: eval loss in three units, and exact match
+# (full's rate minus the arm's) where the runs scored it.
+UNITS = ("nats", "pct", "share_of_gain", "rate")
 
 
 def summarize(
@@ -145,6 +152,8 @@ def summarize(
     margin: float = DEFAULT_MARGIN,
     margin_nats: float = DEFAULT_MARGIN_NATS,
     shapes: dict[str, list[int]] | None = None,
+    endpoint: str = "eval_loss",
+    margin_rate: float = DEFAULT_MARGIN_RATE,
 ) -> dict:
     """Costs and verdicts of every arm against ``full``, from the run records alone.
 
@@ -152,13 +161,17 @@ def summarize(
     nats, in % of ``full``'s, and as a share of that seed's fine-tuning gain (``full``'s step-0
     eval loss minus its final one). Verdicts are judged on the share of the gain against
     ``margin`` — or, when the gain's own interval does not lie above zero, in nats against
-    ``margin_nats`` — with Holm over the arms (:func:`stats.judge`). ``shapes`` (target name ->
-    ``[out, in]``) sizes the factors of the crystallization rank.
+    ``margin_nats`` — with Holm over the arms (:func:`stats.judge`). With ``endpoint``
+    ``exact_match`` they are judged instead on the exact-match cost (``full``'s rate minus the
+    arm's, paired by seed) against ``margin_rate``; both endpoints are summarized either way.
+    ``shapes`` (target name -> ``[out, in]``) sizes the factors of the crystallization rank.
     """
     ok = [r for r in runs if r.get("status") == "ok"]
     full = {r["seed"]: r for r in ok if r["strategy"] == BASELINE}
     gain = _gain(full)
     unit, used = ("share_of_gain", margin) if gain["clear"] else ("nats", margin_nats)
+    if endpoint == "exact_match":
+        unit, used = "rate", margin_rate
     arms = _arms(runs)
     costs = {a: _costs([r for r in ok if _arm_of(r) == a], full) for a in arms}
     compared = [a for a in arms if a[0] != BASELINE]
@@ -166,9 +179,11 @@ def summarize(
     records = [_record(a, runs, ok, costs[a], judged.get(arm(*a))) for a in arms]
     return {
         "alpha": stats.ALPHA,
+        "endpoint": endpoint,
         "unit": unit,
         "margin": margin,
         "margin_nats": margin_nats,
+        "margin_rate": margin_rate,
         "margin_used": used,
         "gain": gain,
         "arms": records,
@@ -223,7 +238,22 @@ def _costs(mine: list[dict], full: dict[int, dict]) -> dict:
         "train_pct": [
             100 * (r["final_train_loss"] / f["final_train_loss"] - 1) for _, r, f in pairs
         ],
+        # Empty unless every paired seed scored exact match on both sides.
+        "rate": _rate_costs(pairs),
     }
+
+
+def exact_match_rate(run: dict) -> float | None:
+    """The run's exact-match rate, if it scored one."""
+    return (run.get("exact_match") or {}).get("rate")
+
+
+def _rate_costs(pairs: list[tuple]) -> list[float]:
+    """``full``'s exact-match rate minus the arm's, per paired seed (a loss of matches is > 0)."""
+    rates = [(exact_match_rate(r), exact_match_rate(f)) for _, r, f in pairs]
+    if any(mine is None or theirs is None for mine, theirs in rates):
+        return []
+    return [theirs - mine for mine, theirs in rates]
 
 
 def _cost(values: list[float], level: float | None) -> dict:
@@ -244,6 +274,8 @@ def _record(a: tuple, runs: list[dict], ok: list[dict], costs: dict, judged) -> 
     mine = [r for r in ok if _arm_of(r) == a]
     train_mean, train_std = stats.mean_sd([r["final_train_loss"] for r in mine])
     eval_mean, eval_std = stats.mean_sd([r["final_eval_loss"] for r in mine])
+    rates = [exact_match_rate(r) for r in mine]
+    rate_mean, rate_std = stats.mean_sd(rates if rates and None not in rates else [])
     record = {
         "arm": arm(strategy, rank),
         "strategy": strategy,
@@ -255,6 +287,11 @@ def _record(a: tuple, runs: list[dict], ok: list[dict], costs: dict, judged) -> 
         "train_loss_std": train_std,
         "eval_loss_mean": eval_mean,
         "eval_loss_std": eval_std,
+        "exact_match_mean": rate_mean,
+        "exact_match_std": rate_std,
+        "exact_match_samples": (mine[0].get("exact_match") or {}).get("samples", [])
+        if mine
+        else [],
         "delta_train_pct": stats.mean_sd(costs["train_pct"])[0],
         "delta_eval_pct": stats.mean_sd(costs["pct"])[0],
         "seeds": costs["seeds"],

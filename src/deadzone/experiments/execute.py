@@ -62,6 +62,7 @@ class ModelRef:
     spec: str
     fingerprint: str
     path: str | None = None
+    dtype: str = "float32"  # the weights' torch dtype, as in ``torch.float32``
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,9 @@ class DataRef:
 class RunTask:
     """One run, picklable: what it trains, on what, how, and on how many torch threads.
 
-    ``tracking`` says where the run reports its curves (``deadzone.training.tracking``); it is
-    no part
-    of what the run computes.
+    ``exact_match`` is how many eval examples the finished run scores exact match on (0:
+    none). ``tracking`` says where the run reports its curves (``deadzone.training.tracking``);
+    it is no part of what the run computes.
     """
 
     model: ModelRef
@@ -90,6 +91,7 @@ class RunTask:
     run: RunSpec
     threads: int
     tracking: Tracking = NO_TRACKING
+    exact_match: int = 0
 
     @property
     def key(self) -> str:
@@ -118,14 +120,20 @@ def load_inputs(config, model, tokenizer, all_sites) -> tuple[RunInputs, ModelRe
         eval_fraction=config.eval_fraction,
     )
     inputs = RunInputs(
-        model, {s.name: s for s in all_sites}, data, pad_id_for(tokenizer), config.sft
+        model, {s.name: s for s in all_sites}, data, pad_id_for(tokenizer), config.sft, tokenizer
     )
     path = resolve(config.model)
-    model_ref = ModelRef(config.model, files_fingerprint(path), str(path))
+    dtype = dtype_name(next(model.parameters()).dtype)
+    model_ref = ModelRef(config.model, files_fingerprint(path), str(path), dtype)
     data_ref = DataRef(
         config.data, config.eval_data, config.eval_fraction, max_length, data.info["content_hash"]
     )
     return inputs, model_ref, data_ref
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``float32`` for ``torch.float32``: how records and identities name a dtype."""
+    return str(dtype).removeprefix("torch.")
 
 
 def model_info(model, model_ref: ModelRef) -> dict:
@@ -184,7 +192,7 @@ def _load(task: RunTask) -> RunInputs:
             f"{spec} on {socket.gethostname()} is not the model the experiment was planned on "
             "(another fingerprint)"
         )
-    model, tokenizer = load_model(str(path))
+    model, tokenizer = load_model(str(path), dtype=getattr(torch, task.model.dtype))
     if tokenizer is None:
         raise DeadzoneError(f"{spec} has no tokenizer; SFT needs one")
     data = _shipped.get(d) or load_sft_data(
@@ -200,7 +208,7 @@ def _load(task: RunTask) -> RunInputs:
             "planned on (another content hash)"
         )
     all_sites = {s.name: s for s in sites.find_sites(model)}
-    return RunInputs(model, all_sites, data, pad_id_for(tokenizer), task.sft)
+    return RunInputs(model, all_sites, data, pad_id_for(tokenizer), task.sft, tokenizer)
 
 
 def run_task(task: RunTask, *, accelerator=None, show_progress: bool = False) -> dict:
@@ -216,6 +224,7 @@ def run_task(task: RunTask, *, accelerator=None, show_progress: bool = False) ->
             accelerator=accelerator,
             show_progress=show_progress,
             hooks=[hook] if hook else [],
+            exact_match=task.exact_match,
         )
     finally:
         if hook:
@@ -258,12 +267,21 @@ def work(task: RunTask) -> tuple[str, object]:
 # --- executors --------------------------------------------------------------------------------
 
 
-def threads_per_run(workers: int, cores: int | None = None) -> int:
-    """``OMP_NUM_THREADS`` if set, else ``max(1, cores // workers)``."""
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return max(1, (cores or _cores()) // workers)
+def threads_per_run(workers: int = 1, requested: int | None = None) -> int:
+    """Torch threads of each run, ``workers`` runs at once: the one place every executor asks.
+
+    ``requested`` (``--threads``), else ``OMP_NUM_THREADS``, else the cores other work leaves
+    idle divided among the runs (:func:`deadzone.models.device.thread_choice`). The choice is
+    said once, in one line, when the executor first runs tasks (:func:`execute`).
+    """
+    from deadzone.models.device import thread_choice
+
+    threads, why = thread_choice(requested, runs=check_workers(workers))
+    _said_threads[threads] = why
+    return threads
+
+
+_said_threads: dict[int, str] = {}  # why each thread count was chosen, until execute says it
 
 
 def check_workers(workers: int) -> int:
@@ -280,7 +298,8 @@ class InProcess:
 
     name = "inprocess"
 
-    def __init__(self, *, show_progress: bool = True) -> None:
+    def __init__(self, *, threads: int | None = None, show_progress: bool = True) -> None:
+        self.threads = threads_per_run(1, threads)
         self.show_progress = show_progress
 
     def __enter__(self) -> InProcess:
@@ -288,10 +307,6 @@ class InProcess:
 
     def __exit__(self, *exc) -> None:
         pass
-
-    @property
-    def threads(self) -> int:
-        return torch.get_num_threads()
 
     def run(self, tasks: list[RunTask], on_record: OnRecord) -> None:
         if not tasks:
@@ -350,11 +365,13 @@ class Pool:
 
     name = "pool"
 
-    def __init__(self, workers: int, *, retries: int = RETRIES, on_start=None) -> None:
+    def __init__(
+        self, workers: int, *, threads: int | None = None, retries: int = RETRIES, on_start=None
+    ) -> None:
         self.workers = check_workers(workers)
         self.retries = retries
         self.on_start = on_start
-        self.threads = threads_per_run(workers)
+        self.threads = threads_per_run(workers, threads)
         self._pool: list[_Worker] = []
         self._depth = 0
 
@@ -483,13 +500,18 @@ class Ray:
     name = "ray"
 
     def __init__(
-        self, address: str | None = None, workers: int | None = None, *, retries: int = RETRIES
+        self,
+        address: str | None = None,
+        workers: int | None = None,
+        *,
+        threads: int | None = None,
+        retries: int = RETRIES,
     ) -> None:
         self.ray = import_ray()
         self.address = address
         self.workers = None if workers is None else check_workers(workers)
         self.retries = retries
-        self.threads = threads_per_run(self.workers or _cores())
+        self.threads = threads_per_run(self.workers or _cores(), threads)
         self._depth, self._started = 0, False
         if address:
             _probe(address)
@@ -608,7 +630,11 @@ Executor = InProcess | Pool | Ray
 def executor_for(execution, show_progress: bool = True) -> Executor:
     """The executor a ``deadzone.config.ExecutionConfig`` describes."""
     return make_executor(
-        execution.backend, execution.workers, execution.ray_address, show_progress=show_progress
+        execution.backend,
+        execution.workers,
+        execution.ray_address,
+        threads=execution.threads,
+        show_progress=show_progress,
     )
 
 
@@ -617,18 +643,22 @@ def make_executor(
     workers: int | None = None,
     ray_address: str | None = None,
     *,
+    threads: int | None = None,
     show_progress: bool = True,
 ) -> Executor:
-    """``local``: in this process, or a :class:`Pool` of ``workers``; ``ray``: :class:`Ray`."""
+    """``local``: in this process, or a :class:`Pool` of ``workers``; ``ray``: :class:`Ray`.
+    Each run gets ``threads`` torch threads (default: :func:`threads_per_run` chooses)."""
     if workers is not None:
         check_workers(workers)
     if backend == "ray":
-        return Ray(ray_address, workers)
+        return Ray(ray_address, workers, threads=threads)
     if backend != "local":
         raise DeadzoneError(f"unknown backend {backend!r}; choose local or ray")
     if ray_address:
         raise DeadzoneError("--ray-address needs --backend ray")
-    return InProcess(show_progress=show_progress) if workers is None else Pool(workers)
+    if workers is None:
+        return InProcess(threads=threads, show_progress=show_progress)
+    return Pool(workers, threads=threads)
 
 
 # --- the driver -------------------------------------------------------------------------------
@@ -651,6 +681,8 @@ def execute(
     results.order_by([t.key for t in tasks])
     pending = [t for t in tasks if not results.finished(t.key)]
     quiet = not show_progress or isinstance(executor, InProcess) or not pending
+    if pending and executor.threads in _said_threads:
+        log.info("torch threads: %s", _said_threads.pop(executor.threads))
     with make_progress(disable=quiet) as bar:
         runs = bar.add_task(f"runs ({executor.name})", total=len(pending))
 

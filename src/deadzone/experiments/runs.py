@@ -62,6 +62,7 @@ class RunInputs:
 
     Every run trains a copy of ``model``, which itself is never modified. For a given seed
     every run sees the same training batches in the same order and the same eval batches.
+    ``tokenizer`` (if given) lets a finished run score exact match on the eval examples.
     ``step0`` keeps, per seed, the step-0 eval loss of a run whose model at step 0 is ``model``
     itself, for the next such run of the seed to reuse (:data:`UNCHANGED_AT_STEP0`).
     """
@@ -71,6 +72,7 @@ class RunInputs:
     data: SFTData
     pad_id: int
     config: SFTConfig
+    tokenizer: object = None
     eval: list[Batch] = field(init=False)
     step0: dict[int, float] = field(init=False, default_factory=dict)
 
@@ -112,11 +114,13 @@ def run_one(
     show_progress=True,
     hooks=(),
     on_model: Callable[[torch.nn.Module], None] | None = None,
+    exact_match: int = 0,
 ) -> dict:
     """Train one run and return its record: ``labels``, the run result and the site records
     (and the schedule's ``timeline``: when the frozen set changed, what it held, and the share
     of block-matrix parameters frozen). ``on_model`` is given the trained model of a run that
-    finished.
+    finished. A finished run scores exact match on the first ``exact_match`` eval examples
+    (:func:`scored_exact_match`), recorded as ``exact_match`` when any of them has a prompt.
 
     ``hooks`` (``deadzone.training.train.Hook``) are called by the run's SFT loop; they observe (a
     tracker), they do not change what the run computes unless its plan says so.
@@ -162,9 +166,23 @@ def run_one(
     record = {**spec.labels, "key": spec.key, **result.to_dict(), "sites": site_records}
     if schedule is not None:
         record["timeline"] = timeline(schedule)
+    if result.status == "ok" and (scored := scored_exact_match(inputs, loop.module, exact_match)):
+        record["exact_match"] = scored
     if on_model is not None and result.status == "ok":
         on_model(loop.module)
     return record
+
+
+def scored_exact_match(inputs: RunInputs, model: torch.nn.Module, examples: int) -> dict | None:
+    """Exact match of ``model``'s greedy completions on the first ``examples`` eval examples
+    (``deadzone.training.metrics``), with three samples; None when nothing was scored (no
+    tokenizer, ``examples`` 0, or plain-text examples only)."""
+    if examples <= 0 or inputs.tokenizer is None:
+        return None
+    from deadzone.training.metrics import exact_match
+
+    scored = exact_match(model, inputs.tokenizer, inputs.data.eval[:examples], samples=3)
+    return scored.to_dict() if scored.total else None
 
 
 def timeline(hook: ScheduleHook) -> list[dict]:

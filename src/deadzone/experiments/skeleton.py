@@ -62,17 +62,26 @@ class Prepared:
 
     def task(self, spec: RunSpec) -> RunTask:
         return RunTask(
-            self.model_ref, self.data_ref, self.config.sft, spec, self.threads, self.tracking
+            self.model_ref,
+            self.data_ref,
+            self.config.sft,
+            spec,
+            self.threads,
+            self.tracking,
+            self.config.exact_match_examples,
         )
 
     def identity(self, experiment: str, model_extra: dict | None = None, **extra) -> dict:
         """What the finished runs computed (a rerun that changes any of it is refused): the
-        experiment, the model, ``extra`` (the recipe's), the steps, the data, the SFT config."""
+        experiment, the model and its weights' dtype, ``extra`` (the recipe's), the steps, the
+        data, the SFT config, how many eval examples exact match scores."""
         return {
             "experiment": experiment,
             "deadzone_version": __version__,
             "model": self.config.model,
             "model_info": model_info(self.model, self.model_ref) | (model_extra or {}),
+            "dtype": self.model_ref.dtype,
+            "exact_match_examples": self.config.exact_match_examples,
             **extra,
             "steps": self.config.sft.steps,
             "data": self.inputs.data.info,
@@ -88,19 +97,45 @@ def prepare(
 ) -> Prepared:
     """Load the model, tokenizer, sites and data of ``config`` once. ``check(model, sites)``
     (the recipe's: select its sites, build its schedules) runs on the loaded model before any
-    data is built; what it returns is ``Prepared.chosen``."""
+    data is built; what it returns is ``Prepared.chosen``. The model is loaded in
+    ``config.dtype``; ``--endpoint exact_match`` on data with nothing to complete is refused
+    before any run."""
     from deadzone.models.checkpoints import load_model
 
-    model, tokenizer = load_model(config.model)
+    model, tokenizer = load_model(config.model, dtype=load_dtype(config))
     if tokenizer is None:
         raise DeadzoneError(f"{config.model} has no tokenizer; SFT needs one")
     check_vocabulary(model, tokenizer)
     all_sites = sites_mod.find_sites(model)
     chosen = check(model, all_sites) if check is not None else None
     inputs, model_ref, data_ref = load_inputs(config, model, tokenizer, all_sites)
+    check_endpoint(config, inputs)
     return Prepared(
         config, model, tokenizer, all_sites, inputs, model_ref, data_ref, threads, tracking, chosen
     )
+
+
+def load_dtype(config: ExperimentConfig):
+    """The torch dtype ``config.dtype`` names on the device the runs train on."""
+    import torch
+
+    from deadzone.models.device import weight_dtype
+
+    return weight_dtype(config.dtype, torch.device("cpu") if config.sft.cpu else None)
+
+
+def check_endpoint(config: ExperimentConfig, inputs: RunInputs) -> None:
+    """``--endpoint exact_match`` needs eval examples with a prompt to complete."""
+    from deadzone.training.metrics import targets
+
+    if config.endpoint != "exact_match":
+        return
+    scored = inputs.data.eval[: config.exact_match_examples]
+    if not any(targets(example) for example in scored):
+        raise DeadzoneError(
+            f"--endpoint exact_match needs prompt/completion or chat eval examples; the eval "
+            f"data of {config.data} is plain text ({inputs.data.info.get('format')})"
+        )
 
 
 def check_vocabulary(model, tokenizer) -> None:

@@ -95,26 +95,32 @@ def _runnable() -> int | None:
         return None
 
 
-def choose_threads(requested: int | None = None) -> int:
-    """Torch threads for this process: ``requested``, else ``OMP_NUM_THREADS``, else the
-    usable cores that other work leaves idle (at least 1). Logs what it chose and why.
+def choose_threads(requested: int | None = None, runs: int = 1) -> int:
+    """Torch threads for each of ``runs`` runs at once (:func:`thread_choice`); logs what it
+    chose and why.
 
     On a busy machine torch's default (every core) is the worst choice: its threads wait for
     each other at every operation while the other work holds the cores they wait for.
     """
+    threads, why = thread_choice(requested, runs)
+    log.info("torch threads: %s", why)
+    return threads
+
+
+def thread_choice(requested: int | None = None, runs: int = 1) -> tuple[int, str]:
+    """``(threads, the line saying why)``: ``requested``, else ``OMP_NUM_THREADS``, else the
+    usable cores that other work leaves idle, divided among the ``runs`` (at least 1)."""
+    each = "" if runs == 1 else f" per run, {runs} runs at once"
     if requested is not None:
         if not isinstance(requested, int) or isinstance(requested, bool) or requested < 1:
             raise DeadzoneError(f"threads must be an integer >= 1, got {requested!r}")
-        log.info("torch threads: %d (asked for)", requested)
-        return requested
+        return requested, f"{requested}{each} (asked for)"
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
-        log.info("torch threads: %s (OMP_NUM_THREADS)", env)
-        return int(env)
+        return int(env), f"{env}{each} (OMP_NUM_THREADS)"
     cores, busy = usable_cores(), busy_cores()
-    threads = max(1, min(cores, round(cores - busy)))
-    log.info("torch threads: %d (%d usable cores, %.1f busy with other work)", threads, cores, busy)
-    return threads
+    threads = max(1, min(cores, round(cores - busy)) // max(1, runs))
+    return threads, f"{threads}{each} ({cores} usable cores, {busy:.1f} busy with other work)"
 
 
 def use_threads(requested: int | None = None) -> int:

@@ -47,7 +47,10 @@ def _pct(value: float | None) -> str:
 
 
 def _in_unit(value: float, unit: str) -> str:
-    """A cost in the summary's unit: a share of the gain as %, nats as nats."""
+    """A cost in the summary's unit: a share of the gain as %, nats as nats, exact match in
+    percentage points."""
+    if unit == "rate":
+        return f"{100 * value:+.1f} pts"
     return f"{100 * value:+.2f}%" if unit == "share_of_gain" else f"{value:+.4f}"
 
 
@@ -60,11 +63,28 @@ def _interval(interval: list[float] | None, unit: str) -> str:
 def cost_text(cost: dict, unit: str) -> str:
     """``+1.23% [+0.50%, +1.96%] of the gain`` (or in nats): a cost with its adjusted interval."""
     size = f"{_in_unit(cost['mean'], unit)} {_interval(cost['adjusted'], unit)}"
-    return size + (" of the gain" if unit == "share_of_gain" else " nats")
+    return size + {"share_of_gain": " of the gain", "rate": " of exact match"}.get(unit, " nats")
 
 
 def _unit_name(summary: dict) -> str:
-    return "share of gain" if summary["unit"] == "share_of_gain" else "nats"
+    return {"share_of_gain": "share of gain", "rate": "exact match"}.get(summary["unit"], "nats")
+
+
+def _has_exact_match(summary: dict) -> bool:
+    return any(s.get("exact_match_mean") is not None for s in summary["arms"])
+
+
+def _exact_match_cells(s: dict, unit: str) -> list[str]:
+    """An arm's exact-match rate (mean ± SD) and, unless it is the verdict's unit, its cost in
+    points with the unadjusted 95% interval."""
+    mean, std = s.get("exact_match_mean"), s.get("exact_match_std")
+    rate = "—" if mean is None else f"{100 * mean:.1f}%" + (f" ± {100 * std:.1f}" if std else "")
+    if unit == "rate":
+        return [rate]
+    cost = (s.get("cost") or {}).get("rate")
+    if not cost or cost["mean"] is None:
+        return [rate, "—"]
+    return [rate, f"{_in_unit(cost['mean'], 'rate')} {_interval(cost['interval'], 'rate')}"]
 
 
 def _verdict(record: dict) -> str:
@@ -80,8 +100,11 @@ def table_model(results: dict) -> Table:
     summary = results["summary"]
     unit = summary["unit"]
     in_nats = unit == "nats"  # then the verdict's cost is the nats column: print it once
+    em = _has_exact_match(summary)
+    em_columns = ["Exact match", *([] if unit == "rate" else ["Exact-match cost, 95% CI"])]
     columns = [
         "Strategy", "Final train loss", "vs full", "Final eval loss", "vs full", "Cost (nats)",
+        *(em_columns if em else []),
         *([] if in_nats else [f"Cost ({_unit_name(summary)})"]), "Holm-adjusted 95% CI",
         "Verdict", "Trainable params",
     ]  # fmt: skip
@@ -94,6 +117,8 @@ def table_model(results: dict) -> Table:
         judged = cost[unit] if cost else None
         nats = "—" if not cost or cost["nats"]["mean"] is None else f"{cost['nats']['mean']:+.4f}"
         share = "—" if not judged or judged["mean"] is None else _in_unit(judged["mean"], unit)
+        if unit == "rate" and cost and cost["nats"]["interval"]:  # eval loss beside the verdict's
+            nats += " " + _interval(cost["nats"]["interval"], "nats")
         rows.append(
             [
                 label(s["strategy"], s["rank"]) + n,
@@ -102,13 +127,15 @@ def table_model(results: dict) -> Table:
                 _loss(s["eval_loss_mean"], s["eval_loss_std"]),
                 "baseline" if base else _pct(s["delta_eval_pct"]),
                 nats,
+                *(_exact_match_cells(s, unit) if em else []),
                 *([] if in_nats else [share]),
                 "—" if not judged else _interval(judged["adjusted"], unit),
                 _verdict(s),
                 params,
             ]
         )
-    right = {1, 2, 3, 4, 5, len(columns) - 1} | (set() if in_nats else {6})
+    left = ("Strategy", "Verdict", "Holm-adjusted 95% CI")
+    right = {i for i, c in enumerate(columns) if c not in left}
     return Table(columns, rows, right=frozenset(right))
 
 
@@ -133,6 +160,12 @@ def _cost(strategy: str, rank: int | None, n_targets: int) -> str:
 def _margin(summary: dict) -> str:
     """The margin the verdicts used, in words."""
     gain = summary["gain"]
+    if summary["unit"] == "rate":
+        return (
+            "Verdicts are judged on exact match of greedy completions (--endpoint exact_match): "
+            "a cost is full SFT's exact-match rate minus the strategy's, paired by seed, against "
+            f"a margin of {100 * summary['margin_rate']:g} points."
+        )
     if summary["unit"] == "share_of_gain":
         return (
             f"Fine-tuning lowered the eval loss by {gain['mean']:.4f} nats "
@@ -304,9 +337,29 @@ def markdown(results: dict) -> str:
         f"{EXPLAINED}\n\n"
         f"{shared_note(results)}"
         f"**Conclusion.** {conclusion(results)}\n\n"
+        f"{samples_text(results)}"
         "![verdicts](verdicts.png)\n\n"
         "![loss curves](curves.png)\n"
     )
+
+
+def samples_text(results: dict) -> str:
+    """A few greedy completions of full SFT (its first seed), if its runs scored exact match."""
+    full = next((s for s in results["summary"]["arms"] if s["verdict"] == "baseline"), None)
+    samples = (full or {}).get("exact_match_samples") or []
+    if not samples:
+        return ""
+    shown = "".join(
+        f"- {'match' if x['match'] else 'no match'}: …`{_one_line(x['prompt'][-80:])}` → "
+        f"`{_one_line(x['completion'])}` (target `{_one_line(x['target'])}`)\n"
+        for x in samples
+    )
+    n = results.get("exact_match_examples")
+    return f"Exact match is scored on the first {n} eval examples; full SFT's samples:\n\n{shown}\n"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()).replace("`", "'")
 
 
 EXPLAINED = (
@@ -328,7 +381,7 @@ def plot_verdicts(results: dict, path: str | Path) -> None:
     (thin) intervals, the margin as a band from zero, zero as a line."""
     plt = pyplot()
     summary = results["summary"]
-    unit, scale = summary["unit"], 100.0 if summary["unit"] == "share_of_gain" else 1.0
+    unit, scale = summary["unit"], 100.0 if summary["unit"] in ("share_of_gain", "rate") else 1.0
     arms = [s for s in summary["arms"] if s["verdict"] != "baseline"]
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * max(1, len(arms))), constrained_layout=True)
     ax.axvspan(0, scale * summary["margin_used"], color="C2", alpha=0.15, label="0 to the margin")
@@ -351,7 +404,8 @@ def plot_verdicts(results: dict, path: str | Path) -> None:
         )
     ax.set_yticks(range(len(arms)), [label(s["strategy"], s["rank"]) for s in reversed(arms)])
     ax.set_ylim(-0.7, len(arms) - 0.3)
-    ax.set_xlabel("cost, % of the fine-tuning gain" if unit == "share_of_gain" else "cost, nats")
+    xlabel = {"share_of_gain": "% of the fine-tuning gain", "rate": "exact-match points"}
+    ax.set_xlabel(f"cost, {xlabel.get(unit, 'nats')}")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncols=3, frameon=False)
     ax.set_title(f"{_names(results['targets'])}: cost vs full SFT, {len(results['seeds'])} seeds")
