@@ -11,8 +11,9 @@ import pytest
 
 from deadzone import fileio, study
 from deadzone.cli import build_parser, main
-from deadzone.report.build import SCHEMA_VERSION, build, write_reports
+from deadzone.report.build import build, write_reports
 from deadzone.report.crystallize import markdown, table_model
+from deadzone.schema import SCHEMA_VERSION
 
 pytestmark = pytest.mark.e2e  # a real experiment, then `deadzone report` on copies of it
 

@@ -6,8 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from deadzone import fileio
-from deadzone.errors import DeadzoneError
-from deadzone.schema import SCHEMA_VERSION
 
 
 def pyplot():
@@ -28,21 +26,11 @@ def save_png(fig, path: str | Path) -> None:
 
 
 def read_results(directory: str | Path, experiment: str) -> dict:
-    """``directory/results.json``, checked to be a results file of ``experiment`` written in the
-    layout this deadzone writes."""
-    path = Path(directory) / "results.json"
-    try:
-        results = fileio.read_json(path)
-    except (OSError, ValueError) as e:
-        raise DeadzoneError(f"cannot read {path}: {e}") from None
-    if not isinstance(results, dict) or results.get("experiment") != experiment:
-        raise DeadzoneError(f"{path} is not a {experiment} results file")
-    if results.get("schema_version", 1) != SCHEMA_VERSION:
-        raise DeadzoneError(
-            f"{path} has schema version {results.get('schema_version', 1)}; this deadzone "
-            f"reads version {SCHEMA_VERSION}: rerun the experiment"
-        )
-    return results
+    """``directory/results.json``, checked to be a results file of ``experiment`` in the schema
+    this deadzone writes (the one reader, :func:`deadzone.experiments.results.read_results`)."""
+    from deadzone.experiments.results import read_results as read
+
+    return read(directory, experiment)
 
 
 Plot = Callable[[dict, Path], None]

@@ -25,9 +25,9 @@ from pathlib import Path
 from deadzone import fileio
 from deadzone import study as seed_study
 from deadzone.errors import DeadzoneError
+from deadzone.experiments.results import read_results
 from deadzone.report import analyze, crystallize, demo, freeze, scan
 from deadzone.report.html import Items, Page, Paragraph, Report, Section, write
-from deadzone.schema import SCHEMA_VERSION
 
 RESULTS = "results.json"
 HTML = "report.html"
@@ -66,29 +66,12 @@ REPORTERS: dict[str, Reporter] = {
 def load_results(directory: str | Path) -> dict:
     """``directory/results.json``, checked to be a results file this deadzone can report."""
     directory = Path(directory)
-    path = directory / RESULTS
     if not directory.exists():
         raise DeadzoneError(f"{directory} does not exist")
     if not directory.is_dir():
         raise DeadzoneError(f"{directory} is not a directory")
-    if not path.is_file():
-        raise DeadzoneError(f"{directory} has no {RESULTS}: not an experiment directory")
-    try:
-        results = fileio.read_json(path)
-    except OSError as e:
-        raise DeadzoneError(f"cannot read {path}: {e.strerror}") from None
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-        raise DeadzoneError(f"{path} is not valid JSON (truncated?): {e}") from None
-    if not isinstance(results, dict) or not isinstance(results.get("experiment"), str):
-        raise DeadzoneError(f"{path} is not a deadzone results file (no 'experiment' key)")
-    version = results.get("schema_version", 1)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise DeadzoneError(f"{path} has an invalid schema_version {version!r}")
-    if version > SCHEMA_VERSION:
-        raise DeadzoneError(
-            f"{path} has schema_version {version}, newer than this deadzone reads "
-            f"(up to {SCHEMA_VERSION}): upgrade deadzone"
-        )
+    results = read_results(directory)
+    path = directory / RESULTS
     if results["experiment"] not in REPORTERS:
         raise DeadzoneError(
             f"{path} holds a {results['experiment']!r} experiment; this deadzone reports "
