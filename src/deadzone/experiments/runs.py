@@ -31,6 +31,7 @@ from deadzone.experiments.results import RESULTS, read_results
 from deadzone.models.sites import Site
 from deadzone.provenance import git_state, versions
 from deadzone.training import strategies
+from deadzone.training.attribution import AttributionHook
 from deadzone.training.schedules import ScheduleHook, ScheduleSpec, frozen_fraction
 from deadzone.training.train import Batch, RunFailed, RunResult, SFTConfig, SFTLoop
 
@@ -51,6 +52,8 @@ class RunSpec:
     rank: int = 1
     labels: dict = field(default_factory=dict)
     schedule: ScheduleSpec | None = None
+    attribution: int | None = None
+    attribution_batches: int = 4
 
 
 @dataclass
@@ -110,6 +113,11 @@ def run_one(
     if spec.schedule is not None:
         schedule = ScheduleHook(spec.schedule.build(model, config.steps, spec.seed))
         hooks = [schedule, *hooks]
+    attribution = None
+    if spec.attribution is not None:
+        batches = inputs.eval[: spec.attribution_batches]
+        attribution = AttributionHook(batches, every=spec.attribution)
+        hooks = [*hooks, attribution]
     loop = SFTLoop(
         model,
         inputs.train_data(spec.seed),
@@ -124,6 +132,8 @@ def run_one(
     record = {**spec.labels, "key": spec.key, **result.to_dict(), "sites": site_records}
     if schedule is not None:
         record["timeline"] = timeline(schedule)
+    if attribution is not None and result.status == "ok":
+        record["attribution"] = attribution.record.to_dict()
     if on_model is not None and result.status == "ok":
         on_model(loop.module)
     return record
