@@ -55,7 +55,9 @@ class Budget:
     workers: int | None = None  # runs at once (a process pool); None: one after another here
     scan_sites: str | None = None  # the scan's sites (globs); None: every block matrix
     scan_strategies: tuple[str, ...] = ("frozen", "random")
-    scan_runs: int = 40  # the scan's runs the progress display expects (adaptive: not known)
+    scan_runs: int = 40  # the scan's runs the progress display expects (not known ahead)
+    scan_mode: str = "prior"  # the scan's mode (deadzone.experiments.configs.MODES)
+    scan_seeds: int | None = None  # the scan's seeds (None: sweep_seeds)
     sweep_steps: int | None = None  # SFT steps of the scan's and freeze's runs (None: steps)
     sweep_seeds: int | None = None  # their seeds (None: seeds)
     cut: str = ""  # what the budget cut, said in the report
@@ -88,6 +90,8 @@ class Budget:
             "data": self.data,
             "scan_sites": self.scan_sites,
             "scan_strategies": list(self.scan_strategies),
+            "scan_mode": self.scan_mode,
+            "scan_seeds": self.scan_seeds,
             "sweep_steps": self.sweep_steps,
             "sweep_seeds": self.sweep_seeds,
             "cut": self.cut,
@@ -104,9 +108,10 @@ FULL = Budget(
     eval_every=50,
     max_length=128,
     workers=2,
-    scan_sites="L4.*",
-    scan_strategies=("frozen",),
-    scan_runs=12,
+    scan_sites=None,
+    scan_strategies=("frozen", "random"),
+    scan_runs=40,
+    scan_seeds=3,
     sweep_steps=20,
     sweep_seeds=2,
     cut=(
@@ -114,11 +119,12 @@ FULL = Budget(
         "study's 10.2M-parameter model, 3 seeds of 50 SFT steps per strategy (the study's "
         "steps; 3 seeds, where the study ran 1, is the fewest that give an interval), "
         "evaluates at steps 0 and 50 only, cuts examples to the model's 128-token context, "
-        "and runs two runs at once. The scan covers the four matrices of block L4 only (not "
-        "all 32 block matrices) and the frozen strategy only (random is tested on L4 c_proj "
-        "by the crystallize stage), and the scan and freeze run 2 seeds of 20 steps each "
-        "(evaluated at steps 0 and 20), so their intervals are wide and many of their "
-        "verdicts undetermined."
+        "and runs two runs at once. The scan covers all 32 block matrices in frozen and random "
+        "in the prior mode: its 3 baselines record each matrix's attribution, the matrices "
+        "whose prior lies far above the margin are labelled likely costly (a prior, not a "
+        "verdict) without a run, and the others are judged on 2 or 3 seeds; the scan and "
+        "freeze run 20 SFT steps (evaluated at steps 0 and 20), the freeze 2 seeds, so their "
+        "intervals are wide and some verdicts undetermined."
     ),
 )
 QUICK = Budget(
@@ -132,10 +138,12 @@ QUICK = Budget(
     max_length=64,
     scan_sites="L1.attn.*",
     scan_runs=14,
+    scan_mode="adaptive",  # 2 seeds of 4 steps: the prior mode's seed plan would refuse them
     cut=(
         "--quick: a smoke test, not a measurement: builtin:micro (2 blocks, 32 wide), its last "
         "attention output projection, 2 seeds of 4 SFT steps; the scan covers the last block's "
-        "two attention matrices only."
+        "two attention matrices only, in the adaptive mode (the prior mode refuses 2 seeds "
+        "that cannot decide anything)."
     ),
 )
 
@@ -248,7 +256,8 @@ def _scan(ctx: Context) -> Done:
         model=b.model,
         sites=b.scan_sites,
         strategies=b.scan_strategies,
-        seeds=b.sweeps(),
+        mode=b.scan_mode,
+        seeds=b.scan_seeds or b.sweeps(),
         data=b.data,
         max_length=b.max_length,
         sft=b.sweep_sft(),
@@ -335,7 +344,8 @@ def stages() -> list[Stage]:
             "Scan",
             lambda b: (
                 f"{b.scan_sites or 'every block matrix'}: {', '.join(b.scan_strategies)}, "
-                f"adaptive, {b.sweeps()} seeds, {b.sweep_sft().steps} steps; the effective "
+                f"{b.scan_mode}, {b.scan_seeds or b.sweeps()} seeds, {b.sweep_sft().steps} "
+                "steps; the effective "
                 "parameter count, jointly checked"
             ),
             _scan,
