@@ -18,7 +18,7 @@ from deadzone import fileio
 from deadzone.cli import main
 from deadzone.errors import DeadzoneError
 from deadzone.experiments import scan, search
-from deadzone.experiments.scan import ScanConfig, _scale, _seed_plan
+from deadzone.experiments.scan import ScanConfig, _scale, _seed_plans
 from deadzone.experiments.scan_summary import priors
 from deadzone.geometry.scores import ScoreData, compute_scores
 from deadzone.plans import apply_plan, load_plan
@@ -57,12 +57,15 @@ def test_the_seed_plan_reads_the_baselines_spread_at_the_scans_strictest_level()
     rs = {f"full/seed{s}": record(f"full/seed{s}", 2.0 + d, 3.0 + d)
           for s, d in enumerate((0.0, 0.0005, -0.0005))}  # fmt: skip
     scale = _scale(rs, 3, config(), comparisons=8)
-    plan = _seed_plan(rs, 3, scale)
+    plan, best = _seed_plans(rs, 3, scale)
     assert plan.level == pytest.approx(0.05 / 8) and plan.sd == pytest.approx(0.0005 * 2**0.5)
-    assert plan.decision == "ok"
+    assert plan.decision == "ok" and best.level == 0.05 and best.sd == pytest.approx(plan.sd / 10)
     wide = {k: {**r, "final_eval_loss": 2.0 + 20 * (r["final_eval_loss"] - 2.0)}
             for k, r in rs.items()}  # fmt: skip
-    assert _seed_plan(wide, 3, _scale(wide, 3, config(), comparisons=8)).decision == "refuse"
+    worst, best = _seed_plans(wide, 3, _scale(wide, 3, config(), comparisons=8))
+    assert worst.decision == "refuse" and best.decision == "ok"  # pairing may still decide
+    worst, best = _seed_plans(wide, 2, _scale(wide, 2, config(margin=0.001), comparisons=8))
+    assert best.decision == "refuse"
 
 
 def test_attribution_of_a_run_without_eval_data_and_an_unknown_score_are_refused():
@@ -91,15 +94,16 @@ def test_seeds_that_cannot_decide_anything_are_refused_before_any_scan_run(
     tmp_path,
     capsys,
 ):
-    model, data = setup  # its baselines differ by ~2% of the gain: 3 seeds cannot call 2%
+    model, data = setup  # its baselines differ by ~2% of the gain: 2 seeds cannot call 0.2%
     out = tmp_path / "o"
-    rc = main(["scan", model, *RUN, "--data", data, "--out", str(out)])
+    argv = [*RUN, "--seeds", "2", "--margin", "0.002", "--data", data, "--out", str(out)]
+    rc = main(["scan", model, *argv])
     err = capsys.readouterr().err.splitlines()  # the baselines' progress, then one line
-    assert rc == 2 and err[-1].startswith("deadzone: error: 3 seeds call")
+    assert rc == 2 and err[-1].startswith("deadzone: error: even if pairing divides the spread")
     assert sum(line.startswith("deadzone:") for line in err) == 1
     assert err[-1].endswith("nothing could be called negligible; raise --seeds or the margin")
     doc = fileio.read_json(out / "results.json")  # the baselines only, kept for a rerun
-    assert sorted(by_key(doc)) == ["full/seed0", "full/seed1", "full/seed2"]
+    assert sorted(by_key(doc)) == ["full/seed0", "full/seed1"]
     assert not doc["summary"]["complete"] and not (out / "plan.json").exists()
 
 
@@ -121,7 +125,7 @@ def test_prior_mode_writes_every_file_labels_priors_and_its_plan_applies(
         assert (out / name).is_file(), name
     summary = fileio.read_json(out / "results.json")["summary"]
     assert summary["complete"] and summary["mode"] == "prior"
-    assert summary["seed_plan"]["decision"] in ("ok", "warn")
+    assert summary["seed_plan"]["best"]["decision"] in ("ok", "warn")
     assert summary["attribution"]["every"] == scan.ATTRIBUTION_EVERY
     assert 0 < summary["attribution"]["cost_fraction"] < 1
     assert {"attribution", "fisher", "grad_weight"} <= set(summary["scores"])
