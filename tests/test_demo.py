@@ -85,14 +85,6 @@ def test_quick_demo_writes_every_stages_files_and_both_reports(demo):
     assert "(scan/report.md)" in report and "(freeze-50/report.md)" in report
 
 
-def test_the_full_demo_scans_every_block_matrix_by_prior_on_seeds_that_can_decide():
-    from deadzone.experiments.demo import FULL, QUICK
-
-    assert FULL.scan_sites is None and FULL.scan_mode == "prior"  # all 32 of builtin:tiny
-    assert set(FULL.scan_strategies) == {"frozen", "random"} and FULL.scan_seeds >= 3
-    assert QUICK.scan_mode == "adaptive"  # 2 seeds of 4 steps: the prior mode would refuse
-
-
 def test_the_scan_is_adaptive_over_the_budgets_sites_and_jointly_checked(demo):
     out, _ = demo
     scan = fileio.read_json(out / "scan" / "results.json")
