@@ -94,9 +94,9 @@ def test_seeds_that_cannot_decide_anything_are_refused_before_any_scan_run(
     tmp_path,
     capsys,
 ):
-    model, data = setup  # its baselines differ by ~2% of the gain: 2 seeds cannot call 0.2%
+    model, data = setup  # its baselines differ by ~2% of the gain: 2 seeds cannot call 0.01%
     out = tmp_path / "o"
-    argv = [*RUN, "--seeds", "2", "--margin", "0.002", "--data", data, "--out", str(out)]
+    argv = [*RUN, "--seeds", "2", "--margin", "0.0001", "--data", data, "--out", str(out)]
     rc = main(["scan", model, *argv])
     err = capsys.readouterr().err.splitlines()  # the baselines' progress, then one line
     assert rc == 2 and err[-1].startswith("deadzone: error: even if pairing divides the spread")
