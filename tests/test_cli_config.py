@@ -178,9 +178,9 @@ def test_site_globs_are_checked_against_the_checkpoint_header_before_loading(
 def test_mode_lists_its_choices_in_the_help_and_the_error(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["scan", "--help"])
-    assert "--mode {adaptive,exhaustive}" in capsys.readouterr().out
+    assert "--mode {prior,adaptive,exhaustive}" in capsys.readouterr().out
     err = run_cli(["scan", "M", "--mode", "clever", "--out", "o"], capsys)
-    assert "unknown mode 'clever'; choose adaptive or exhaustive" in err
+    assert "unknown mode 'clever'; choose prior, adaptive, exhaustive" in err
 
 
 def test_a_geometry_schedule_alone_runs_with_a_warning_that_it_has_no_control(

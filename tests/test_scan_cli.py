@@ -33,7 +33,7 @@ from deadzone.training.train import SFTConfig, computed
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TESTS = str(Path(__file__).resolve().parent)
 RUN = ["--steps", "3", "--seeds", "2", "--lr", "3e-3", "--batch-size", "4", "--eval-every", "3"]
-RUN += ["--max-length", "48"]
+RUN += ["--max-length", "48", "--mode", "adaptive"]
 FILES = ("results.json", "report.md", "heatmap.png", "scores.png", "plan.json", "axolotl.yaml")
 FILES += ("frozen_parameters.txt",)
 
@@ -186,11 +186,11 @@ def test_exhaustive_mode_reuses_the_adaptive_runs_and_runs_every_site_alone(
     model, data = setup
     sft = SFTConfig(steps=3, lr=3e-3, batch_size=4, eval_every=3)
     base = dict(model=model, sites="L0.mlp.*", strategies=("frozen",), seeds=2, data=data)
-    base |= dict(max_length=48, sft=sft)
+    base |= dict(max_length=48, sft=sft, mode="adaptive")
     adaptive = scan(ScanConfig(**base), tmp_path, show_progress=False, say=lambda _: None)
     ran: list[dict] = []
     exhaustive = scan(
-        ScanConfig(**base, mode="exhaustive"),
+        ScanConfig(**(base | {"mode": "exhaustive"})),
         tmp_path,
         show_progress=False,
         on_record=ran.append,
@@ -212,7 +212,8 @@ from deadzone.experiments.scan import ScanConfig, scan
 from deadzone.training.train import SFTConfig
 model, data, out = sys.argv[1:4]
 sft = SFTConfig(steps=3, lr=3e-3, batch_size=4, eval_every=3)
-config = ScanConfig(model=model, sites="L1.mlp.*", seeds=2, data=data, max_length=48, sft=sft)
+config = ScanConfig(model=model, sites="L1.mlp.*", seeds=2, data=data, max_length=48, sft=sft,
+                    mode="adaptive")
 scan(config, out, show_progress=False, on_record=lambda r: time.sleep(0.5))
 """
 
@@ -220,7 +221,9 @@ scan(config, out, show_progress=False, on_record=lambda r: time.sleep(0.5))
 def scan_config(setup) -> ScanConfig:  # noqa: F811
     model, data = setup
     sft = SFTConfig(steps=3, lr=3e-3, batch_size=4, eval_every=3)
-    return ScanConfig(model=model, sites="L1.mlp.*", seeds=2, data=data, max_length=48, sft=sft)
+    return ScanConfig(
+        model=model, sites="L1.mlp.*", seeds=2, data=data, max_length=48, sft=sft, mode="adaptive"
+    )
 
 
 def test_a_killed_scan_resumes_losing_and_repeating_nothing(setup, tmp_path):  # noqa: F811
@@ -254,7 +257,7 @@ def test_a_killed_scan_resumes_losing_and_repeating_nothing(setup, tmp_path):  #
         (["--sites", "L9.*"], "no site matches 'L9.*'"),
         (["--strategies", "full"], "a scan needs a strategy besides full"),
         (["--strategies", "frozen,melt"], "unknown strategy 'melt'"),
-        (["--mode", "clever"], "unknown mode 'clever'"),
+        (["--mode", "clever"], "unknown mode 'clever'; choose prior, adaptive, exhaustive"),
         (["--seeds", "1"], "a scan needs --seeds >= 2"),
         (["--groups", "head"], "groups must be 'layer' or 'role'"),
         (["--margin", "2"], "margin must be a share of the gain"),
@@ -286,7 +289,7 @@ def test_help_gives_every_option_its_default(capsys):
             helps[name] += " " + line.strip()
     helps = {k: " ".join(v.split()) for k, v in helps.items()}
     for option, default in {
-        "--strategies": "frozen,random", "--mode": "adaptive", "--groups": "layer",
+        "--strategies": "frozen,random", "--mode": "prior", "--groups": "layer",
         "--margin": "0.02", "--margin-nats": "0.01", "--seeds": "3", "--steps": "50",
     }.items():  # fmt: skip
         assert helps[option].endswith(f"(default: {default})"), helps[option]

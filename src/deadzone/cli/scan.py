@@ -16,8 +16,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         sub,
         "scan",
         "Map which weight matrices of the whole model are negligible to freeze or re-draw at "
-        "random during SFT (group testing over seeds), check the set jointly, count the "
-        "parameters, and test whether cheap scores predict the costs.",
+        "random during SFT (runs spent by the baselines' attribution, seeds planned from their "
+        "spread), check the set jointly, count the parameters, and test whether cheap scores "
+        "predict the costs.",
     )
     opt.add_config(p, ScanConfig)
     p.set_defaults(handler=run)

@@ -17,7 +17,7 @@ BASELINE = "full"
 CONTROL = "random"  # the schedule every plan- or geometry-driven one must beat
 CONTROLLED = ("plan", "geometry")  # the schedules judged against the random control
 SCAN_STRATEGIES = ("frozen", "crystal", "random", "zero")  # full is the baseline, always run
-MODES = ("adaptive", "exhaustive")
+MODES = ("prior", "adaptive", "exhaustive")
 GROUPS = ("layer", "role")
 UNITS = ("matrix", "block")  # deadzone.training.units.UNITS (tests/test_cli.py checks)
 
@@ -100,9 +100,10 @@ def _check_ranks(ranks: tuple[int, ...]) -> None:
 @dataclass(kw_only=True)
 class ScanConfig(ExperimentConfig):
     """What to scan: ``sites`` (names or globs; default every matrix inside the blocks) in each
-    of ``strategies``; ``mode`` adaptive (group testing) or exhaustive; ``groups``: how the
-    adaptive search groups sites first. At least 2 seeds: the most an adaptive judgement uses,
-    and every exhaustive one."""
+    of ``strategies``; ``mode`` prior (runs spent by the baselines' attribution), adaptive
+    (group testing) or exhaustive; ``groups``: how the adaptive search groups sites first;
+    ``confirm``: judge the sites the prior calls likely costly too. At least 2 seeds: the
+    fewest a judgement uses, and every exhaustive one."""
 
     MIN_SEEDS = 2
 
@@ -117,10 +118,17 @@ class ScanConfig(ExperimentConfig):
         "baseline, always runs)",
     )
     mode: str = option(
-        "adaptive",
-        "adaptive: group testing, seeds added only where undetermined; exhaustive: every site "
-        "alone on every seed",
+        "prior",
+        "prior: the baselines record each site's attribution, sites far below the margin are "
+        "judged as one set, those in between alone on sequential seeds, those far above are "
+        "labelled likely costly (a prior, not a verdict); adaptive: group testing, seeds added "
+        "only where undetermined; exhaustive: every site alone on every seed",
         listed=MODES,
+    )
+    confirm: bool = option(
+        False,
+        "prior mode: judge the sites the prior calls likely costly too (otherwise they are "
+        "labelled, not run)",
     )
     groups: str = option(
         "layer",
@@ -138,7 +146,7 @@ class ScanConfig(ExperimentConfig):
         super().__post_init__()
         self.strategies = check_scan_strategies(self.strategies)
         if self.mode not in MODES:
-            raise DeadzoneError(f"unknown mode {self.mode!r}; choose {' or '.join(MODES)}")
+            raise DeadzoneError(f"unknown mode {self.mode!r}; choose {', '.join(MODES)}")
         if self.groups not in GROUPS:
             raise DeadzoneError(f"groups must be 'layer' or 'role', not {self.groups!r}")
 

@@ -31,6 +31,7 @@ from deadzone.models.checkpoints import pristine_copy
 from deadzone.models.sites import Site
 from deadzone.provenance import git_state, versions
 from deadzone.training import prefix, strategies
+from deadzone.training.attribution import AttributionHook
 from deadzone.training.schedules import ScheduleHook, ScheduleSpec, frozen_fraction
 from deadzone.training.train import Batch, RunFailed, RunResult, SFTConfig, SFTLoop
 
@@ -54,6 +55,8 @@ class RunSpec:
     labels: dict = field(default_factory=dict)
     schedule: ScheduleSpec | None = None
     freeze_plan: dict | None = None
+    attribution: int | None = None
+    attribution_batches: int = 4
 
 
 @dataclass
@@ -149,6 +152,11 @@ def run_one(
         plans.apply_plan(model, spec.freeze_plan)
     if config.cache_prefix and prefix.prefix_depth(model) == 0:
         config = replace(config, cache_prefix=False)  # nothing to cache: the prefix trains
+    attribution = None
+    if spec.attribution is not None:
+        batches = inputs.eval[: spec.attribution_batches]
+        attribution = AttributionHook(batches, every=spec.attribution)
+        hooks = [*hooks, attribution]
     loop = _Step0Loop(
         model,
         inputs.train_data(spec.seed),
@@ -168,6 +176,8 @@ def run_one(
         record["timeline"] = timeline(schedule)
     if result.status == "ok" and (scored := scored_exact_match(inputs, loop.module, exact_match)):
         record["exact_match"] = scored
+    if attribution is not None and result.status == "ok":
+        record["attribution"] = attribution.record.to_dict()
     if on_model is not None and result.status == "ok":
         on_model(loop.module)
     return record

@@ -53,6 +53,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -64,10 +65,14 @@ from deadzone.experiments.configs import check_scan_strategies as check_strategi
 from deadzone.experiments.execute import Executor
 from deadzone.experiments.runs import RunSpec
 from deadzone.experiments.scan_summary import (
+    PRIOR_SCORE,
+    attribution_cost,
     block_params,
     cheap_scores,
     cost_order,
     effective_counts,
+    priors,
+    run_scores,
     strategy_summary,
 )
 from deadzone.experiments.search import Judgement
@@ -98,8 +103,18 @@ def set_key(strategy: str, sites: Iterable[str], seed: int) -> str:
     return f"{strategy}/{len(names)}x{digest}/seed{seed}"
 
 
-def full_spec(seed: int) -> RunSpec:
-    return RunSpec(f"full/seed{seed}", {}, seed, labels={"strategy": "full", "sites": []})
+def full_spec(seed: int, attribution: bool = False) -> RunSpec:
+    """The baseline of ``seed``; with ``attribution``, recording the sites' attribution (every
+    :data:`ATTRIBUTION_EVERY` steps on :data:`ATTRIBUTION_BATCHES` eval batches)."""
+    every = ATTRIBUTION_EVERY if attribution else None
+    return RunSpec(
+        f"full/seed{seed}",
+        {},
+        seed,
+        labels={"strategy": "full", "sites": []},
+        attribution=every,
+        attribution_batches=ATTRIBUTION_BATCHES,
+    )
 
 
 def set_spec(strategy: str, sites: Iterable[str], seed: int, rank: int = 1) -> RunSpec:
@@ -130,6 +145,15 @@ def exhaustive_specs(
 EXPERIMENT = "scan"
 START_SEEDS = 2  # seeds a judgement of the adaptive search starts on
 PRIORITY = "grad_norm"  # the cheap score that orders the search (higher: likelier costly)
+# The prior mode's baselines record attribution every ATTRIBUTION_EVERY steps on the first
+# ATTRIBUTION_BATCHES eval batches (every step costs ~70% of a run, every 10 ~25%).
+ATTRIBUTION_EVERY = 10
+ATTRIBUTION_BATCHES = 4
+# How much pairing a run with its baseline (same batches) shrinks the SD of a cost below what
+# the baselines' spread says: on builtin:tiny (50 steps, 3 seeds) the baselines give 0.035 of
+# the gain, the paired costs of the exhaustive scan ~0.003 (docs/benchmarks.md). The prior mode
+# refuses seeds that could not decide a free site even with the spread divided by this.
+PAIRING = 10.0
 
 
 class _Missing(Exception):
@@ -215,6 +239,8 @@ def holm_verdicts(records: dict[str, dict], runs: dict[str, dict], scale: dict) 
     claims = {}
     for strategy, record in records.items():
         for name, site in record["sites"].items():
+            if site["seeds"] == 0:  # a prior's label (likely costly), never judged: no claim
+                continue
             costs = _costs(runs, scale, strategy, site["set"], site["seeds"])
             if costs is not None:
                 claims[(strategy, name)] = costs
@@ -251,9 +277,21 @@ def _search(runs, state, config: ScanConfig, strategy, sites: list[Site], priori
     (:func:`holm_verdicts`, then :func:`_joint`, which asks through the same tally)."""
     ask = state["askers"][strategy] = search_mod.Asker(_judge(runs, state, strategy))
     decided = state["decided"][strategy] = {}
+    names = [s.name for s in sites]
     if config.mode == "exhaustive":
-        names = [s.name for s in sites]
         return search_mod.exhaustive(ask, names, seeds=config.seeds, decided=decided)
+    if config.mode == "prior":
+        return search_mod.prior_search(
+            ask,
+            names,
+            state["priors"][strategy],
+            margin=state["scale"]["margin_used"],
+            max_seeds=config.seeds,
+            start_seeds=min(START_SEEDS, config.seeds),
+            confirm=config.confirm,
+            joint=False,
+            decided=decided,
+        )
     return search_mod.search(
         ask,
         search_mod.groups_by(sites, config.groups),
@@ -344,7 +382,8 @@ def design(
 ) -> Design:
     """The scan's identity, its runset (strategies and seeds may grow), and its rounds."""
     ctx = _context(config, prepared)
-    state: dict = {"scale": None, "records": {}, "askers": {}, "pending": True, "decided": {}}
+    state: dict = {"scale": None, "records": {}, "askers": {}, "pending": True, "decided": {},
+                   "priors": {}, "seed_plan": None, "attribution": None}  # fmt: skip
     return Design(
         identity=ctx["identity"],
         runset={"strategies": list(config.strategies), "seeds": list(range(config.seeds))},
@@ -374,18 +413,26 @@ def _drive(config: ScanConfig, ctx: dict, state: dict, session: Session, *, on_f
         f"({len(results.runs)} recorded already)"
     )
     workers = getattr(session.executor, "workers", None) or 1
+    attribution = config.mode == "prior"
     if not results.finished("full/seed0"):  # the baselines that run at once, timed
-        run([full_spec(s) for s in range(min(config.seeds, workers))])
+        run([full_spec(s, attribution) for s in range(min(config.seeds, workers))])
     first = results.runs["full/seed0"].get("seconds") or 0.0
     left = max(0, most - len(results.runs))
     say(
         f"scan: one run takes {first:.1f} s; at most {left} runs left, at most "
         f"{_duration(left * first / workers)} with {workers} at a time"
     )
-    run([full_spec(s) for s in range(config.seeds)])
+    run([full_spec(s, attribution) for s in range(config.seeds)])
     comparisons = len(names) * len(config.strategies)
     state["scale"] = _scale(results.runs, config.seeds, config, comparisons)
     state["scale"]["retried"] = retried
+    worst, best = _seed_plans(results.runs, config.seeds, state["scale"])
+    state["seed_plan"] = {"worst": asdict(worst), "best": asdict(best)}
+    if attribution and best.decision == "refuse":  # only the baselines ran; more seeds reuse them
+        raise DeadzoneError(f"even if pairing divides the spread by {PAIRING:g}, {best.message()}")
+    say(f"scan: at worst (the baselines' unpaired spread), {worst.message()}")
+    if attribution:
+        _read_priors(config, ctx, state, results.runs, say)
     rounds = 0
     while missing := _missing(config, ctx, state, results.runs):
         if config.mode == "exhaustive" and rounds == 0:  # every single-site run at once
@@ -405,6 +452,46 @@ def _drive(config: ScanConfig, ctx: dict, state: dict, session: Session, *, on_f
         for path in _write_plan(results.out, ctx, config, state["records"]["frozen"]).values():
             if on_file is not None:
                 on_file(path)
+
+
+def _seed_plans(
+    runs: dict[str, dict], seeds: int, scale: dict
+) -> tuple[stats.SeedPlan, stats.SeedPlan]:
+    """How well ``seeds`` seeds can call a free site negligible: at worst, at the strictest
+    level the scan reads (``0.05 / m``) with the SD the baselines' spread gives (it holds the
+    batch order's noise, which pairing removes); at best, at the loosest level Holm reads
+    (0.05) with that SD over :data:`PAIRING`. The prior mode refuses seeds whose best case
+    is ``refuse``: they could not decide even one claim."""
+    finals = [runs[f"full/seed{s}"]["final_eval_loss"] for s in range(seeds)]
+    gains = list(scale["gains"].values())
+    gain = sum(gains) / len(gains) if scale["unit"] != "nats" else None
+    sd = stats.paired_sd_from_baselines(finals, gain)
+    worst = stats.plan_seeds(seeds, sd, scale["margin_used"], level=scale["alpha"])
+    return worst, stats.plan_seeds(seeds, sd / PAIRING, scale["margin_used"])
+
+
+def _read_priors(config: ScanConfig, ctx: dict, state: dict, runs: dict, say) -> None:
+    """The baselines' run scores (:func:`run_scores`) and each strategy's prior in the margin's
+    units (:func:`priors`) into ``state``."""
+    records = [runs[f"full/seed{s}"].get("attribution") for s in range(config.seeds)]
+    if any(r is None for r in records):  # baselines of another mode: no prior, every site alone
+        say("scan: the baselines hold no attribution (recorded by another mode): no prior")
+        state["priors"] = {strategy: {} for strategy in config.strategies}
+        return
+    scores = run_scores(ctx["model"], ctx["sites"], records)
+    state["run_scores"] = scores
+    state["attribution"] = attribution_cost(runs, config.seeds)
+    state["priors"] = {
+        strategy: priors(strategy, scores, state["scale"]) for strategy in config.strategies
+    }
+    for strategy, prior in state["priors"].items():
+        part = search_mod.split_by_prior(list(prior), prior, state["scale"]["margin_used"])
+        say(
+            f"scan: {strategy} by prior ({PRIOR_SCORE[strategy]}): {len(part.candidates)} "
+            f"candidate(s) judged as one set, {len(part.middle)} alone, "
+            f"{len(part.likely_costly)} likely costly (prior)"
+            + (", judged too (--confirm)" if config.confirm else "")
+        )
 
 
 def _silent(text: str) -> None:
@@ -469,6 +556,8 @@ def _at_most(config: ScanConfig, sites: list[Site]) -> int:
     n = len(sites)
     if config.mode == "exhaustive":
         judged = n
+    elif config.mode == "prior":  # the candidates' halving tree, the grown sets, the singles
+        judged = 3 * n - 1
     else:
         judged = sum(2 * len(g) - 1 for g in search_mod.groups_by(sites, config.groups))
     return config.seeds * (1 + len(config.strategies) * (judged + n))
@@ -504,9 +593,10 @@ def _summary(state: dict, ctx: dict, config: ScanConfig, runs: list[dict]) -> di
     scale = state["scale"] or {}
     strategies = {}
     effective = {}
+    scores = ctx["scores"] | state.get("run_scores", {})
     for strategy, record in state["records"].items():
         strategies[strategy] = {
-            **strategy_summary(record, ctx["sites"], ctx["scores"]),
+            **strategy_summary(record, ctx["sites"], scores),
             "search": {k: record[k] for k in ("steps", "judgements", "runs")},
             "verdicts": search_mod.verdict_counts(record),
         }
@@ -516,6 +606,9 @@ def _summary(state: dict, ctx: dict, config: ScanConfig, runs: list[dict]) -> di
     return {
         "complete": not state["pending"],
         "mode": config.mode,
+        "confirm": config.confirm,
+        "seed_plan": state.get("seed_plan"),
+        "attribution": state.get("attribution"),
         "alpha": scale.get("alpha"),
         "comparisons": scale.get("comparisons"),
         "unit": scale.get("unit"),
@@ -528,5 +621,5 @@ def _summary(state: dict, ctx: dict, config: ScanConfig, runs: list[dict]) -> di
         "seeds": config.seeds,
         "strategies": strategies,
         "effective": effective,
-        "scores": ctx["scores"],
+        "scores": ctx["scores"] | state.get("run_scores", {}),
     }

@@ -57,7 +57,9 @@ def summary_sites(record: dict, sites: list[Site]) -> list[dict]:
                 "interval": r["interval"],
                 "level": r.get("level"),
                 "search_verdict": r.get("search_verdict"),
-                "single": r["group_size"] == 1,
+                "single": r["group_size"] == 1 and r["seeds"] > 0,
+                "prior": r.get("prior"),
+                "label": r.get("label"),
             }
         )
     return out
@@ -128,3 +130,69 @@ def cheap_scores(model, sites: list[Site], inputs: RunInputs) -> dict[str, dict]
     except DeadzoneError as e:
         log.warning("block_influence left out: %s", e)
     return scores
+
+
+# --- the prior mode: scores read from the baselines' attribution records -----------------------
+
+# The score whose value is each strategy's prior. ``frozen``: the attribution (a site's own
+# updates' share of the eval-loss decrease: what freezing it forgoes, before the rest of the
+# network compensates). ``random``, ``zero``, ``crystal`` replace the pretrained values, which
+# the attribution does not see: |grad . weight| (the first-order change of the training loss if
+# the matrix were zeroed, nats per step) over the gain.
+PRIOR_SCORE = {"frozen": "attribution", "random": "grad_weight", "zero": "grad_weight",
+               "crystal": "grad_weight"}  # fmt: skip
+
+
+def run_scores(model, sites: list[Site], records: list[dict]) -> dict[str, dict]:
+    """``{score: {site: value}}`` of the scores read from the baselines' attribution
+    ``records`` (attribution, fisher, grad_weight, each the mean over the records); a score
+    that cannot be read (a run that did not lower its eval loss) is left out, with a warning."""
+    from deadzone.geometry.attribution import AttributionRecord
+    from deadzone.geometry.scores import RUN_SCORES, SCORES, ScoreData
+
+    data = ScoreData(runs=[AttributionRecord.from_dict(r) for r in records])
+    out = {}
+    for name in RUN_SCORES:
+        try:
+            out[name] = SCORES[name](model, sites, data)
+        except DeadzoneError as e:
+            log.warning("%s left out: %s", name, e)
+    return out
+
+
+def priors(strategy: str, scores: dict[str, dict], scale: dict) -> dict[str, float | None]:
+    """Each site's prior cost in ``strategy``, in the units of the scan's margin: the score of
+    :data:`PRIOR_SCORE` as a share of the gain (the attribution is one already), or in nats
+    when the scan's unit is nats. ``{}`` when the score could not be read."""
+    name = PRIOR_SCORE[strategy]
+    values = scores.get(name)
+    if values is None:
+        return {}
+    gains = [float(g) for g in scale["gains"].values()]
+    gain = sum(gains) / len(gains)
+    if name == "attribution":  # a share of the decrease: in nats, times the gain
+        factor = gain if scale["unit"] == "nats" else 1.0
+    else:  # nats: as a share, over the gain
+        factor = 1.0 if scale["unit"] == "nats" else 1.0 / gain
+    return {n: None if v is None else v * factor for n, v in values.items()}
+
+
+def attribution_cost(runs: dict[str, dict], seeds: int) -> dict:
+    """What recording the attribution cost the baselines (mean share of a run's seconds) and
+    the Simpson rule's relative residual (mean over the baselines)."""
+    from deadzone.geometry.attribution import AttributionRecord, residuals
+
+    shares, errors = [], []
+    for s in range(seeds):
+        run = runs[f"full/seed{s}"]
+        record = AttributionRecord.from_dict(run["attribution"])
+        shares.append(record.cost_fraction(run.get("seconds") or 0.0))
+        errors.append(residuals(record).relative)
+    first = runs["full/seed0"]["attribution"]
+    return {
+        "every": first["every"],
+        "eval_batches": first["eval_batches"],
+        "rule": first["rule"],
+        "cost_fraction": sum(shares) / len(shares),
+        "relative_residual": sum(errors) / len(errors),
+    }

@@ -475,9 +475,16 @@ def groups_by(sites: Iterable, key: str) -> list[list[str]]:
     return list(groups.values())
 
 
+PRIOR_COUNT = LIKELY_COSTLY + " (prior)"  # how the sites labelled by a prior are counted
+
+
 def verdict_counts(record: dict) -> dict[str, int]:
-    """How many sites of a search record got each verdict."""
+    """How many sites of a search record got each verdict; the sites a prior labelled likely
+    costly (never judged) are counted under :data:`PRIOR_COUNT`, not as a verdict."""
     counts = dict.fromkeys(VERDICTS, 0)
     for s in record["sites"].values():
-        counts[s["verdict"]] += 1
+        if s.get("label") == LIKELY_COSTLY:
+            counts[PRIOR_COUNT] = counts.get(PRIOR_COUNT, 0) + 1
+        else:
+            counts[s["verdict"]] += 1
     return counts
