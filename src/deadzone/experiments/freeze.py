@@ -316,7 +316,13 @@ def _train_and_save(session: Session, config: FreezeConfig, save) -> None:
     task: RunTask = next(prepared.task(sp) for sp in plan_runs(prepared.chosen, 1) if sp.key == key)
     saved: list = []
     torch.set_num_threads(task.threads)
-    record = run_one(prepared.inputs, task.run, show_progress=session.main, on_model=saved.append)
+    record = run_one(
+        prepared.inputs,
+        task.run,
+        show_progress=session.main,
+        on_model=saved.append,
+        exact_match=task.exact_match,
+    )
     if not saved:
         raise DeadzoneError(f"the run {key} failed ({record.get('error')}); no model to save")
     if session.main:
