@@ -155,7 +155,8 @@ def test_the_plan_orders_the_other_sites_by_single_cost_and_a_rerun_claims_only_
     counts = re.search(r"; frozen ((?:\d+ \w+(?:, )?)+) so far$", rounds[-1])
     assert counts and sum(int(n) for n in re.findall(r"\d+", counts.group(1))) >= 3
     assert "about" not in printed
-    assert wrote(printed)[-3:] == ["plan.json", "axolotl.yaml", "frozen_parameters.txt"]
+    plan_files = ["plan.json", "axolotl.yaml", "frozen_parameters.txt", "lora_config.json"]
+    assert wrote(printed)[-4:] == plan_files
 
     rows = fileio.read_json(out / "results.json")["summary"]["strategies"]["frozen"]["sites"]
     plan = load_plan(out / "plan.json")
@@ -175,7 +176,7 @@ def test_the_plan_orders_the_other_sites_by_single_cost_and_a_rerun_claims_only_
     again = capsys.readouterr().out
     summary = fileio.read_json(out / "results.json")["summary"]
     scores = ["scores.png"] if drawn(summary) else []  # none with under 3 single-site costs
-    assert wrote(again) == ["results.json", "report.md", "heatmap.png", *scores]
+    assert wrote(again) == ["results.json", "report.md", "report.html", "heatmap.png", *scores]
     assert load_plan(out / "plan.json") == plan  # the earlier plan, left as it was
 
 
