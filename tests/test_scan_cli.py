@@ -309,6 +309,7 @@ def test_scan_under_a_two_process_launch_on_cpu_gives_the_records_of_one_process
     the same verdicts; the main process alone holds the lock and writes."""
     model, data = setup
     common = ["scan", model, "--sites", "L1.mlp.c_fc", "--seeds", "2", "--data", data]
+    common += ["--mode", "adaptive"]  # the mode whose search this launch was shown to match
     common += ["--max-length", "48", "--steps", "2", "--lr", "3e-3", "--batch-size", "4"]
     common += ["--eval-every", "2", "--cpu"]
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
