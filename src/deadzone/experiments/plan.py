@@ -38,7 +38,6 @@ from functools import partial
 from pathlib import Path
 
 from deadzone import plans
-from deadzone.errors import DeadzoneError
 from deadzone.experiments import stats
 from deadzone.experiments.configs import BASELINE, PlanConfig
 from deadzone.experiments.execute import Executor, execute
@@ -213,21 +212,7 @@ def _scale(runs: dict[str, dict], seeds, config: PlanConfig, horizon: int = 1) -
     """The unit the costs are judged in: a share of each seed's fine-tuning gain if the gain is
     clearly positive, else nats; refused if a baseline failed."""
     full = {s: runs[run_key(None, s, horizon)] for s in seeds}
-    failed = [r for r in full.values() if r.get("status") != "ok"]
-    if failed:
-        raise DeadzoneError(
-            f"the baseline run {failed[0]['key']} failed ({failed[0].get('error')}): nothing to "
-            "compare against"
-        )
-    gains = {s: r["step0_eval_loss"] - r["final_eval_loss"] for s, r in full.items()}
-    interval = stats.t_interval(list(gains.values()))
-    clear = interval is not None and interval[0] > 0 and all(g > 0 for g in gains.values())
-    return {
-        "unit": "share_of_gain" if clear else "nats",
-        "margin_used": config.margin if clear else config.margin_nats,
-        "gains": {str(s): g for s, g in gains.items()},
-        "gain_interval": list(interval) if interval else None,
-    }
+    return stats.gain_scale(full, config.margin, config.margin_nats)
 
 
 # --- the driver ---------------------------------------------------------------------------------

@@ -165,24 +165,9 @@ class _Missing(Exception):
 
 
 def _scale(runs: dict[str, dict], seeds: int, config: ScanConfig, comparisons: int) -> dict:
-    full = [runs[f"full/seed{s}"] for s in range(seeds)]
-    failed = [r for r in full if r.get("status") != "ok"]
-    if failed:
-        raise DeadzoneError(
-            f"the baseline run {failed[0]['key']} failed ({failed[0].get('error')}): nothing to "
-            "compare against"
-        )
-    gains = {s: r["step0_eval_loss"] - r["final_eval_loss"] for s, r in enumerate(full)}
-    interval = stats.t_interval(list(gains.values()))
-    clear = interval is not None and interval[0] > 0 and all(g > 0 for g in gains.values())
-    return {
-        "unit": "share_of_gain" if clear else "nats",
-        "margin_used": config.margin if clear else config.margin_nats,
-        "gains": {str(s): g for s, g in gains.items()},
-        "gain_interval": list(interval) if interval else None,
-        "alpha": stats.ALPHA / comparisons,
-        "comparisons": comparisons,
-    }
+    full = {s: runs[f"full/seed{s}"] for s in range(seeds)}
+    scale = stats.gain_scale(full, config.margin, config.margin_nats)
+    return scale | {"alpha": stats.ALPHA / comparisons, "comparisons": comparisons}
 
 
 def _costs(runs: dict[str, dict], scale: dict, strategy: str, names, seeds: int) -> list | None:

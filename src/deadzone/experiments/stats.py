@@ -297,3 +297,25 @@ def check_seed_plan(plan: SeedPlan) -> SeedPlan:
     if plan.decision == "refuse":
         raise DeadzoneError(plan.message())
     return plan
+
+
+def gain_scale(full: Mapping[int, dict], margin: float, margin_nats: float) -> dict:
+    """The unit an experiment's costs are judged in, from its ``full`` baseline record per
+    seed: a share of each seed's fine-tuning gain (step-0 eval loss minus final) when the gain
+    is clearly positive, else nats, with the margin that goes with it; a failed baseline is a
+    one-line error (nothing to compare against)."""
+    failed = [r for r in full.values() if r.get("status") != "ok"]
+    if failed:
+        raise DeadzoneError(
+            f"the baseline run {failed[0]['key']} failed ({failed[0].get('error')}): nothing to "
+            "compare against"
+        )
+    gains = {s: r["step0_eval_loss"] - r["final_eval_loss"] for s, r in full.items()}
+    interval = t_interval(list(gains.values()))
+    clear = interval is not None and interval[0] > 0 and all(g > 0 for g in gains.values())
+    return {
+        "unit": "share_of_gain" if clear else "nats",
+        "margin_used": margin if clear else margin_nats,
+        "gains": {str(s): g for s, g in gains.items()},
+        "gain_interval": list(interval) if interval else None,
+    }
