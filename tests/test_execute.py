@@ -42,7 +42,9 @@ def env() -> dict:
 def reference(setup, tmp_path_factory):  # noqa: F811
     """Four strategies, one seed, in this process on one thread: the records to match."""
     out = tmp_path_factory.mktemp("reference")
-    doc = crystallize(config(setup, strategies=FOUR, seeds=1), out, show_progress=False)
+    with pytest.MonkeyPatch.context() as mp:  # one thread, whatever else the machine runs
+        mp.setenv("OMP_NUM_THREADS", "1")
+        doc = crystallize(config(setup, strategies=FOUR, seeds=1), out, show_progress=False)
     assert all(r["status"] == "ok" and r["threads"] == 1 for r in doc["runs"])
     return by_key(doc)
 
@@ -156,8 +158,14 @@ crystallize(cfg, out, show_progress=False, on_record=lambda r: time.sleep(0.5))
 """
 
 
-def test_a_killed_driver_resumes_losing_and_repeating_nothing(setup, reference, tmp_path):  # noqa: F811
+def test_a_killed_driver_resumes_losing_and_repeating_nothing(
+    setup,  # noqa: F811
+    reference,
+    tmp_path,
+    monkeypatch,
+):
     model, data = setup
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the resumed runs on the reference's one thread
     out = tmp_path / "out"
     script = [sys.executable, "-c", KILLED_DRIVER, model, data, str(out)]
     tests = str(Path(__file__).parent)
