@@ -37,7 +37,7 @@ def read_results(
     except OSError as e:
         raise DeadzoneError(f"cannot read {path}: {e.strerror or e}") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-        raise DeadzoneError(f"cannot read {path}: not valid JSON (truncated?): {e}") from None
+        raise DeadzoneError(f"{path} is not valid JSON (truncated?): {e}") from None
     if not isinstance(results, dict) or not isinstance(results.get("experiment"), str):
         raise DeadzoneError(f"{path} is not a deadzone results file (no 'experiment' key)")
     if experiment is not None and results["experiment"] != experiment:

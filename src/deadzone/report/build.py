@@ -25,7 +25,7 @@ from pathlib import Path
 from deadzone import fileio
 from deadzone import study as seed_study
 from deadzone.errors import DeadzoneError
-from deadzone.experiments.results import read_results
+from deadzone.experiments.results import check_schema, read_results
 from deadzone.report import analyze, crystallize, demo, freeze, scan
 from deadzone.report.html import Items, Page, Paragraph, Report, Section, write
 
@@ -70,13 +70,14 @@ def load_results(directory: str | Path) -> dict:
         raise DeadzoneError(f"{directory} does not exist")
     if not directory.is_dir():
         raise DeadzoneError(f"{directory} is not a directory")
-    results = read_results(directory)
+    results = read_results(directory, schema=False)
     path = directory / RESULTS
     if results["experiment"] not in REPORTERS:
         raise DeadzoneError(
             f"{path} holds a {results['experiment']!r} experiment; this deadzone reports "
             f"{', '.join(REPORTERS)}"
         )
+    check_schema(path, results)
     return results
 
 

@@ -95,8 +95,8 @@ def _verdict(record: dict) -> str:
 
 def table_model(results: dict) -> Table:
     """The study's columns (strategy, final loss, vs full), then the cost in nats and, when the
-    verdicts are judged as a share of the gain, in that unit too, with the Holm-adjusted interval
-    in the verdict's unit, and the verdict."""
+    verdicts are judged in another unit, in that unit too, with the Holm-adjusted interval
+    in the verdict's unit, the verdict, and the exact match where it was measured."""
     summary = results["summary"]
     unit = summary["unit"]
     in_nats = unit == "nats"  # then the verdict's cost is the nats column: print it once
@@ -104,9 +104,8 @@ def table_model(results: dict) -> Table:
     em_columns = ["Exact match", *([] if unit == "rate" else ["Exact-match cost, 95% CI"])]
     columns = [
         "Strategy", "Final train loss", "vs full", "Final eval loss", "vs full", "Cost (nats)",
-        *(em_columns if em else []),
         *([] if in_nats else [f"Cost ({_unit_name(summary)})"]), "Holm-adjusted 95% CI",
-        "Verdict", "Trainable params",
+        "Verdict", *(em_columns if em else []), "Trainable params",
     ]  # fmt: skip
     rows = []
     for s in summary["arms"]:
@@ -127,10 +126,10 @@ def table_model(results: dict) -> Table:
                 _loss(s["eval_loss_mean"], s["eval_loss_std"]),
                 "baseline" if base else _pct(s["delta_eval_pct"]),
                 nats,
-                *(_exact_match_cells(s, unit) if em else []),
                 *([] if in_nats else [share]),
                 "—" if not judged else _interval(judged["adjusted"], unit),
                 _verdict(s),
+                *(_exact_match_cells(s, unit) if em else []),
                 params,
             ]
         )
