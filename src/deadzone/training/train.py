@@ -23,7 +23,6 @@ when it was built.
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
@@ -372,12 +371,13 @@ class SFTLoop:
         self.prefix.refresh()
         if acc.num_processes == 1 or self.model is self.module:
             return
-        old, module = self.model, self.module
-        acc._models = [m for m in acc._models if m is not old]
-        self.model = None
-        del old
-        gc.collect()  # the old reducer's autograd hooks go with it
-        self.model = acc.prepare_model(module)
+        module, optimizer = self.module, self.optimizer.optimizer
+        self.model = self.optimizer = None
+        # accelerate forgets what it prepared (the old wrapper, and with it the old reducer's
+        # autograd hooks), then prepares the module and the same optimizer again
+        acc.free_memory()
+        self.model, self.optimizer = acc.prepare(module, optimizer)
+        self.freezer.optimizer = self.optimizer
 
     def _call(self, event: str, *args) -> None:
         for hook in self.hooks:
