@@ -163,7 +163,7 @@ def test_deadzone_report_rebuilds_the_same_html_byte_for_byte(demo, capsys):
             ),
             "holds a demo of another size",
         ),
-        (lambda d: (d.mkdir(), (d / "results.json").write_text("{trunc")), "cannot read"),
+        (lambda d: (d.mkdir(), (d / "results.json").write_text("{trunc")), "is not valid JSON"),
     ],
 )
 def test_bad_out_is_a_one_line_error_and_touches_nothing(tmp_path, capsys, prepare, message):

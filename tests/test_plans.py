@@ -13,6 +13,7 @@ from conftest import tiny_gpt2, tiny_llama
 
 from deadzone import plans
 from deadzone.errors import DeadzoneError
+from deadzone.experiments.search import deepest
 from deadzone.models.sites import find_sites, get_parameter
 from deadzone.training.savings import savings
 
@@ -278,5 +279,5 @@ def test_prefix_plan_bad_input() -> None:
 
 @pytest.mark.parametrize("answer", [0, 1, 5, 12])
 def test_deepest_finds_the_largest_negligible_depth_by_bisection(answer) -> None:
-    depth, judged = plans.deepest(lambda d: d <= answer, 12)
+    depth, judged = deepest(lambda d: d <= answer, 12)
     assert depth == answer and len(judged) <= 4 and len(set(judged)) == len(judged)

@@ -9,6 +9,8 @@ import random
 import zlib
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from scipy import stats
 
 from deadzone.errors import DeadzoneError
@@ -322,20 +324,29 @@ def test_sequential_seeds_stop_early_on_a_planted_large_effect() -> None:
     assert any(s["action"] == "more_seeds" and s["sites"] == ["edge"] for s in record["steps"])
 
 
-def test_an_accepted_candidate_set_grows_by_prior() -> None:
-    names = [f"c{i}" for i in range(4)] + ["m0", "m1", "m2"]
-    costs = dict.fromkeys(names, 0.0005) | {"m2": 0.1}
-    prior = {"c0": 0.0, "c1": 0.001, "c2": 0.001, "c3": 0.002, "m0": 0.006, "m1": 0.007,
-             "m2": 0.05}  # fmt: skip
+def test_priors_ten_times_a_cost_are_ranked_then_calibrated() -> None:
+    """Priors on the wrong scale (ten times each cost, as an attribution share is against a
+    freezing cost): no threshold on them finds a candidate, the ranking does, and the smallest
+    set refused puts the rest back on the cost's scale."""
+    low = [f"n{i}" for i in range(6)]
+    costs = {n: 0.002 for n in low} | {"m0": 0.015, "m1": 0.03, "c0": 0.2, "c1": 0.5}
+    prior = {n: 10 * c for n, c in costs.items()}  # every prior above the margin
     oracle = Oracle(costs, noise=0.0005)
-    record = S.prior_search(oracle, names, prior, margin=MARGIN, max_seeds=3)
-    assert record["priors"]["candidates"] == ["c0", "c1", "c2", "c3"]
-    grown = [s for s in record["steps"] if s["phase"] == "grow"]
-    assert grown and grown[0]["action"] == "grown"
-    assert record["sites"]["m0"]["set"] == ["c0", "c1", "c2", "c3", "m0", "m1"]
-    assert frozenset({"m0"}) not in {sites for sites, _ in oracle.asked}  # never judged alone
-    assert record["sites"]["m2"]["verdict"] == "costly"  # its prior left no room: judged alone
-    assert set(record["joint"]["sites"]) == set(names) - {"m2"}
+    record = S.prior_search(oracle, list(costs), prior, margin=MARGIN, max_seeds=3)
+    part = record["priors"]
+    assert part["ranked"] == [*low, "m0", "m1", "c0", "c1"]
+    # 6 x 0.002 = 0.012 together, 0.027 with m0: the bisection stops at the six
+    assert part["candidates"] == low
+    assert all(record["sites"][n]["set"] == low for n in low)
+    assert part["calibrated_on"] == [*low, "m0"]
+    assert part["factor"] == pytest.approx(0.1, rel=0.1)  # cost / prior of that set
+    assert part["likely_costly"] == ["c0", "c1"]  # 0.2 and 0.5 > 4 x margin, calibrated
+    assert all(record["sites"][n].get("label") == S.LIKELY_COSTLY for n in ("c0", "c1"))
+    assert frozenset({"c0"}) not in {sites for sites, _ in oracle.asked}  # never run
+    assert record["sites"]["m0"]["verdict"] == "negligible"  # judged alone: 0.015 < 0.02
+    assert record["sites"]["m1"]["verdict"] == "costly"
+    assert len({sites for sites, _ in oracle.asked if len(sites) > 1}) <= 5  # 2, 4, 8, 6, 7
+    assert set(record["joint"]["sites"]) <= {*low, "m0"}
 
 
 def test_prior_search_is_a_function_of_the_judgements() -> None:
@@ -350,11 +361,20 @@ def test_prior_search_is_a_function_of_the_judgements() -> None:
 
 def test_prior_search_bad_input() -> None:
     oracle = Oracle({"a": 0.0, "b": 0.0}, 0.001)
-    with pytest.raises(DeadzoneError, match="below < 1 < above"):
+    with pytest.raises(DeadzoneError, match="above > 1"):
         S.prior_search(oracle, ["a", "b"], {}, margin=MARGIN, max_seeds=3, above=0.5)
     with pytest.raises(DeadzoneError, match="distinct"):
         S.prior_search(oracle, ["a", "a"], {}, margin=MARGIN, max_seeds=3)
     with pytest.raises(DeadzoneError, match="start seeds"):
         S.prior_search(oracle, ["a"], {}, margin=MARGIN, max_seeds=1)
-    split = S.split_by_prior(["a", "b", "c"], {"a": 0.0, "c": 1.0}, MARGIN)
-    assert (split.candidates, split.middle, split.likely_costly) == (["a"], ["b"], ["c"])
+    record = S.prior_search(oracle, ["a", "b"], {"a": 0.0}, margin=MARGIN, max_seeds=3)
+    assert record["priors"]["ranked"] == ["a"] and record["priors"]["middle"] == ["b"]
+
+
+@given(st.integers(0, 64), st.integers(0, 64), st.integers(0, 70))
+def test_deepest_finds_the_largest_accepted_count_from_any_guess(high, answer, first) -> None:
+    answer = min(answer, high)
+    found, judged = S.deepest(lambda n: n <= answer, high, first=first)
+    assert found == answer and len(set(judged)) == len(judged) and all(judged)
+    if 0 < first == answer < high:  # the guess right: it, and one more refused
+        assert judged == [answer, answer + 1]

@@ -337,21 +337,6 @@ def lora_config(model: torch.nn.Module, plan: dict) -> dict:
     }
 
 
-def deepest(negligible: Callable[[int], bool], high: int) -> tuple[int, list[int]]:
-    """The largest depth in ``0 .. high`` for which ``negligible(depth)`` holds, by bisection,
-    taking ``negligible`` monotone (a deeper prefix costs at least as much) and depth 0 as
-    negligible by definition; returns it and the depths judged, in order (about log2(high))."""
-    low, judged = 0, []
-    while low < high:
-        mid = (low + high + 1) // 2
-        judged.append(mid)
-        if negligible(mid):
-            low = mid
-        else:
-            high = mid - 1
-    return low, judged
-
-
 def prefix_sites(model: torch.nn.Module, depth: int) -> list[str]:
     """The site names (matrices, embeddings) inside the first ``depth`` blocks and below."""
     names = {n for n, _ in prefix.prefix_parameters(model, depth)}

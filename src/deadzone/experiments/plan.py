@@ -1,11 +1,12 @@
 """The ``plan`` experiment: the frozen set that saves most per step at a cost shown negligible.
 
 1. ``full`` on every seed: the baselines, and the fine-tuning gain the costs are shares of.
-2. The deepest negligible frozen prefix, by bisection over depth (:func:`deadzone.plans.deepest`):
-   each depth ``d`` is the plan "embeddings and blocks ``0 .. d-1`` frozen whole", judged
-   against ``full`` on sequential seeds (2 first, more while undetermined, up to ``--seeds``:
-   :func:`deadzone.experiments.search.sequential`). A deeper prefix is taken to cost at least
-   as much (the bisection's assumption; the depths judged are recorded).
+2. The deepest negligible frozen prefix, by bisection over depth
+   (:func:`deadzone.experiments.search.deepest`): each depth ``d`` is the plan "embeddings and
+   blocks ``0 .. d-1`` frozen whole", judged against ``full`` on sequential seeds (2 first, more
+   while undetermined, up to ``--seeds``: :func:`deadzone.experiments.search.sequential`). A
+   deeper prefix is taken to cost at least as much (the bisection's assumption; the depths
+   judged are recorded).
 3. The prefix grown by sites above it, cheapest cheap score first (``grad_norm`` at step 0,
    :mod:`deadzone.geometry.scores`: a prior that orders, never a verdict), for at most
    ``--grow`` joint checks: half of the remaining sites at once, halved on a rejection.
@@ -42,7 +43,7 @@ from deadzone.experiments import stats
 from deadzone.experiments.configs import BASELINE, PlanConfig
 from deadzone.experiments.execute import Executor, execute
 from deadzone.experiments.runs import RunSpec
-from deadzone.experiments.search import ACCEPTED, Asker, Judgement, sequential
+from deadzone.experiments.search import ACCEPTED, Asker, Judgement, deepest, sequential
 from deadzone.experiments.skeleton import Design, Prepared, Session, run_experiment
 from deadzone.training.tracking import Tracking
 
@@ -235,8 +236,8 @@ def _drive(config: PlanConfig, state: State, session: Session) -> None:
         say("plan: %s %s: %s", phase, run_key(cand, n)[:-6], j.verdict)
         return j, n
 
-    depth, _ = plans.deepest(lambda d: look(candidate(d), "prefix")[0].verdict in ACCEPTED,
-                             session.prepared.chosen - 1)  # fmt: skip
+    depth, _ = deepest(lambda d: look(candidate(d), "prefix")[0].verdict in ACCEPTED,
+                       session.prepared.chosen - 1)  # fmt: skip
     best = candidate(depth)
     best = _grow(config, search, best, look)
     found = _found(search, ask, best)

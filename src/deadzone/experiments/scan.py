@@ -432,6 +432,9 @@ def _drive(config: ScanConfig, ctx: dict, state: dict, session: Session, *, on_f
         )
         run(missing)
     state["pending"] = False
+    if attribution:
+        for strategy, record in state["records"].items():
+            say(_split_line(strategy, record["priors"]))
     results.save()
     if "frozen" in config.strategies and session.main:
         for path in _write_plan(results.out, ctx, config, state["records"]["frozen"]).values():
@@ -470,13 +473,27 @@ def _read_priors(config: ScanConfig, ctx: dict, state: dict, runs: dict, say) ->
         strategy: priors(strategy, scores, state["scale"]) for strategy in config.strategies
     }
     for strategy, prior in state["priors"].items():
-        part = search_mod.split_by_prior(list(prior), prior, state["scale"]["margin_used"])
+        known = sum(v is not None for v in prior.values())
         say(
-            f"scan: {strategy} by prior ({PRIOR_SCORE[strategy]}): {len(part.candidates)} "
-            f"candidate(s) judged as one set, {len(part.middle)} alone, "
-            f"{len(part.likely_costly)} likely costly (prior)"
-            + (", judged too (--confirm)" if config.confirm else "")
+            f"scan: {strategy} by prior ({PRIOR_SCORE[strategy]}): {known} sites ranked; the "
+            "lowest judged together first (bisection over how many), the rest by calibrated prior"
+            + (", the likely costly judged too (--confirm)" if config.confirm else "")
         )
+
+
+def _split_line(strategy: str, part: dict) -> str:
+    """What the priors did for ``strategy`` (a :class:`~deadzone.experiments.search.PriorSplit`
+    as a dict), in a line."""
+    found = f"the {len(part['candidates'])} lowest priors negligible together"
+    calibrated = (
+        f"priors x{part['factor']:.3g} from the {len(part['calibrated_on'])} lowest"
+        if part["calibrated_on"]
+        else "priors not calibrated (no set refused)"
+    )
+    return (
+        f"scan: {strategy} by prior: {found}; {calibrated}; {len(part['middle'])} judged alone, "
+        f"{len(part['likely_costly'])} likely costly (prior)"
+    )
 
 
 def _silent(text: str) -> None:
@@ -541,8 +558,8 @@ def _at_most(config: ScanConfig, sites: list[Site]) -> int:
     n = len(sites)
     if config.mode == "exhaustive":
         judged = n
-    elif config.mode == "prior":  # the candidates' halving tree, the grown sets, the singles
-        judged = 3 * n - 1
+    elif config.mode == "prior":  # the bisection over the lowest priors, then the singles
+        judged = n + n.bit_length()
     else:
         judged = sum(2 * len(g) - 1 for g in search_mod.groups_by(sites, config.groups))
     return config.seeds * (1 + len(config.strategies) * (judged + n))

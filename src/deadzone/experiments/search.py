@@ -31,13 +31,14 @@ step), and the rest judged again.
 Each step is recorded.
 
 The search by prior (:func:`prior_search`): where each site has an estimated cost (a prior,
-e.g. its attribution share from the baseline runs), the sites far below the margin are judged
-as one set (halved in prior order if it is not negligible, grown by the next priors if it is
-and its interval leaves room), the sites in between one at a time on sequential seeds, and the
-sites far above are labelled ``likely costly`` without a run (a prior, never a verdict) unless
-the caller asks to confirm them. Where priors are informative it spends fewer runs than one per
-site whatever the share of costly sites; where they mislead it spends more, never a wrong
-verdict (the candidate set is judged, not assumed).
+e.g. its attribution share from the baseline runs), the sites ranked by prior are judged
+together, the lowest first, the longest run of them that is negligible as one set found by
+bisection over its length; the smallest set found not negligible calibrates the priors (its
+cost over its summed prior); the sites whose calibrated prior is far above the margin are
+labelled ``likely costly`` without a run (a prior, never a verdict) unless the caller asks to
+confirm them, and the others are judged one at a time on sequential seeds. Where priors rank
+well it spends about log2(n) judgements on the set that matters most to a plan; where they
+mislead it spends more, never a wrong verdict (every set is judged, not assumed).
 
 The record (:func:`search` returns it; every value JSON-ready)::
 
@@ -60,6 +61,7 @@ besides the ``full`` baseline of each seed.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -326,48 +328,88 @@ def exhaustive(
 
 # --- the search by prior -------------------------------------------------------------------------
 
-BELOW = 0.25  # a prior under this share of the margin is "far below": a candidate
-ABOVE = 4.0  # a prior over this multiple of the margin is "far above": likely costly
+ABOVE = 4.0  # a calibrated prior over this multiple of the margin is "far above": likely costly
+PACK = 0.5  # the rest is judged in groups whose calibrated priors sum to at most this x margin
 LIKELY_COSTLY = "likely costly"  # the label of a prior, never a verdict
+
+
+def deepest(accepted: Callable[[int], bool], high: int, first: int = 0) -> tuple[int, list[int]]:
+    """The largest ``n`` in ``0 .. high`` for which ``accepted(n)`` holds, taking ``accepted``
+    monotone (true up to some ``n``, false above) and true at 0; returns it and the values
+    judged, in order. From a guess ``first`` (0: none), up by steps that double while accepted,
+    then by bisection (about log2(high) judgements without a guess, fewer near a good one)."""
+    low, judged = 0, []
+    if 0 < first <= high:
+        judged.append(first)
+        if accepted(first):
+            low, step = first, 1
+            while low < high:
+                probe = min(high, low + step)
+                judged.append(probe)
+                if not accepted(probe):
+                    high = probe - 1
+                    break
+                low, step = probe, 2 * step
+        else:
+            high = first - 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        judged.append(mid)
+        if accepted(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low, judged
 
 
 @dataclass(frozen=True)
 class PriorSplit:
-    """Sites sorted by prior (each list in ascending prior, then name): ``candidates`` (prior
-    below ``below``), ``likely_costly`` (above ``above``), ``middle`` (the rest, and every site
-    without a prior); ``below`` and ``above`` are in the units of the costs."""
+    """What the priors did: ``ranked`` (the sites with a prior, ascending), ``candidates`` (the
+    longest run of the lowest found negligible together), the calibration ``factor`` (a
+    measured cost over the summed prior of the set it was measured on, ``calibrated_on``), and
+    the rest split by calibrated prior: ``likely_costly`` (above ``above``, in the costs'
+    units) and ``middle`` (judged; every site without a prior is there), judged in ``groups``
+    (:func:`pack`)."""
 
+    ranked: list[str]
     candidates: list[str]
+    factor: float
+    calibrated_on: list[str]
     middle: list[str]
+    groups: list[list[str]]
     likely_costly: list[str]
-    below: float
     above: float
 
 
-def split_by_prior(
-    names: list[str],
-    prior: dict[str, float | None],
-    margin: float,
-    below: float = BELOW,
-    above: float = ABOVE,
-) -> PriorSplit:
-    """Sort ``names`` by ``prior`` (an estimate of each site's cost, in the units of the
-    margin) against ``below * margin`` and ``above * margin``."""
-    if not margin > 0 or not 0 <= below < 1 < above:
-        raise DeadzoneError(
-            f"a prior split needs margin > 0 and 0 <= below < 1 < above, got {margin!r}, "
-            f"{below!r}, {above!r}"
-        )
-    low, high = below * margin, above * margin
-    known = sorted((n for n in names if prior.get(n) is not None), key=lambda n: (prior[n], n))
-    return PriorSplit(
-        candidates=[n for n in known if prior[n] < low],
-        middle=[n for n in known if low <= prior[n] <= high]
-        + [n for n in names if prior.get(n) is None],
-        likely_costly=[n for n in known if prior[n] > high],
-        below=low,
-        above=high,
-    )
+def pack(names: list[str], cost: dict[str, float | None], room: float) -> list[list[str]]:
+    """``names`` (in ascending ``cost``) in consecutive groups whose estimated ``cost`` sums to
+    at most ``room``; a site over ``room`` alone, or without an estimate, is a group of one."""
+    groups: list[list[str]] = []
+    current: list[str] = []
+    total = 0.0
+    for n in names:
+        c = cost.get(n)
+        if c is None or c > room or total + max(c, 0.0) > room:
+            if current:
+                groups.append(current)
+            current, total = [], 0.0
+        if c is None or c > room:
+            groups.append([n])
+            continue
+        current.append(n)
+        total += max(c, 0.0)
+    return groups + ([current] if current else [])
+
+
+def calibration(prior: dict[str, float | None], refused: Judgement | None, sites) -> float:
+    """The factor that puts ``prior`` on the scale of a cost: the cost of the smallest set found
+    not negligible (``refused``, of ``sites``) over its summed prior; 1 without such a set or
+    when either is not positive. An attribution share is what a site's own updates did; frozen,
+    the rest of the network makes up for part of it, so the factor is often well below 1."""
+    if refused is None or refused.cost is None:
+        return 1.0
+    total = sum(max(prior[n] or 0.0, 0.0) for n in sites)
+    return refused.cost / total if refused.cost > 0 and total > 0 else 1.0
 
 
 def prior_search(
@@ -378,50 +420,81 @@ def prior_search(
     margin: float,
     max_seeds: int,
     start_seeds: int = 2,
-    below: float = BELOW,
     above: float = ABOVE,
     confirm: bool = False,
     joint: bool = True,
     decided: dict[str, dict] | None = None,
 ) -> dict:
-    """Spend judgements by prior (``prior``: an estimated cost per site, in the margin's units,
-    e.g. a site's attribution share; :func:`split_by_prior` sorts the sites):
+    """Spend judgements by prior (``prior``: an estimated cost per site, e.g. its attribution
+    share; ranked here, calibrated by the judgements, never taken for a verdict):
 
-    1. the candidates (prior far below the margin) are judged as one set, on sequential seeds;
-       a set not negligible is halved in prior order, lower half first (:func:`search`);
-    2. a candidate set accepted whole grows: the middle sites, in ascending prior, are added
-       as many at a time as their priors fit under the room its interval leaves below the
-       margin, and the grown set judged, until a grown set is not negligible or none fits;
-    3. the other middle sites (and the likely costly ones if ``confirm``) are judged one at a
-       time on sequential seeds: 2 when the interval already lies on one side, else more, up
-       to ``max_seeds``;
-    4. unless ``confirm``, the likely costly sites (prior far above) are not judged: their
-       entry says ``verdict: undetermined``, ``label: "likely costly"`` (a prior, never a
-       verdict) and ``seeds: 0``;
-    5. if ``joint``, every site found negligible is checked jointly (:func:`joint_check`).
+    1. by rank: of the sites ranked by ascending prior, the largest ``k`` whose ``k`` lowest are
+       negligible together (:func:`deepest`, from the guess "as many as the priors, summed, fit
+       under the margin", then by doubling steps or bisection: a few sets judged, each on
+       sequential seeds, costs taken monotone in the set, as group testing takes them); each
+       of those sites is negligible, decided by that set;
+    2. calibration: the smallest of those sets found not negligible gives the factor that puts
+       the priors on a cost's scale (:func:`calibration`);
+    3. the rest, by calibrated prior: above ``above`` times the margin, unless ``confirm``, a
+       site is labelled ``likely costly`` without a run (its entry says ``verdict:
+       undetermined``, ``label: "likely costly"``, ``seeds: 0``: a prior, never a verdict);
+       the others, in ascending prior, are group-tested (:func:`search`) in groups whose
+       calibrated priors sum to at most :data:`PACK` times the margin (:func:`pack`: a site
+       above that alone), on sequential seeds (2 when the interval already lies on one side,
+       else more, up to ``max_seeds``);
+    4. if ``joint``, every site found negligible is checked jointly (:func:`joint_check`).
 
     Returns :func:`search`'s record, each site's entry with its ``prior``, and ``priors``: the
-    split. Every decision is a function of the judgements (a replay asks the same questions).
-    Seeds are looked at sequentially, each look at the judge's level: a caller that wants the
-    error rate of one look for the whole sequence reads the judgements at a stricter level.
+    split (:class:`PriorSplit`). Every decision is a function of the judgements (a replay asks
+    the same questions). Seeds are looked at sequentially, each look at the judge's level: a
+    caller that wants the error rate of one look for the whole sequence reads the judgements
+    at a stricter level.
     """
     _check_seeds(start_seeds, max_seeds)
     if len(set(names)) != len(names):
         raise DeadzoneError("the sites of a search must be distinct")
-    part = split_by_prior(names, prior, margin, below, above)
+    if not margin > 0 or not above > 1:
+        raise DeadzoneError(
+            f"a prior split needs margin > 0 and above > 1, got {margin!r}, {above!r}"
+        )
     ask = judge if isinstance(judge, Asker) else Asker(judge)
     sites: dict[str, dict] = {} if decided is None else decided
-    seeds = {"max_seeds": max_seeds, "start_seeds": start_seeds, "joint": False}
+    ranked = sorted((n for n in names if prior.get(n) is not None), key=lambda n: (prior[n], n))
+    steps: list[dict] = []
+    judged: dict[int, tuple[Judgement, int]] = {}
+
+    def together(k: int) -> bool:
+        judged[k] = sequential(ask, ranked[:k], start_seeds, max_seeds, steps, "rank")
+        j, seeds = judged[k]
+        accepted = j.verdict in ACCEPTED
+        steps.append(_step("rank", ranked[:k], seeds, j, "accepted" if accepted else "refused"))
+        return accepted
+
+    guess = len(list(itertools.takewhile(lambda total: total <= margin, itertools.accumulate(
+        max(prior[n], 0.0) for n in ranked))))  # fmt: skip
+    k, _ = deepest(together, len(ranked), first=guess)
+    for n in ranked[:k]:
+        j, seeds = judged[k]
+        verdict = j.verdict if k == 1 else "negligible"
+        sites[n] = {**j.as_dict(), "verdict": verdict, "group_size": k, "seeds": seeds,
+                    "set": ranked[:k]}  # fmt: skip
+    refused = min((n for n in judged if judged[n][0].verdict not in ACCEPTED), default=None)
+    on = ranked[:refused] if refused else []
+    factor = calibration(prior, judged[refused][0] if refused else None, on)
+    rest = ranked[k:]
+    calibrated = {n: prior[n] * factor for n in rest}
+    high = [n for n in rest if calibrated[n] > above * margin]
+    middle = [n for n in rest if n not in high] + [n for n in names if prior.get(n) is None]
+    judged_rest = middle + (high if confirm else [])
+    part = PriorSplit(
+        ranked=ranked, candidates=ranked[:k], factor=factor, calibrated_on=on, middle=middle,
+        groups=pack(judged_rest, calibrated, PACK * margin), likely_costly=high,
+        above=above * margin,
+    )  # fmt: skip
     order = {n: p for n, p in prior.items() if p is not None}
-    first = search(ask, [part.candidates], priority=order, decided=sites, **seeds)
-    steps = [{**step, "phase": "candidates"} for step in first["steps"]]
-    rest = list(part.middle)
-    if part.candidates and all(sites[n].get("set") == part.candidates for n in part.candidates):
-        rest = _grow(ask, part.candidates, rest, prior, margin, sites, steps, start_seeds,
-                     max_seeds)  # fmt: skip
-    singles = rest + (part.likely_costly if confirm else [])
-    second = search(ask, [[n] for n in singles], priority=order, decided=sites, **seeds)
-    steps += [{**step, "phase": "singles"} for step in second["steps"]]
+    seeds = {"max_seeds": max_seeds, "start_seeds": start_seeds, "joint": False}
+    second = search(ask, part.groups, priority=order, decided=sites, **seeds)
+    steps += [{**step, "phase": "rest"} for step in second["steps"]]
     for n in [] if confirm else part.likely_costly:
         sites[n] = {"verdict": "undetermined", "cost": None, "interval": None,
                     "seeds_needed": None, "group_size": 1, "seeds": 0, "set": [n],
@@ -435,32 +508,6 @@ def prior_search(
         )
     record |= {"judgements": len(ask.answers), "runs": ask.runs, "priors": asdict(part)}
     return record
-
-
-def _grow(ask, base, pool, prior, margin, sites, steps, start_seeds, max_seeds) -> list[str]:
-    """Step 2 of :func:`prior_search`: grow the accepted set ``base`` from ``pool`` (middle
-    sites, ascending prior); returns the sites of ``pool`` not taken in."""
-    j = ask(frozenset(base), sites[base[0]]["seeds"])
-    while pool and j.interval is not None and prior.get(pool[0]) is not None:
-        room, count, total = margin - j.interval[1], 0, 0.0
-        while count < len(pool) and prior.get(pool[count]) is not None:
-            if total + max(prior[pool[count]], 0.0) > room:
-                break
-            total += max(prior[pool[count]], 0.0)
-            count += 1
-        if count == 0:
-            break
-        trial = base + pool[:count]
-        j_trial, seeds = sequential(ask, trial, start_seeds, max_seeds, steps, "grow")
-        accepted = j_trial.verdict in ACCEPTED
-        steps.append(_step("grow", trial, seeds, j_trial, "grown" if accepted else "stop"))
-        if not accepted:
-            break
-        base, pool, j = trial, pool[count:], j_trial
-        for n in base:
-            sites[n] = {**j.as_dict(), "verdict": "negligible", "group_size": len(base),
-                        "seeds": seeds, "set": list(base)}  # fmt: skip
-    return pool
 
 
 def groups_by(sites: Iterable, key: str) -> list[list[str]]:
