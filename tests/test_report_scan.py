@@ -6,6 +6,7 @@ import pytest
 
 from deadzone import fileio
 from deadzone.report import scan as report
+from deadzone.report.table import to_markdown
 from deadzone.schema import SCHEMA_VERSION
 
 ROLES = ("attn_qkv", "attn_out", "mlp_in", "mlp_out")
@@ -269,3 +270,31 @@ def test_no_legend_covers_data(tmp_path, drawn_figures, legends_on_data):
     ]  # fmt: skip
     write_plot(tmp_path / "geometry.png", records)
     assert legends_on_data(drawn_figures[-1]) == []
+
+
+def test_a_prior_scan_shows_priors_labels_its_seed_plan_and_how_it_spent_the_runs():
+    doc = scan_doc()
+    s = doc["summary"]
+    sites = s["strategies"]["frozen"]["sites"]
+    for i, site in enumerate(sites):
+        site["prior"] = 0.01 * i
+    sites[-1] |= {"verdict": "undetermined", "cost": None, "interval": None, "single": False,
+                  "label": "likely costly"}  # fmt: skip
+    names = [site["site"] for site in sites]
+    s["strategies"]["frozen"]["search"]["priors"] = {
+        "ranked": names, "candidates": names[:3], "factor": 0.21, "calibrated_on": names[:5],
+        "middle": names[3:-1], "groups": [names[3:6], *([n] for n in names[6:-1])],
+        "likely_costly": names[-1:], "above": 0.08,
+    }  # fmt: skip
+    plan = {"seeds": 3, "sd": 0.03, "margin": 0.02, "level": 0.05, "power": 0.4,
+            "power_wanted": 0.8, "needed": 9, "decision": "warn"}  # fmt: skip
+    s |= {"mode": "prior", "seed_plan": {"worst": plan, "best": plan | {"power": 0.97}}}
+    text = report.markdown(doc)
+    assert "the 3 lowest of 16 sites ranked by prior were negligible together" in text
+    assert "times 0.21" in text and "1 labelled likely costly (a prior, not run)" in text
+    assert "chance 40%" in text and "with the spread pairing removes, 97%" in text
+    table = report.sites_table(s, "frozen")
+    assert table.columns[4] == "Prior (% of the fine-tuning gain)" and table.rows[2][4] == "+2.00"
+    assert table.rows[-1][1] == "undetermined"  # a label is never a verdict
+    assert table.rows[-1][-1] == "not run: likely costly (a prior, not a verdict)"
+    assert "Prior (" not in to_markdown(report.sites_table(scan_doc()["summary"], "random"))

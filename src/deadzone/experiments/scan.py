@@ -599,7 +599,7 @@ def _summary(state: dict, ctx: dict, config: ScanConfig, runs: list[dict]) -> di
     for strategy, record in state["records"].items():
         strategies[strategy] = {
             **strategy_summary(record, ctx["sites"], scores),
-            "search": {k: record[k] for k in ("steps", "judgements", "runs")},
+            "search": {k: record.get(k) for k in ("steps", "judgements", "runs", "priors")},
             "verdicts": search_mod.verdict_counts(record),
         }
         effective[strategy] = effective_counts(

@@ -225,15 +225,63 @@ def _matrices(names: list[str]) -> str:
 
 def sites_table(summary: dict, strategy: str) -> Table:
     """One row per site of ``strategy``: verdict, cost and interval (x 100, in the unit), and
-    how it was judged."""
+    how it was judged; with the prior (in the same unit) when the scan had one."""
+    sites = summary["strategies"][strategy]["sites"]
+    with_prior = any(s.get("prior") is not None for s in sites)
     rows = []
-    for s in summary["strategies"][strategy]["sites"]:
+    for s in sites:
         how = "alone" if s["single"] else "in a group"
+        if s.get("label"):
+            how = f"not run: {s['label']} (a prior, not a verdict)"
         cost, interval = _pct(s["cost"], summary), _interval(s["interval"], summary)
-        rows.append([s["site"], s["verdict"], cost, interval, how])
+        prior = [_pct(s.get("prior"), summary)] if with_prior else []
+        rows.append([s["site"], s["verdict"], cost, interval, *prior, how])
     unit = _unit(summary)
-    columns = ["Site", "Verdict", f"Cost ({unit})", "Interval", "Judged"]
-    return Table(columns, rows, right=frozenset({2, 3}))
+    columns = ["Site", "Verdict", f"Cost ({unit})", "Interval"]
+    columns += [f"Prior ({unit})"] if with_prior else []
+    right = {2, 3, 4} if with_prior else {2, 3}
+    return Table([*columns, "Judged"], rows, right=frozenset(right))
+
+
+def prior_text(summary: dict, strategy: str) -> str | None:
+    """How the prior mode spent the runs of ``strategy``, in a sentence; None without priors."""
+    part = summary["strategies"][strategy]["search"].get("priors")
+    if not part or not part.get("ranked"):
+        return None
+    low = len(part["candidates"])
+    found = (
+        f"the {low} lowest of {len(part['ranked'])} sites ranked by prior were negligible together"
+        if low
+        else f"not even the lowest of {len(part['ranked'])} sites ranked by prior was negligible"
+    )
+    calibrated = (
+        f"the smallest set refused (the {len(part['calibrated_on'])} lowest) put the priors on "
+        f"the costs' scale, times {part['factor']:.3g}"
+        if part["calibrated_on"]
+        else "no set was refused, so the priors were not calibrated"
+    )
+    rest = (
+        f"{len(part['middle'])} other sites were judged in {len(part['groups'])} "
+        f"group(s) by calibrated prior"
+    )
+    labelled = len(part["likely_costly"])
+    if labelled and not summary.get("confirm"):
+        rest += f"; {labelled} labelled likely costly (a prior, not run)"
+    return f"By prior: {found}; {calibrated}; {rest}."
+
+
+def seed_plan_text(summary: dict) -> str | None:
+    """The seed plan made before the first judgement (prior mode), in a sentence."""
+    plan = summary.get("seed_plan")
+    if not plan:
+        return None
+    worst, best = plan["worst"], plan["best"]
+    return (
+        f"Seed plan from the baselines' spread: at worst, {worst['seeds']} seeds call a site "
+        f"that costs nothing negligible with chance {worst['power']:.0%} (paired SD "
+        f"{worst['sd']:.3g} against margin {worst['margin']:.3g}); with the spread pairing "
+        f"removes, {best['power']:.0%}."
+    )
 
 
 def effective_text(summary: dict, strategy: str) -> str:
@@ -361,6 +409,7 @@ def markdown(results: dict) -> str:
         statistics_text(results),
         "",
     ]
+    lines += [said, ""] if (said := seed_plan_text(s)) else []
     if not s.get("complete", True):
         lines += ["**This scan is not complete**: rerun the command to finish it.", ""]
     lines += ["## Effective parameter count", ""]
@@ -377,6 +426,7 @@ def markdown(results: dict) -> str:
             to_markdown(sites_table(s, strategy)),
             "",
         ]
+        lines += [said, ""] if (said := prior_text(s, strategy)) else []
         steps = joint_steps(s, strategy)
         if steps:
             numbered = [f"{i}. {step}" for i, step in enumerate(steps, 1)]
@@ -462,10 +512,12 @@ def html_report(directory: Path, results: dict, study: bool = False) -> html.Rep
     write_report(directory)
     summary = results["summary"]
     blocks: list = [html.Paragraph(statistics_text(results))]
+    blocks += [html.Paragraph(said)] if (said := seed_plan_text(summary)) else []
     blocks += [html.Paragraph(effective_text(summary, s)) for s in summary["strategies"]]
     blocks += html.figures(directory, (("heatmap.png", "cost of each site"),))
     for strategy in summary["strategies"]:
         inner: list = [html.from_table(sites_table(summary, strategy))]
+        inner += [html.Paragraph(said)] if (said := prior_text(summary, strategy)) else []
         if steps := joint_steps(summary, strategy):
             inner += [html.Paragraph("Joint check:"), html.Items(steps, ordered=True)]
         blocks.append(html.Section(f"{strategy}: every site", inner))
