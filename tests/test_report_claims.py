@@ -132,3 +132,12 @@ def test_a_skipped_scan_shows_the_same_claims_undetermined():
     assert [(c.claim, c.study) for c in skipped] == [(c.claim, c.study) for c in ran]
     assert {c.verdict for c in skipped} == {"undetermined"}
     assert all(c.numbers == "Not run here: no time." for c in skipped)
+
+
+def test_a_site_labelled_by_its_prior_is_counted_as_a_label_not_a_verdict():
+    doc = results({"frozen": [C, U, U, C]})
+    sites = doc["summary"]["strategies"]["frozen"]["sites"]
+    sites[1]["label"] = "likely costly"
+    effective, others = scan_claims(doc)
+    said = "frozen: 2 costly, 1 likely costly (prior, not run), 1 undetermined"
+    assert said in effective.numbers and effective.verdict == "undetermined"

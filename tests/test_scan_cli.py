@@ -262,6 +262,8 @@ def test_a_killed_scan_resumes_losing_and_repeating_nothing(setup, tmp_path):  #
         (["--seeds", "1"], "a scan needs --seeds >= 2"),
         (["--groups", "head"], "groups must be 'layer' or 'role'"),
         (["--margin", "2"], "margin must be a share of the gain"),
+        (["--rest", "label", "--mode", "adaptive"], "--rest label is for --mode prior"),
+        (["--rest", "label", "--confirm"], "--confirm judges the likely costly sites; --rest"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys, args, message):  # noqa: F811

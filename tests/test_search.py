@@ -378,3 +378,20 @@ def test_deepest_finds_the_largest_accepted_count_from_any_guess(high, answer, f
     assert found == answer and len(set(judged)) == len(judged) and all(judged)
     if 0 < first == answer < high:  # the guess right: it, and one more refused
         assert judged == [answer, answer + 1]
+
+
+def test_without_judging_the_rest_only_sets_of_the_lowest_priors_are_run() -> None:
+    low = [f"n{i}" for i in range(6)]
+    costs = {n: 0.002 for n in low} | {"m0": 0.015, "m1": 0.03, "c0": 0.2, "c1": 0.5}
+    prior = {n: 10 * c for n, c in costs.items()}
+    oracle = Oracle(costs, noise=0.0005)
+    record = S.prior_search(
+        oracle, list(costs), prior, margin=MARGIN, max_seeds=3, judge_rest=False
+    )
+    ranked = record["priors"]["ranked"]
+    assert all(sorted(sites) == sorted(ranked[: len(sites)]) for sites, _ in oracle.asked)
+    assert record["priors"]["groups"] == [] and set(record["joint"]["sites"]) == set(low)
+    labels = {n: s.get("label") for n, s in record["sites"].items()}
+    unjudged = dict.fromkeys(("m0", "m1"), S.NOT_JUDGED)
+    assert labels == dict.fromkeys(low) | unjudged | dict.fromkeys(("c0", "c1"), S.LIKELY_COSTLY)
+    assert all(record["sites"][n]["verdict"] == "undetermined" for n in ("m0", "m1", "c0"))

@@ -101,10 +101,14 @@ def _verdicts(summary: dict, strategy: str) -> dict[str, str]:
 
 def _counts(summary: dict, strategy: str, names: list[str]) -> str:
     """``frozen: 2 negligible, 1 costly`` over ``names``; a site without a verdict is
-    ``not decided``."""
-    verdicts, counts = _verdicts(summary, strategy), {}
+    ``not decided``, a site the scan labelled by its prior and did not run ``likely costly
+    (prior, not run)``."""
+    sites, counts = {s["site"]: s for s in summary["strategies"][strategy]["sites"]}, {}
     for name in names:
-        verdict = verdicts.get(name, "not decided")
+        site = sites.get(name)
+        verdict = "not decided" if site is None else site["verdict"]
+        if site is not None and site.get("label"):
+            verdict = f"{site['label']} (prior, not run)"
         counts[verdict] = counts.get(verdict, 0) + 1
     return f"{strategy}: " + ", ".join(f"{n} {v}" for v, n in counts.items())
 

@@ -19,6 +19,7 @@ CONTROLLED = ("plan", "geometry")  # the schedules judged against the random con
 SCAN_STRATEGIES = ("frozen", "crystal", "random", "zero")  # full is the baseline, always run
 MODES = ("prior", "adaptive", "exhaustive")
 GROUPS = ("layer", "role")
+RESTS = ("judge", "label")  # what the prior mode does with the sites it does not find first
 UNITS = ("matrix", "block")  # deadzone.training.units.UNITS (tests/test_cli.py checks)
 
 
@@ -102,8 +103,10 @@ class ScanConfig(ExperimentConfig):
     """What to scan: ``sites`` (names or globs; default every matrix inside the blocks) in each
     of ``strategies``; ``mode`` prior (runs spent by the baselines' attribution), adaptive
     (group testing) or exhaustive; ``groups``: how the adaptive search groups sites first;
-    ``confirm``: judge the sites the prior calls likely costly too. At least 2 seeds: the
-    fewest a judgement uses, and every exhaustive one."""
+    ``confirm``: judge the sites the prior calls likely costly too; ``rest``: whether the prior
+    mode judges the sites above the lowest-priors set found negligible together (``judge``) or
+    labels them by calibrated prior without a run (``label``). At least 2 seeds: the fewest a
+    judgement uses, and every exhaustive one."""
 
     MIN_SEEDS = 2
 
@@ -132,6 +135,14 @@ class ScanConfig(ExperimentConfig):
         "prior mode: judge the sites the prior calls likely costly too (otherwise they are "
         "labelled, not run)",
     )
+    rest: str = option(
+        "judge",
+        "prior mode: the sites above the lowest-priors set found negligible together are "
+        "judge: each judged, in packs by calibrated prior (the whole map); label: not run, "
+        "each labelled by its calibrated prior (a prior, not a verdict: the set and a few "
+        "runs only)",
+        listed=RESTS,
+    )
     groups: str = option(
         "layer",
         "how the adaptive search groups sites first: layer (all matrices of a block) or role "
@@ -151,6 +162,14 @@ class ScanConfig(ExperimentConfig):
             raise DeadzoneError(f"unknown mode {self.mode!r}; choose {', '.join(MODES)}")
         if self.groups not in GROUPS:
             raise DeadzoneError(f"groups must be 'layer' or 'role', not {self.groups!r}")
+        if self.rest not in RESTS:
+            raise DeadzoneError(f"--rest must be judge or label, not {self.rest!r}")
+        if self.rest == "label" and self.mode != "prior":
+            raise DeadzoneError(f"--rest label is for --mode prior, not {self.mode}")
+        if self.rest == "label" and self.confirm:
+            raise DeadzoneError(
+                "--confirm judges the likely costly sites; --rest label judges none"
+            )
 
     def check_seeds(self) -> None:
         seeds = self.seeds

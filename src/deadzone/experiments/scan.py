@@ -274,6 +274,7 @@ def _search(runs, state, config: ScanConfig, strategy, sites: list[Site], priori
             max_seeds=config.seeds,
             start_seeds=min(START_SEEDS, config.seeds),
             confirm=config.confirm,
+            judge_rest=config.rest == "judge",
             joint=False,
             decided=decided,
         )
@@ -490,8 +491,13 @@ def _split_line(strategy: str, part: dict) -> str:
         if part["calibrated_on"]
         else "priors not calibrated (no set refused)"
     )
+    rest = (
+        f"{sum(map(len, part['groups']))} judged in {len(part['groups'])} group(s)"
+        if part["groups"] or not part["middle"]
+        else f"{len(part['middle'])} not judged (--rest label)"
+    )
     return (
-        f"scan: {strategy} by prior: {found}; {calibrated}; {len(part['middle'])} judged alone, "
+        f"scan: {strategy} by prior: {found}; {calibrated}; {rest}, "
         f"{len(part['likely_costly'])} likely costly (prior)"
     )
 

@@ -331,6 +331,7 @@ def exhaustive(
 ABOVE = 4.0  # a calibrated prior over this multiple of the margin is "far above": likely costly
 PACK = 0.5  # the rest is judged in groups whose calibrated priors sum to at most this x margin
 LIKELY_COSTLY = "likely costly"  # the label of a prior, never a verdict
+NOT_JUDGED = "not judged"  # the label of a site left unjudged by choice (``judge_rest=False``)
 
 
 def deepest(accepted: Callable[[int], bool], high: int, first: int = 0) -> tuple[int, list[int]]:
@@ -422,6 +423,7 @@ def prior_search(
     start_seeds: int = 2,
     above: float = ABOVE,
     confirm: bool = False,
+    judge_rest: bool = True,
     joint: bool = True,
     decided: dict[str, dict] | None = None,
 ) -> dict:
@@ -441,7 +443,8 @@ def prior_search(
        the others, in ascending prior, are group-tested (:func:`search`) in groups whose
        calibrated priors sum to at most :data:`PACK` times the margin (:func:`pack`: a site
        above that alone), on sequential seeds (2 when the interval already lies on one side,
-       else more, up to ``max_seeds``);
+       else more, up to ``max_seeds``); without ``judge_rest`` none of them is run, each is
+       labelled ``not judged`` (a few runs for the set of step 1, no map of the rest);
     4. if ``joint``, every site found negligible is checked jointly (:func:`joint_check`).
 
     Returns :func:`search`'s record, each site's entry with its ``prior``, and ``priors``: the
@@ -485,7 +488,7 @@ def prior_search(
     calibrated = {n: prior[n] * factor for n in rest}
     high = [n for n in rest if calibrated[n] > above * margin]
     middle = [n for n in rest if n not in high] + [n for n in names if prior.get(n) is None]
-    judged_rest = middle + (high if confirm else [])
+    judged_rest = (middle + (high if confirm else [])) if judge_rest else []
     part = PriorSplit(
         ranked=ranked, candidates=ranked[:k], factor=factor, calibrated_on=on, middle=middle,
         groups=pack(judged_rest, calibrated, PACK * margin), likely_costly=high,
@@ -495,10 +498,12 @@ def prior_search(
     seeds = {"max_seeds": max_seeds, "start_seeds": start_seeds, "joint": False}
     second = search(ask, part.groups, priority=order, decided=sites, **seeds)
     steps += [{**step, "phase": "rest"} for step in second["steps"]]
-    for n in [] if confirm else part.likely_costly:
+    labels = {} if judge_rest else dict.fromkeys(middle, NOT_JUDGED)
+    labels |= {} if confirm and judge_rest else dict.fromkeys(high, LIKELY_COSTLY)
+    for n, label in labels.items():
         sites[n] = {"verdict": "undetermined", "cost": None, "interval": None,
                     "seeds_needed": None, "group_size": 1, "seeds": 0, "set": [n],
-                    "label": LIKELY_COSTLY}  # fmt: skip
+                    "label": label}  # fmt: skip
     for n in names:
         sites[n]["prior"] = prior.get(n)
     record = {"steps": steps, "sites": {n: sites[n] for n in names}, "joint": None}

@@ -261,8 +261,10 @@ def prior_text(summary: dict, strategy: str) -> str | None:
         else "no set was refused, so the priors were not calibrated"
     )
     rest = (
-        f"{len(part['middle'])} other sites were judged in {len(part['groups'])} "
-        f"group(s) by calibrated prior"
+        f"{sum(map(len, part['groups']))} other sites were judged in {len(part['groups'])} "
+        "group(s) by calibrated prior"
+        if part["groups"] or not part["middle"]
+        else f"{len(part['middle'])} other sites were not judged (--rest label: not run)"
     )
     labelled = len(part["likely_costly"])
     if labelled and not summary.get("confirm"):
