@@ -57,6 +57,7 @@ class Budget:
     scan_strategies: tuple[str, ...] = ("frozen", "random")
     scan_runs: int = 40  # the scan's runs the progress display expects (not known ahead)
     scan_mode: str = "prior"  # the scan's mode (deadzone.experiments.configs.MODES)
+    scan_rest: str = "judge"  # the prior mode's rest (deadzone.experiments.configs.RESTS)
     scan_seeds: int | None = None  # the scan's seeds (None: sweep_seeds)
     sweep_steps: int | None = None  # SFT steps of the scan's and freeze's runs (None: steps)
     sweep_seeds: int | None = None  # their seeds (None: seeds)
@@ -91,6 +92,7 @@ class Budget:
             "scan_sites": self.scan_sites,
             "scan_strategies": list(self.scan_strategies),
             "scan_mode": self.scan_mode,
+            "scan_rest": self.scan_rest,
             "scan_seeds": self.scan_seeds,
             "sweep_steps": self.sweep_steps,
             "sweep_seeds": self.sweep_seeds,
@@ -108,14 +110,10 @@ FULL = Budget(
     eval_every=50,
     max_length=128,
     workers=2,
-    scan_sites="L4.*",
     scan_strategies=("frozen",),
-    scan_runs=12,
-    # The whole model by prior (scan_sites=None, frozen and random, scan_mode="prior",
-    # scan_seeds=3) is not inside the budget yet: on builtin:tiny every frozen prior lies
-    # between a quarter of the margin and 4 times it, so all 32 are judged alone
-    # (docs/benchmarks.md, "Scan: the prior mode").
-    scan_mode="adaptive",
+    scan_runs=16,
+    scan_rest="label",  # the whole model by prior: the lowest priors' set judged, the rest not
+    scan_seeds=3,  # the prior mode's seed plan refuses 2 seeds of 20 steps
     sweep_steps=20,
     sweep_seeds=2,
     cut=(
@@ -123,11 +121,13 @@ FULL = Budget(
         "study's 10.2M-parameter model, 3 seeds of 50 SFT steps per strategy (the study's "
         "steps; 3 seeds, where the study ran 1, is the fewest that give an interval), "
         "evaluates at steps 0 and 50 only, cuts examples to the model's 128-token context, "
-        "and runs two runs at once. The scan covers the four matrices of block L4 only (not "
-        "all 32 block matrices) and the frozen strategy only (random is tested on L4 c_proj "
-        "by the crystallize stage), and the scan and freeze run 2 seeds of 20 steps each "
-        "(evaluated at steps 0 and 20), so their intervals are wide and many of their "
-        "verdicts undetermined."
+        "and runs two runs at once. The scan covers all 32 block matrices by prior in the "
+        "frozen strategy only (random is tested on L4 c_proj by the crystallize stage): it "
+        "finds the longest run of the lowest priors that is negligible together and labels "
+        "the other matrices by their calibrated prior without running them (deadzone scan "
+        "--rest judge maps each of them). The scan runs 3 seeds and the freeze stages 2 seeds, "
+        "of 20 steps each (evaluated at steps 0 and 20), so their intervals are wide and "
+        "many of their verdicts undetermined."
     ),
 )
 QUICK = Budget(
@@ -260,6 +260,7 @@ def _scan(ctx: Context) -> Done:
         sites=b.scan_sites,
         strategies=b.scan_strategies,
         mode=b.scan_mode,
+        rest=b.scan_rest,
         seeds=b.scan_seeds or b.sweeps(),
         data=b.data,
         max_length=b.max_length,
@@ -347,9 +348,9 @@ def stages() -> list[Stage]:
             "Scan",
             lambda b: (
                 f"{b.scan_sites or 'every block matrix'}: {', '.join(b.scan_strategies)}, "
-                f"{b.scan_mode}, {b.scan_seeds or b.sweeps()} seeds, {b.sweep_sft().steps} "
-                "steps; the effective "
-                "parameter count, jointly checked"
+                f"{b.scan_mode}{', the rest labelled' if b.scan_rest == 'label' else ''}, "
+                f"{b.scan_seeds or b.sweeps()} seeds, {b.sweep_sft().steps} steps; the "
+                "effective parameter count, jointly checked"
             ),
             _scan,
             lambda b: float(b.scan_runs),
