@@ -90,7 +90,10 @@ PREFIX = {  # the embeddings and block 0: a frozen prefix of depth 1
     "gpt2": ("transformer.wte", "transformer.wpe", "transformer.h.0."),
     "llama": ("model.embed_tokens", "model.layers.0."),
 }
-LATER = {"gpt2": ["transformer.h.1.mlp.c_fc.weight"], "llama": ["model.layers.1.mlp.up_proj.weight"]}
+LATER = {  # frozen at step 3
+    "gpt2": ["transformer.h.1.mlp.c_fc.weight"],
+    "llama": ["model.layers.1.mlp.up_proj.weight"],
+}
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
