@@ -16,7 +16,8 @@ Printed per variant: the process's peak resident set (VmHWM) over the run, that 
 checkpoint's size, and (peak - resident set before the model was loaded) / checkpoint size:
 the Python interpreter and torch's libraries alone hold about 0.4 GB, which is no part of what
 the model costs. Weights, gradients and AdamW's two moments are 4x the checkpoint in float32.
-Then where the peak goes, in MiB: the interpreter (resident before the model was loaded), the
+Then where the peak goes, in MiB: the interpreter (resident before the model was loaded), what
+loading the model added (its code's modules; its weights are a memory map left unread), the
 weights, gradients and moments by their sizes, the resident set once the last backward pass
 ended (the activations freed, every gradient and moment held), and what the peak held beyond
 that point: the activations and the loss's buffers of a backward pass, and freed memory the
@@ -67,6 +68,7 @@ def child(variant: str, directory: Path, steps: int) -> dict:
     before = status_kib("VmRSS") * 1024
     dtype = torch.bfloat16 if "bf16" in variant else torch.float32
     model, _ = load_model(str(directory), dtype=dtype)
+    loaded = status_kib("VmRSS") * 1024  # the model's code imported, its weights' map unread
     if variant == "deepcopy":
         model.name_or_path = ""  # not read back from files: run_one deep-copies it
     vocab = model.config.vocab_size
@@ -89,7 +91,7 @@ def child(variant: str, directory: Path, steps: int) -> dict:
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     return {
         "peak": status_kib("VmHWM") * 1024, "before": before, "seconds": record["seconds"],
-        "weights": weights, "after_backward": after.rss,
+        "weights": weights, "after_backward": after.rss, "loaded": loaded,
     }  # fmt: skip
 
 
@@ -141,9 +143,10 @@ def profile(r: dict) -> str:
     w = r["weights"]  # the gradients as large (every parameter trains), AdamW's moments twice
     held = r["after_backward"] - r["before"]
     return (
-        f"{'':12s} interpreter {r['before'] / mib:.0f}, weights {w / mib:.0f}, gradients "
-        f"{w / mib:.0f}, moments {2 * w / mib:.0f}; after the last "
-        f"backward {held / mib:.0f} above the interpreter; beyond it at the peak "
+        f"{'':12s} interpreter {r['before'] / mib:.0f}, loading the model "
+        f"{(r['loaded'] - r['before']) / mib:.0f}; weights {w / mib:.0f}, gradients "
+        f"{w / mib:.0f}, moments {2 * w / mib:.0f}; after the last backward pass "
+        f"{held / mib:.0f} above the interpreter; beyond it at the peak "
         f"{(r['peak'] - r['after_backward']) / mib:.0f}"
     )
 

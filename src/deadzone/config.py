@@ -90,7 +90,7 @@ class SFTConfig:
     gradient_checkpointing: bool = option(
         False,
         "keep only each block's input in the forward pass and recompute the rest in the backward "
-        "pass: less activation memory for about a third more compute (Hugging Face models)",
+        "pass: less activation memory for one more forward pass per step (Hugging Face models)",
     )
 
     def __post_init__(self) -> None:
