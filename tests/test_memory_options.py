@@ -8,6 +8,7 @@ import torch
 from conftest import VOCAB, tiny_gpt2, tiny_llama
 
 from deadzone.errors import DeadzoneError
+from deadzone.experiments.configs import CrystallizeConfig
 from deadzone.training.train import Hook, SFTConfig, SFTLoop
 
 SEQ = 16
@@ -122,3 +123,14 @@ def test_a_model_without_checkpointing_is_refused_before_training():
     config = SFTConfig(steps=1, gradient_checkpointing=True)
     with pytest.raises(DeadzoneError, match=r"^gradient_checkpointing: this model \(Bare\)"):
         SFTLoop(Bare(), TRAIN, EVAL, config, show_progress=False)
+
+
+def test_checkpointing_is_no_part_of_an_experiments_identity():
+    """It computes the same runs: an experiment may be resumed with it on or off."""
+    on, off = (
+        CrystallizeConfig(
+            model="m", targets="L0.attn.c_proj", sft=SFTConfig(gradient_checkpointing=flag)
+        ).sft_identity()
+        for flag in (True, False)
+    )
+    assert "gradient_checkpointing" not in on and on == off

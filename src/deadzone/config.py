@@ -326,7 +326,10 @@ class ExperimentConfig:
         check_int("seeds", self.seeds, self.MIN_SEEDS)
 
     def sft_identity(self) -> dict:
-        """The SFT config as a results identity holds it: less the seed, which each run takes."""
+        """The SFT config as a results identity holds it: less the seed, which each run takes,
+        and gradient checkpointing, which computes the same runs in less memory (an experiment
+        may be resumed with it turned on or off)."""
         sft = self.sft.to_dict()
         sft.pop("seed")
+        sft.pop("gradient_checkpointing")
         return sft
