@@ -8,12 +8,20 @@ through ``run_one``, as every experiment runs it. Side by side, each in a fresh 
 - ``deepcopy``: the run trains a deep copy of the loaded model (what ``run_one`` did);
 - ``reread``: the run trains a copy read back from the checkpoint's files
   (``deadzone.models.checkpoints.pristine_copy``), the loaded model's pages left unread;
-- ``reread-bf16``: the same with the model loaded in bfloat16 (``load_model(dtype=...)``).
+- ``reread-ckpt``: ``reread`` with ``SFTConfig(gradient_checkpointing=True)``: each block keeps
+  only its input, and its activations are recomputed in the backward pass;
+- ``reread-bf16``: ``reread`` with the model loaded in bfloat16 (``load_model(dtype=...)``).
 
 Printed per variant: the process's peak resident set (VmHWM) over the run, that peak / the
 checkpoint's size, and (peak - resident set before the model was loaded) / checkpoint size:
 the Python interpreter and torch's libraries alone hold about 0.4 GB, which is no part of what
 the model costs. Weights, gradients and AdamW's two moments are 4x the checkpoint in float32.
+Then where the peak goes, in MiB: the interpreter (resident before the model was loaded), what
+loading the model added (its code's modules; its weights are a memory map left unread), the
+weights, gradients and moments by their sizes, the resident set once the last backward pass
+ended (the activations freed, every gradient and moment held), and what the peak held beyond
+that point: the activations and the loss's buffers of a backward pass, and freed memory the
+allocator had not yet returned.
 
     python bench/memory.py                 # 135M shape, about 2 minutes per variant on a core
     python bench/memory.py --layers 8      # a smaller model of the same width
@@ -28,7 +36,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-VARIANTS = ("deepcopy", "reread", "reread-bf16")
+VARIANTS = ("deepcopy", "reread", "reread-ckpt", "reread-bf16")
 
 
 def status_kib(key: str) -> int:
@@ -46,12 +54,21 @@ def child(variant: str, directory: Path, steps: int) -> dict:
     from deadzone.experiments.runs import RunInputs, RunSpec, run_one
     from deadzone.models.checkpoints import load_model
     from deadzone.models.sites import find_sites
-    from deadzone.training.train import SFTConfig
+    from deadzone.training.train import Hook, SFTConfig
+
+    class AfterBackward(Hook):
+        """The resident set once each backward pass ended (the last one's is kept)."""
+
+        rss = 0
+
+        def on_after_backward(self, loop, step: int) -> None:
+            self.rss = status_kib("VmRSS") * 1024
 
     torch.set_num_threads(1)
     before = status_kib("VmRSS") * 1024
-    dtype = torch.bfloat16 if variant.endswith("bf16") else torch.float32
+    dtype = torch.bfloat16 if "bf16" in variant else torch.float32
     model, _ = load_model(str(directory), dtype=dtype)
+    loaded = status_kib("VmRSS") * 1024  # the model's code imported, its weights' map unread
     if variant == "deepcopy":
         model.name_or_path = ""  # not read back from files: run_one deep-copies it
     vocab = model.config.vocab_size
@@ -62,12 +79,20 @@ def child(variant: str, directory: Path, steps: int) -> dict:
         return Example(ids, ids)
 
     data = SFTData([example() for _ in range(4 * steps)], [example() for _ in range(4)], {})
-    config = SFTConfig(steps=steps, batch_size=4, eval_every=steps, lr=1e-4)
+    config = SFTConfig(
+        steps=steps, batch_size=4, eval_every=steps, lr=1e-4,
+        gradient_checkpointing="ckpt" in variant,
+    )  # fmt: skip
     inputs = RunInputs(model, {s.name: s for s in find_sites(model)}, data, 0, config)
     Path("/proc/self/clear_refs").write_text("5")  # the peak from here on
-    record = run_one(inputs, RunSpec("full", {}, seed=0), show_progress=False)
+    after = AfterBackward()
+    record = run_one(inputs, RunSpec("full", {}, seed=0), show_progress=False, hooks=[after])
     assert record["status"] == "ok", record["error"]
-    return {"peak": status_kib("VmHWM") * 1024, "before": before, "seconds": record["seconds"]}
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {
+        "peak": status_kib("VmHWM") * 1024, "before": before, "seconds": record["seconds"],
+        "weights": weights, "after_backward": after.rss, "loaded": loaded,
+    }  # fmt: skip
 
 
 def save_model(directory: Path, layers: int) -> int:
@@ -109,6 +134,21 @@ def main() -> None:
                 f"above the interpreter {(r['peak'] - r['before']) / size:.2f}x "
                 f"({r['seconds']:.0f} s)"
             )
+            print(profile(r))
+
+
+def profile(r: dict) -> str:
+    """Where the peak goes, in MiB (see the module's docstring)."""
+    mib = 2**20
+    w = r["weights"]  # the gradients as large (every parameter trains), AdamW's moments twice
+    held = r["after_backward"] - r["before"]
+    return (
+        f"{'':12s} interpreter {r['before'] / mib:.0f}, loading the model "
+        f"{(r['loaded'] - r['before']) / mib:.0f}; weights {w / mib:.0f}, gradients "
+        f"{w / mib:.0f}, moments {2 * w / mib:.0f}; after the last backward pass "
+        f"{held / mib:.0f} above the interpreter; beyond it at the peak "
+        f"{(r['peak'] - r['after_backward']) / mib:.0f}"
+    )
 
 
 if __name__ == "__main__":

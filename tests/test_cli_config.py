@@ -175,6 +175,25 @@ def test_site_globs_are_checked_against_the_checkpoint_header_before_loading(
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("eval_too", [False, True])
+def test_exact_match_on_plain_text_is_refused_before_loading(
+    setup,  # noqa: F811
+    tmp_path,
+    capsys,
+    no_loading,
+    eval_too,
+):
+    model, data = setup  # prompt/completion rows
+    text = tmp_path / "plain.txt"
+    text.write_text("a line of plain text\n" * 20)
+    # plain text as the data a share is held out of, or as the eval data beside prompt/completion
+    data_args = ["--data", data, "--eval-data", str(text)] if eval_too else ["--data", str(text)]
+    argv = ["crystallize", model, "--target", "L0.attn.c_proj", *data_args]
+    err = run_cli([*argv, "--endpoint", "exact_match", "--out", str(tmp_path / "o")], capsys)
+    assert "--endpoint exact_match needs prompt/completion or chat eval examples" in err
+    assert "is plain text (text)" in err
+
+
 def test_mode_lists_its_choices_in_the_help_and_the_error(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["scan", "--help"])

@@ -57,7 +57,9 @@ class SFTConfig:
     decays along a cosine to ``min_lr_ratio * lr``. ``mixed_precision="auto"`` uses bf16 where
     the device computes it natively. ``deterministic`` asks torch for deterministic kernels.
     ``cache_prefix`` keeps the frozen prefix's output per example, so that later epochs skip
-    its forward pass (``deadzone.training.prefix``).
+    its forward pass (``deadzone.training.prefix``). ``gradient_checkpointing`` recomputes each
+    block's activations in the backward pass instead of keeping them (Hugging Face's
+    non-reentrant activation checkpointing).
     """
 
     steps: int = option(50, "SFT optimizer steps per run")
@@ -84,6 +86,11 @@ class SFTConfig:
         False,
         "keep the wholly frozen prefix's output per example so that later epochs skip its "
         "forward pass (refused unless the prefix is deterministic and the data the same)",
+    )
+    gradient_checkpointing: bool = option(
+        False,
+        "keep only each block's input in the forward pass and recompute the rest in the backward "
+        "pass: less activation memory for one more forward pass per step (Hugging Face models)",
     )
 
     def __post_init__(self) -> None:
@@ -319,7 +326,10 @@ class ExperimentConfig:
         check_int("seeds", self.seeds, self.MIN_SEEDS)
 
     def sft_identity(self) -> dict:
-        """The SFT config as a results identity holds it: less the seed, which each run takes."""
+        """The SFT config as a results identity holds it: less the seed, which each run takes,
+        and gradient checkpointing, which computes the same runs in less memory (an experiment
+        may be resumed with it turned on or off)."""
         sft = self.sft.to_dict()
         sft.pop("seed")
+        sft.pop("gradient_checkpointing")
         return sft

@@ -98,10 +98,12 @@ def prepare(
     """Load the model, tokenizer, sites and data of ``config`` once. ``check(model, sites)``
     (the recipe's: select its sites, build its schedules) runs on the loaded model before any
     data is built; what it returns is ``Prepared.chosen``. The model is loaded in
-    ``config.dtype``; ``--endpoint exact_match`` on data with nothing to complete is refused
-    before any run."""
+    ``config.dtype``; ``--endpoint exact_match`` on eval data of plain text is refused before
+    the model loads, and on examples left with nothing to complete once tokenized, before any
+    run."""
     from deadzone.models.checkpoints import load_model
 
+    check_endpoint_early(config)
     model, tokenizer = load_model(config.model, dtype=load_dtype(config))
     if tokenizer is None:
         raise DeadzoneError(f"{config.model} has no tokenizer; SFT needs one")
@@ -124,18 +126,43 @@ def load_dtype(config: ExperimentConfig):
     return weight_dtype(config.dtype, torch.device("cpu") if config.sft.cpu else None)
 
 
+def check_endpoint_early(config: ExperimentConfig) -> None:
+    """``--endpoint exact_match`` needs eval rows with something to complete: refused here,
+    before the model or tokenizer loads, when every table the eval examples come from (the
+    ``--eval-data``, a builtin's eval split, else the ``--data`` a share is held out of) is
+    plain text. The rows' shapes are read from their columns; nothing is tokenized."""
+    if config.endpoint != "exact_match":
+        return
+    from deadzone.data.formats import TEXT, table_format
+    from deadzone.data.sources import is_builtin, read_spec
+
+    spec, split = config.data, "train"
+    if config.eval_data is not None:
+        spec, split = config.eval_data, "eval"
+    elif is_builtin(spec):
+        split = "eval"
+    formats = {table_format(table) for table in read_spec(spec, split)}
+    if formats <= {TEXT}:
+        raise _nothing_to_complete(config, "+".join(sorted(formats)))
+
+
 def check_endpoint(config: ExperimentConfig, inputs: RunInputs) -> None:
-    """``--endpoint exact_match`` needs eval examples with a prompt to complete."""
+    """``--endpoint exact_match`` needs eval examples with a prompt to complete, once tokenized
+    (rows with a prompt may still leave none: :func:`check_endpoint_early` reads only shapes)."""
     from deadzone.training.metrics import targets
 
     if config.endpoint != "exact_match":
         return
     scored = inputs.data.eval[: config.exact_match_examples]
     if not any(targets(example) for example in scored):
-        raise DeadzoneError(
-            f"--endpoint exact_match needs prompt/completion or chat eval examples; the eval "
-            f"data of {config.data} is plain text ({inputs.data.info.get('format')})"
-        )
+        raise _nothing_to_complete(config, inputs.data.info.get("format"))
+
+
+def _nothing_to_complete(config: ExperimentConfig, fmt: str | None) -> DeadzoneError:
+    return DeadzoneError(
+        f"--endpoint exact_match needs prompt/completion or chat eval examples; the eval "
+        f"data of {config.data} is plain text ({fmt})"
+    )
 
 
 def check_vocabulary(model, tokenizer) -> None:

@@ -161,7 +161,11 @@ def _reread(model: torch.nn.Module) -> torch.nn.Module | None:
 
 
 def _same_sample(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    """Same parameter names and shapes, and the same first, middle and last value of each."""
+    """Same parameter names and shapes, and the same first and last value of each.
+
+    Only the ends: a parameter's ends lie next to its neighbours' in the file, so reading them
+    maps few pages of the memory-mapped weights, where a value from the middle of each mapped
+    another 0.4x of a 135M model's checkpoint into the resident set (``bench/memory.py``)."""
     pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
     if pa.keys() != pb.keys():
         return False
@@ -170,7 +174,7 @@ def _same_sample(a: torch.nn.Module, b: torch.nn.Module) -> bool:
         if x.shape != y.shape or x.dtype != y.dtype:
             return False
         n = x.numel()
-        at = torch.tensor(sorted({0, n // 2, n - 1}), dtype=torch.long)
+        at = torch.tensor(sorted({0, n - 1}), dtype=torch.long)
         fx, fy = x.detach().reshape(-1)[at], y.detach().reshape(-1)[at]
         if not torch.equal(fx.view(-1).cpu(), fy.view(-1).cpu()):
             return False

@@ -125,6 +125,21 @@ def build_optimizer(model: torch.nn.Module, config: SFTConfig) -> torch.optim.Ad
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
 
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """Hugging Face's activation checkpointing of ``model``'s blocks, non-reentrant (frozen
+    inputs, a frozen prefix run without autograd and a trainable set that changes mid-run all
+    work with it); a one-line DeadzoneError for a model that does not support it. The model's
+    forward passes already ask for no key/value cache (:func:`loss_sum`)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        kind = getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
+        raise DeadzoneError(f"gradient_checkpointing: this model ({kind}) does not support it")
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # its name from transformers 5.x on
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def lr_factor(step: int, config: SFTConfig) -> float:
     """Multiplier of ``lr`` for optimizer step ``step`` (0-based): linear warmup, cosine decay."""
     return warmup_factor(step, config) * decay_factor(step, config)
@@ -316,6 +331,8 @@ class SFTLoop:
         self.config = config
         self.accelerator = accelerator or make_accelerator(config)
         acc = self.accelerator
+        if config.gradient_checkpointing:
+            enable_checkpointing(model)
         self.trainable_params = sum(p.numel() for p in trainable_parameters(model))
         optimizer = build_optimizer(model, config)
         self.model, self.optimizer = acc.prepare(model, optimizer)
