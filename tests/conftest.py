@@ -1,21 +1,28 @@
-"""Shared fixtures: tiny models of each named family, built from configs (no downloads); a real
-crystallize experiment of a micro GPT-2; headless Chromium for the browser tier."""
+"""Shared fixtures and helpers: tiny models of each named family, built from configs (no
+downloads); a real crystallize experiment of a micro GPT-2; headless Chromium for the browser
+tier; and every fixture, helper or constant that more than one test module uses (test modules
+import from here, never from each other)."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import math
 import os
+import random
 import select
 import shutil
 import subprocess
 import time
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image as PILImage
+from scipy import stats
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
@@ -30,6 +37,11 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
+
+from deadzone.experiments import scan, search
+from deadzone.experiments.crystallize import CrystallizeConfig
+from deadzone.experiments.scan import ScanConfig
+from deadzone.training.train import Hook, SFTConfig, computed
 
 try:
     import fcntl
@@ -201,8 +213,7 @@ def prompt_rows(n: int) -> list[dict]:
 def run_crystallize(root, strategies: tuple[str, ...], rows: int = 40):
     """A real crystallize experiment of a micro GPT-2 on L1.attn.c_proj (2 steps, 2 seeds) in
     ``root/exp``, on ``rows`` prompt/completion rows."""
-    from deadzone.experiments.crystallize import CrystallizeConfig, crystallize
-    from deadzone.training.train import SFTConfig
+    from deadzone.experiments.crystallize import crystallize
 
     model, data = save_micro_experiment(root, prompt_rows(rows))
     config = CrystallizeConfig(
@@ -425,3 +436,207 @@ def _legends_on_data(fig) -> list[str]:
             if ax.get_visible() and ax.get_label() != "<colorbar>" and box.overlaps(ax.bbox):
                 found.append(f"legend {[t.get_text() for t in legend.texts]} on {ax.get_title()}")
     return found
+
+
+# --- the crystallize experiment's micro GPT-2, for the modules that run commands on it ---------
+
+WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+WORDS += ["iota", "kappa", "lambda", "mu", "nu", "xi", "omicron"]
+
+
+def rows(n: int) -> list[dict]:
+    return [
+        {
+            "prompt": f"Say {WORDS[i % 15]} then {WORDS[(3 * i) % 15]}:",
+            "completion": f" {WORDS[i % 15]} {WORDS[(3 * i) % 15]} {WORDS[(i + 1) % 15]}.",
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A micro GPT-2 and its tokenizer in Hugging Face format, and a prompt/completion file."""
+    model, path = save_micro_experiment(tmp_path_factory.mktemp("crystallize"), rows(48))
+    return str(model), str(path)
+
+
+def config(setup, **kwargs) -> CrystallizeConfig:
+    model, data = setup
+    sft = SFTConfig(steps=3, lr=3e-3, batch_size=4, eval_every=3, **kwargs.pop("sft", {}))
+    base = dict(model=model, targets="L1.attn.c_proj", seeds=2, data=data, max_length=48, sft=sft)
+    return CrystallizeConfig(**(base | kwargs))
+
+
+def build_micro(root):
+    """A micro GPT-2 with its tokenizer in ``root / "model"``, and a prompt/completion file."""
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota"]
+    data = [
+        {"prompt": f"Say {words[i % 9]}:", "completion": f" {words[(2 * i) % 9]} {words[i % 9]}."}
+        for i in range(24)
+    ]
+    return save_micro_experiment(root, data)
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    return build_micro(tmp_path_factory.mktemp("micro"))
+
+
+# --- commands run in another process -----------------------------------------------------------
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+TESTS = str(Path(__file__).resolve().parent)
+
+
+def by_key(doc: dict) -> dict[str, dict]:
+    return {r["key"]: computed(r) for r in doc["runs"]}
+
+
+# --- the SFT loop on tiny GPT-2s with random-token batches -------------------------------------
+
+SEQ = 16
+
+
+def gpt2(n_layer: int = 4) -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=n_layer, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=SEQ)
+    return GPT2LMHeadModel(config)
+
+
+def no_dropout_gpt2() -> GPT2LMHeadModel:
+    model = gpt2(2)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model
+
+
+def make_batch(gen: torch.Generator, batch_size: int = 4) -> dict[str, torch.Tensor]:
+    """Random tokens; a random prompt (no loss) and right padding per row."""
+    input_ids = torch.randint(0, VOCAB, (batch_size, SEQ), generator=gen)
+    lengths = torch.randint(SEQ // 2, SEQ + 1, (batch_size,), generator=gen)
+    prompts = torch.randint(1, SEQ // 4, (batch_size,), generator=gen)
+    pos = torch.arange(SEQ)
+    attention_mask = (pos < lengths[:, None]).long()
+    labels = input_ids.masked_fill((attention_mask == 0) | (pos < prompts[:, None]), -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def batches(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [make_batch(gen) for _ in range(n)]
+
+
+TRAIN, EVAL = batches(6, seed=1), batches(2, seed=2)
+
+# Freezing mid-run under two processes (test_freezing runs it, and its launched script imports it).
+DDP_CONFIG = SFTConfig(steps=5, lr=3e-3, eval_every=5, warmup_steps=1, seed=0, cpu=True)
+BLOCK0 = [
+    "transformer.h.0.ln_1.weight", "transformer.h.0.ln_1.bias",
+    "transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_attn.bias",
+    "transformer.h.0.attn.c_proj.weight", "transformer.h.0.attn.c_proj.bias",
+    "transformer.h.0.ln_2.weight", "transformer.h.0.ln_2.bias",
+    "transformer.h.0.mlp.c_fc.weight", "transformer.h.0.mlp.c_fc.bias",
+    "transformer.h.0.mlp.c_proj.weight", "transformer.h.0.mlp.c_proj.bias",
+]  # fmt: skip
+
+
+class FreezeAtStep(Hook):
+    """Block 0 whole and one matrix of block 1 at step 3, and the matrix back at step 5."""
+
+    def on_step_start(self, loop, step):
+        if step == 3:
+            loop.freeze([*BLOCK0, "transformer.h.1.mlp.c_fc.weight"])
+        if step == 5:
+            loop.unfreeze(["transformer.h.1.mlp.c_fc.weight"])
+
+
+# --- SFT data: a chat template and sentences to train a tokenizer on ---------------------------
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+SENTENCES = [
+    "What is two plus two? Four.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Write the docstring for this function: def add(a, b): Return the sum of a and b.",
+    "Hello world, hello tokenizer, hello deadzone.",
+]
+
+
+# --- the scan's judging, from synthetic run records --------------------------------------------
+
+TIGHT = (0.001, 0.0012, 0.0008)  # per-seed costs: p far below 0.05/4
+
+
+def record(key: str, final: float, step0: float | None = None, status: str = "ok") -> dict:
+    return {"key": key, "status": status, "final_eval_loss": final, "step0_eval_loss": step0}
+
+
+def judging_config(**kwargs) -> ScanConfig:
+    return ScanConfig(model="m", **kwargs)
+
+
+def claims_runs(costs: dict[tuple[str, tuple[str, ...]], tuple[float, ...]]) -> dict:
+    """Baselines of gain 1 on 3 seeds and one run per (strategy, set of sites) and seed."""
+    out = {f"full/seed{s}": record(f"full/seed{s}", 2.0, 3.0) for s in range(3)}
+    for (strategy, names), per_seed in costs.items():
+        for seed, c in enumerate(per_seed):
+            key = scan.set_key(strategy, names, seed)
+            out[key] = record(key, 2.0 + c)
+    return out
+
+
+def searched(names: list[str], group: list[str], verdict: str = "undetermined") -> dict:
+    site = {"verdict": verdict, "cost": None, "interval": None, "seeds_needed": None,
+            "group_size": len(group), "seeds": 3, "set": group}  # fmt: skip
+    return {n: dict(site) for n in names}
+
+
+# --- the adaptive search against a synthetic oracle --------------------------------------------
+
+MARGIN = 0.02  # share of the fine-tuning gain
+
+
+class Oracle:
+    """Per-seed paired costs ``cost(sites) + noise``; the noise of a (set, seed) pair is drawn
+    from a hash of both, so the same question always gets the same answer."""
+
+    def __init__(self, costs: dict[str, float], noise: float, interactions=(), seed: int = 0):
+        self.costs, self.noise, self.seed = costs, noise, seed
+        self.interactions = interactions  # ((site, site, extra cost), ...)
+        self.asked: list[tuple[frozenset[str], int]] = []
+
+    def true_cost(self, sites: frozenset[str]) -> float:
+        extra = sum(c for a, b, c in self.interactions if a in sites and b in sites)
+        return sum(self.costs[s] for s in sites) + extra
+
+    def per_seed(self, sites: frozenset[str], seed: int) -> float:
+        key = f"{self.seed}|{','.join(sorted(sites))}|{seed}".encode()
+        return self.true_cost(sites) + random.Random(zlib.crc32(key)).gauss(0.0, self.noise)
+
+    def __call__(self, sites: frozenset[str], seeds: int) -> search.Judgement:
+        self.asked.append((sites, seeds))
+        return t_judgement([self.per_seed(sites, k) for k in range(seeds)])
+
+
+def t_judgement(diffs: list[float], level: float = 0.95) -> search.Judgement:
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    t = stats.t.ppf(0.5 + level / 2, n - 1)
+    lo, hi = mean - t * sd / math.sqrt(n), mean + t * sd / math.sqrt(n)
+    if hi < 0:
+        verdict = "better"
+    elif hi < MARGIN:
+        verdict = "negligible"
+    elif lo > MARGIN:
+        verdict = "costly"
+    else:
+        verdict = "undetermined"
+    needed = None
+    if verdict == "undetermined" and mean != MARGIN:
+        needed = math.ceil((stats.t.ppf(0.5 + level / 2, 20) * sd / abs(mean - MARGIN)) ** 2)
+    return search.Judgement(verdict, mean, (lo, hi), needed)

@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from conftest import save_micro_experiment, tiny_gpt2, tiny_llama
+from conftest import tiny_gpt2, tiny_llama
 
 from deadzone.cli import main
 
@@ -103,21 +103,6 @@ def test_output_path_that_is_a_directory_is_refused_before_analysis(
 
 
 # --- crystallize --------------------------------------------------------------------------------
-
-
-def build_micro(root):
-    """A micro GPT-2 with its tokenizer in ``root / "model"``, and a prompt/completion file."""
-    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota"]
-    data = [
-        {"prompt": f"Say {words[i % 9]}:", "completion": f" {words[(2 * i) % 9]} {words[i % 9]}."}
-        for i in range(24)
-    ]
-    return save_micro_experiment(root, data)
-
-
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    return build_micro(tmp_path_factory.mktemp("micro"))
 
 
 def crystallize(capsys, model, data, out, *argv: str) -> tuple[int, str, str]:

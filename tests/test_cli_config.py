@@ -9,10 +9,9 @@ import logging
 import subprocess
 import sys
 import typing
-from pathlib import Path
 
 import pytest
-from test_crystallize import setup  # noqa: F401 (a fixture)
+from conftest import SRC
 
 from deadzone.cli import build_parser, main
 from deadzone.cli.options import shown
@@ -25,7 +24,6 @@ from deadzone.experiments.configs import (
     ScanConfig,
 )
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 COMMANDS = {
     "crystallize": [CrystallizeConfig],
     "scan": [ScanConfig],
@@ -144,7 +142,7 @@ def run_cli(argv: list[str], capsys) -> str:
     return err
 
 
-def test_an_unknown_geometry_metric_is_refused_before_loading(setup, tmp_path, capsys, no_loading):  # noqa: F811
+def test_an_unknown_geometry_metric_is_refused_before_loading(setup, tmp_path, capsys, no_loading):
     model, data = setup
     argv = ["freeze", model, "--schedule", "geometry:participation", "--data", data]
     err = run_cli([*argv, "--out", str(tmp_path / "o")], capsys)
@@ -160,7 +158,7 @@ def test_an_unknown_geometry_metric_is_refused_before_loading(setup, tmp_path, c
     ],
 )
 def test_site_globs_are_checked_against_the_checkpoint_header_before_loading(
-    setup,  # noqa: F811
+    setup,
     tmp_path,
     capsys,
     no_loading,
@@ -203,7 +201,7 @@ def test_mode_lists_its_choices_in_the_help_and_the_error(capsys):
 
 
 def test_a_geometry_schedule_alone_runs_with_a_warning_that_it_has_no_control(
-    setup,  # noqa: F811
+    setup,
     tmp_path,
     caplog,
     capsys,
@@ -239,7 +237,7 @@ class OtherProcess:
         pass
 
 
-def test_only_the_main_process_takes_the_out_lock(setup, tmp_path, monkeypatch):  # noqa: F811
+def test_only_the_main_process_takes_the_out_lock(setup, tmp_path, monkeypatch):
     import accelerate
 
     from deadzone.experiments.runs import writing

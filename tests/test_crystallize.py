@@ -8,13 +8,12 @@ import sys
 
 import pytest
 import torch
-from conftest import save_micro_experiment
+from conftest import config
 
 from deadzone import fileio
 from deadzone.cli import build_parser, main
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.crystallize import (
-    CrystallizeConfig,
     crystallize,
     plan_runs,
     summarize,
@@ -25,34 +24,6 @@ from deadzone.report.table import to_markdown, to_text
 from deadzone.schema import SCHEMA_VERSION
 from deadzone.training import strategies
 from deadzone.training.train import SFTConfig, computed
-
-WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
-WORDS += ["iota", "kappa", "lambda", "mu", "nu", "xi", "omicron"]
-
-
-def rows(n: int) -> list[dict]:
-    return [
-        {
-            "prompt": f"Say {WORDS[i % 15]} then {WORDS[(3 * i) % 15]}:",
-            "completion": f" {WORDS[i % 15]} {WORDS[(3 * i) % 15]} {WORDS[(i + 1) % 15]}.",
-        }
-        for i in range(n)
-    ]
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A micro GPT-2 and its tokenizer in Hugging Face format, and a prompt/completion file."""
-    model, path = save_micro_experiment(tmp_path_factory.mktemp("crystallize"), rows(48))
-    return str(model), str(path)
-
-
-def config(setup, **kwargs) -> CrystallizeConfig:
-    model, data = setup
-    sft = SFTConfig(steps=3, lr=3e-3, batch_size=4, eval_every=3, **kwargs.pop("sft", {}))
-    base = dict(model=model, targets="L1.attn.c_proj", seeds=2, data=data, max_length=48, sft=sft)
-    return CrystallizeConfig(**(base | kwargs))
-
 
 TOP_KEYS = [
     "schema_version", "experiment", "model", "targets", "ranks", "steps", "seeds", "data", "config",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from test_crystallize import config, setup  # noqa: F401 (setup is a fixture)
+from conftest import SRC, by_key, config
 
 from deadzone import fileio
 from deadzone.cli import main
@@ -24,14 +24,9 @@ from deadzone.experiments.execute import Pool, Ray, RunTask, make_executor, thre
 from deadzone.experiments.runs import writing
 from deadzone.locks import file_lock
 from deadzone.training import strategies
-from deadzone.training.train import RunFailed, computed
+from deadzone.training.train import RunFailed
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 FOUR = ("full", "frozen", "crystal", "random")
-
-
-def by_key(doc: dict) -> dict[str, dict]:
-    return {r["key"]: computed(r) for r in doc["runs"]}
 
 
 def env() -> dict:
@@ -39,7 +34,7 @@ def env() -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(setup, tmp_path_factory):  # noqa: F811
+def reference(setup, tmp_path_factory):
     """Four strategies, one seed, in this process on one thread: the records to match."""
     out = tmp_path_factory.mktemp("reference")
     with pytest.MonkeyPatch.context() as mp:  # one thread, whatever else the machine runs
@@ -50,7 +45,7 @@ def reference(setup, tmp_path_factory):  # noqa: F811
 
 
 def test_the_pool_and_a_local_ray_cluster_give_the_records_of_the_in_process_run(
-    setup,  # noqa: F811
+    setup,
     reference,
     tmp_path,
     monkeypatch,
@@ -67,7 +62,7 @@ def test_the_pool_and_a_local_ray_cluster_give_the_records_of_the_in_process_run
 
 
 def test_a_killed_worker_is_retried_then_its_run_fails_and_the_others_go_on(
-    setup,  # noqa: F811
+    setup,
     reference,
     tmp_path,
     monkeypatch,
@@ -99,7 +94,7 @@ def test_a_killed_worker_is_retried_then_its_run_fails_and_the_others_go_on(
 
 
 def test_a_pool_entered_once_serves_every_experiment_inside_it_with_the_drivers_data(
-    setup,  # noqa: F811
+    setup,
     reference,
     tmp_path,
     monkeypatch,
@@ -120,7 +115,7 @@ def test_a_pool_entered_once_serves_every_experiment_inside_it_with_the_drivers_
     assert by_key(first) == by_key(second) == {k: reference[k] for k in by_key(first)}
 
 
-def tasks_data(setup, cfg):  # noqa: F811
+def tasks_data(setup, cfg):
     """The DataRef of ``cfg``'s runs, as the driver plans them."""
     from deadzone.experiments.crystallize import plan
 
@@ -128,7 +123,7 @@ def tasks_data(setup, cfg):  # noqa: F811
     return prepared.data_ref
 
 
-def test_a_worker_builds_its_inputs_from_the_data_the_driver_sent(setup):  # noqa: F811
+def test_a_worker_builds_its_inputs_from_the_data_the_driver_sent(setup):
     from dataclasses import replace
 
     from deadzone.experiments import execute
@@ -150,7 +145,7 @@ def test_a_worker_builds_its_inputs_from_the_data_the_driver_sent(setup):  # noq
 
 KILLED_DRIVER = """
 import sys, time
-from test_crystallize import config
+from conftest import config
 from deadzone.experiments.crystallize import crystallize
 model, data, out = sys.argv[1:4]
 cfg = config((model, data), strategies=("full", "frozen", "crystal", "random"), seeds=1)
@@ -159,7 +154,7 @@ crystallize(cfg, out, show_progress=False, on_record=lambda r: time.sleep(0.5))
 
 
 def test_a_killed_driver_resumes_losing_and_repeating_nothing(
-    setup,  # noqa: F811
+    setup,
     reference,
     tmp_path,
     monkeypatch,
@@ -190,7 +185,7 @@ def test_a_killed_driver_resumes_losing_and_repeating_nothing(
 
 
 @pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["inprocess", "pool"])
-def test_ctrl_c_keeps_finished_runs_and_exits_130_with_one_line(setup, tmp_path, workers):  # noqa: F811
+def test_ctrl_c_keeps_finished_runs_and_exits_130_with_one_line(setup, tmp_path, workers):
     model, data = setup
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "deadzone.cli", "crystallize", model, "--target",
@@ -228,7 +223,7 @@ with file_lock(sys.argv[1], wait=False):
 
 
 def test_a_live_writer_locks_the_output_directory_and_a_dead_one_does_not(
-    setup,  # noqa: F811
+    setup,
     tmp_path,
     capsys,
 ):
@@ -258,7 +253,7 @@ def test_a_live_writer_locks_the_output_directory_and_a_dead_one_does_not(
         pass
 
 
-def test_more_seeds_and_another_strategy_reuse_the_finished_runs(setup, tmp_path):  # noqa: F811
+def test_more_seeds_and_another_strategy_reuse_the_finished_runs(setup, tmp_path):
     first = crystallize(config(setup, strategies=("full", "zero"), seeds=1), tmp_path)
     ran: list[dict] = []
     more = config(setup, strategies=("full", "frozen", "zero"), seeds=2)
@@ -279,7 +274,7 @@ def unappliable(model, site, ctx):
     raise RunFailed(f"{site.name} cannot be crystallized: its matrix holds NaN")
 
 
-def test_a_strategy_that_cannot_be_applied_fails_its_run_only(setup, tmp_path, monkeypatch):  # noqa: F811
+def test_a_strategy_that_cannot_be_applied_fails_its_run_only(setup, tmp_path, monkeypatch):
     monkeypatch.setitem(strategies.STRATEGIES, "zero", unappliable)
     doc = crystallize(config(setup, strategies=("full", "zero"), seeds=1), tmp_path)
     runs = {r["key"]: r for r in doc["runs"]}
@@ -315,7 +310,7 @@ def test_threads_per_run_honours_threads_then_omp_then_idle_cores(monkeypatch):
         (["--backend", "ray", "--ray-address", "nowhere"], "is not HOST:PORT"),
     ],
 )
-def test_bad_execution_options_are_one_line_and_exit_2(setup, tmp_path, capsys, args, message):  # noqa: F811
+def test_bad_execution_options_are_one_line_and_exit_2(setup, tmp_path, capsys, args, message):
     model, data = setup
     argv = ["crystallize", model, "--target", "L1.attn.c_proj", "--data", data, *args,
             "--out", str(tmp_path / "o")]  # fmt: skip
@@ -337,7 +332,7 @@ def test_ray_missing_names_the_extra_to_install(monkeypatch):
         make_executor("ray")
 
 
-def test_a_checkpoint_missing_a_weight_is_refused(setup, tmp_path, capsys):  # noqa: F811
+def test_a_checkpoint_missing_a_weight_is_refused(setup, tmp_path, capsys):
     model, data = setup
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -6,8 +6,7 @@ import re
 
 import pytest
 import torch
-from conftest import save_micro_experiment
-from test_crystallize import rows
+from conftest import rows, save_micro_experiment
 from transformers import AutoModelForCausalLM
 
 from deadzone import fileio, plans

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import EVAL, TRAIN, no_dropout_gpt2, tiny_gpt2
+from conftest import BLOCK0, DDP_CONFIG, EVAL, TRAIN, FreezeAtStep, gpt2, no_dropout_gpt2
 
 from deadzone.errors import DeadzoneError
 from deadzone.training.freezing import optimizer_state_bytes
@@ -18,14 +18,6 @@ from deadzone.training.train import Hook, SFTConfig, SFTLoop
 
 CONFIG = SFTConfig(steps=6, lr=3e-3, eval_every=3, warmup_steps=1, seed=0)
 MATRIX = "transformer.h.0.mlp.c_fc.weight"
-BLOCK0 = [
-    "transformer.h.0.ln_1.weight", "transformer.h.0.ln_1.bias",
-    "transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_attn.bias",
-    "transformer.h.0.attn.c_proj.weight", "transformer.h.0.attn.c_proj.bias",
-    "transformer.h.0.ln_2.weight", "transformer.h.0.ln_2.bias",
-    "transformer.h.0.mlp.c_fc.weight", "transformer.h.0.mlp.c_fc.bias",
-    "transformer.h.0.mlp.c_proj.weight", "transformer.h.0.mlp.c_proj.bias",
-]  # fmt: skip
 PREFIX = ["transformer.wte.weight", "transformer.wpe.weight", *BLOCK0]
 
 
@@ -57,7 +49,7 @@ class At(Hook):
 
 
 def run(hook: Hook, model=None, config: SFTConfig = CONFIG):
-    loop = SFTLoop(model or tiny_gpt2(), TRAIN, EVAL, config, show_progress=False, hooks=[hook])
+    loop = SFTLoop(model or gpt2(2), TRAIN, EVAL, config, show_progress=False, hooks=[hook])
     return loop, loop.run()
 
 
@@ -119,7 +111,7 @@ def test_frozen_prefix_is_never_reached_by_the_backward_pass(checkpointing):
     """Embeddings and every parameter of block 0 frozen: no gradient, and no autograd graph
     below block 1 (its input does not require grad, so backward stops there) — also with
     gradient checkpointing, whose hook would otherwise make the embeddings' output need grad."""
-    model = tiny_gpt2()
+    model = gpt2(2)
     if checkpointing:
         model.activation_checkpointing_enable()
         assert model._require_grads_hooks
@@ -199,8 +191,7 @@ def test_freezing_everything_is_refused():
 DDP_SCRIPT = """
 import json, sys, torch
 sys.path.insert(0, {tests!r})
-from test_freezing import DDP_CONFIG, FreezeAtStep
-from test_train import EVAL, TRAIN, no_dropout_gpt2
+from conftest import DDP_CONFIG, EVAL, TRAIN, FreezeAtStep, no_dropout_gpt2
 from deadzone.training.train import SFTLoop
 
 torch.set_num_threads(1)
@@ -211,17 +202,6 @@ names = [n for n, p in loop.module.named_parameters() if not p.requires_grad]
 if torch.distributed.get_rank() == 0:
     json.dump(result.to_dict() | {{"frozen": names}}, open(sys.argv[1], "w"))
 """
-DDP_CONFIG = SFTConfig(steps=5, lr=3e-3, eval_every=5, warmup_steps=1, seed=0, cpu=True)
-
-
-class FreezeAtStep(Hook):
-    """Block 0 whole and one matrix of block 1 at step 3, and the matrix back at step 5."""
-
-    def on_step_start(self, loop, step):
-        if step == 3:
-            loop.freeze([*BLOCK0, "transformer.h.1.mlp.c_fc.weight"])
-        if step == 5:
-            loop.unfreeze(["transformer.h.1.mlp.c_fc.weight"])
 
 
 @pytest.mark.slow

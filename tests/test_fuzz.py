@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import tiny_gpt2
+from conftest import CHAT_TEMPLATE, SENTENCES, tiny_gpt2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -99,7 +99,6 @@ def encoded(text: str, encoding: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from test_sft_data import CHAT_TEMPLATE, SENTENCES
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -176,13 +175,6 @@ CRYSTALLIZE_OPTIONS = {
     "--strategies": st.sampled_from(["full", "full,frozen", "full,zero"]),
     "--target": st.sampled_from(["L1.attn.c_proj", "L0.*,L1.mlp.c_fc", "*.c_proj"]),
 }
-
-
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    from test_bad_input import build_micro
-
-    return build_micro(tmp_path_factory.mktemp("micro"))
 
 
 @settings(FUZZ, max_examples=12)

@@ -6,8 +6,7 @@ import json
 
 import pytest
 import torch
-from test_schedules import gpt2
-from test_train import TRAIN
+from conftest import TRAIN, gpt2
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from deadzone import plans

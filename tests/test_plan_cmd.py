@@ -7,8 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import save_micro_experiment
-from test_crystallize import rows
+from conftest import rows, save_micro_experiment
 from transformers import AutoModelForCausalLM
 
 from deadzone import fileio, plans

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_crystallize import setup  # noqa: F401 (a fixture)
+from conftest import SRC, TESTS, by_key
 from transformers import AutoModelForCausalLM
 
 from deadzone import fileio
@@ -28,22 +28,16 @@ from deadzone.schema import SCHEMA_VERSION
 from deadzone.study import STUDY_SCAN
 from deadzone.training import strategies
 from deadzone.training.schedules import ScheduleContext, make_schedule, model_units
-from deadzone.training.train import SFTConfig, computed
+from deadzone.training.train import SFTConfig
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-TESTS = str(Path(__file__).resolve().parent)
 RUN = ["--steps", "3", "--seeds", "2", "--lr", "3e-3", "--batch-size", "4", "--eval-every", "3"]
 RUN += ["--max-length", "48", "--mode", "adaptive"]
 FILES = ("results.json", "report.md", "heatmap.png", "scores.png", "plan.json", "axolotl.yaml")
 FILES += ("frozen_parameters.txt",)
 
 
-def by_key(doc: dict) -> dict[str, dict]:
-    return {r["key"]: computed(r) for r in doc["runs"]}
-
-
 def test_a_free_strategy_is_found_negligible_in_few_runs_and_its_plan_freezes_exactly_it(
-    setup,  # noqa: F811
+    setup,
     tmp_path,
     capsys,
     monkeypatch,
@@ -128,7 +122,7 @@ def wrote(printed: str) -> list[str]:
 
 
 def test_the_plan_orders_the_other_sites_by_single_cost_and_a_rerun_claims_only_its_files(
-    setup,  # noqa: F811
+    setup,
     tmp_path,
     capsys,
     monkeypatch,
@@ -181,7 +175,7 @@ def test_the_plan_orders_the_other_sites_by_single_cost_and_a_rerun_claims_only_
 
 
 def test_exhaustive_mode_reuses_the_adaptive_runs_and_runs_every_site_alone(
-    setup,  # noqa: F811
+    setup,
     tmp_path,
 ):
     model, data = setup
@@ -219,7 +213,7 @@ scan(config, out, show_progress=False, on_record=lambda r: time.sleep(0.5))
 """
 
 
-def scan_config(setup) -> ScanConfig:  # noqa: F811
+def scan_config(setup) -> ScanConfig:
     model, data = setup
     sft = SFTConfig(steps=3, lr=3e-3, batch_size=4, eval_every=3)
     return ScanConfig(
@@ -227,7 +221,7 @@ def scan_config(setup) -> ScanConfig:  # noqa: F811
     )
 
 
-def test_a_killed_scan_resumes_losing_and_repeating_nothing(setup, tmp_path):  # noqa: F811
+def test_a_killed_scan_resumes_losing_and_repeating_nothing(setup, tmp_path):
     model, data = setup
     out = tmp_path / "killed"
     env = {"PYTHONPATH": f"{SRC}:{TESTS}", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
@@ -266,7 +260,7 @@ def test_a_killed_scan_resumes_losing_and_repeating_nothing(setup, tmp_path):  #
         (["--rest", "label", "--confirm"], "--confirm judges the likely costly sites; --rest"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys, args, message):  # noqa: F811
+def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys, args, message):
     model, data = setup
     rc = main(["scan", model, *args, "--data", data, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
@@ -303,7 +297,7 @@ def test_help_gives_every_option_its_default(capsys):
 
 @pytest.mark.slow
 def test_scan_under_a_two_process_launch_on_cpu_gives_the_records_of_one_process(
-    setup,  # noqa: F811
+    setup,
     tmp_path,
 ):
     """Two processes of one micro-batch each per step take the batches one process takes with

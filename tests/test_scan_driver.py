@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from conftest import TIGHT, claims_runs, judging_config, record, searched
 
 from deadzone.errors import DeadzoneError
 from deadzone.experiments import scan
-from deadzone.experiments.scan import ScanConfig, _costs, _judge_costs, _scale
-
-
-def record(key: str, final: float, step0: float | None = None, status: str = "ok") -> dict:
-    return {"key": key, "status": status, "final_eval_loss": final, "step0_eval_loss": step0}
+from deadzone.experiments.scan import _costs, _judge_costs, _scale
 
 
 def runs(gains=(1.0, 1.2, 0.8), costs=(0.01, 0.0105, 0.0095)) -> dict[str, dict]:
@@ -22,13 +19,9 @@ def runs(gains=(1.0, 1.2, 0.8), costs=(0.01, 0.0105, 0.0095)) -> dict[str, dict]
     return out
 
 
-def config(**kwargs) -> ScanConfig:
-    return ScanConfig(model="m", **kwargs)
-
-
 def test_costs_are_shares_of_each_seeds_gain_and_judged_at_the_bonferroni_level():
     rs = runs()
-    scale = _scale(rs, 3, config(), comparisons=10) | {"retried": set()}
+    scale = _scale(rs, 3, judging_config(), comparisons=10) | {"retried": set()}
     assert scale["unit"] == "share_of_gain" and scale["alpha"] == pytest.approx(0.005)
     costs = _costs(rs, scale, "frozen", ["a"], 3)
     assert costs == pytest.approx([0.01, 0.0105, 0.0095])
@@ -40,15 +33,15 @@ def test_costs_are_shares_of_each_seeds_gain_and_judged_at_the_bonferroni_level(
 
 def test_a_gain_not_clearly_positive_judges_in_nats_and_a_failed_baseline_is_refused():
     rs = runs(gains=(0.5, -0.4, 0.1), costs=(0.0, 0.0, 0.0))
-    assert _scale(rs, 3, config(), comparisons=2)["unit"] == "nats"
+    assert _scale(rs, 3, judging_config(), comparisons=2)["unit"] == "nats"
     rs["full/seed1"]["status"] = "failed"
     with pytest.raises(DeadzoneError, match="baseline run full/seed1 failed"):
-        _scale(rs, 3, config(), comparisons=2)
+        _scale(rs, 3, judging_config(), comparisons=2)
 
 
 def test_missing_runs_are_asked_for_and_a_failed_run_is_costly():
     rs = runs()
-    scale = _scale(rs, 3, config(), comparisons=1) | {"retried": set()}
+    scale = _scale(rs, 3, judging_config(), comparisons=1) | {"retried": set()}
     with pytest.raises(scan._Missing) as missing:
         _costs(rs, scale, "frozen", ["a", "b"], 2)
     assert [s.key for s in missing.value.specs] == [
@@ -64,36 +57,20 @@ def test_a_run_lost_to_a_dead_worker_is_asked_for_once_per_invocation():
     rs = runs()
     key = scan.set_key("frozen", ["a"], 0)
     rs[key]["crashed"] = True
-    scale = _scale(rs, 3, config(), comparisons=1) | {"retried": set()}
+    scale = _scale(rs, 3, judging_config(), comparisons=1) | {"retried": set()}
     with pytest.raises(scan._Missing):
         _costs(rs, scale, "frozen", ["a"], 3)
     scale["retried"].add(key)
     assert _costs(rs, scale, "frozen", ["a"], 3) is not None
 
 
-TIGHT, LOOSE = (0.001, 0.0012, 0.0008), (0.010, 0.013, 0.007)  # p far below 0.05/4; p = 0.029
-
-
-def claims_runs(costs: dict[tuple[str, tuple[str, ...]], tuple[float, ...]]) -> dict:
-    """Baselines of gain 1 on 3 seeds and one run per (strategy, set of sites) and seed."""
-    out = {f"full/seed{s}": record(f"full/seed{s}", 2.0, 3.0) for s in range(3)}
-    for (strategy, names), per_seed in costs.items():
-        for seed, c in enumerate(per_seed):
-            key = scan.set_key(strategy, names, seed)
-            out[key] = record(key, 2.0 + c)
-    return out
-
-
-def searched(names: list[str], group: list[str], verdict: str = "undetermined") -> dict:
-    site = {"verdict": verdict, "cost": None, "interval": None, "seeds_needed": None,
-            "group_size": len(group), "seeds": 3, "set": group}  # fmt: skip
-    return {n: dict(site) for n in names}
+LOOSE = (0.010, 0.013, 0.007)  # per-seed costs: p = 0.029, against TIGHT's p far below 0.05/4
 
 
 def test_holm_over_every_claim_decides_what_the_strictest_level_left_undetermined():
     rs = claims_runs({("frozen", ("a",)): TIGHT, ("frozen", ("b",)): TIGHT,
                       ("random", ("a",)): TIGHT, ("random", ("b",)): LOOSE})  # fmt: skip
-    scale = _scale(rs, 3, config(), comparisons=4) | {"retried": set()}
+    scale = _scale(rs, 3, judging_config(), comparisons=4) | {"retried": set()}
     steered = _judge_costs(_costs(rs, scale, "random", ["b"], 3), 0.02, scale["alpha"])
     assert steered.verdict == "undetermined"  # at 0.05 / 4 its interval reaches the margin
     records = {st: {"sites": {**searched(["a"], ["a"]), **searched(["b"], ["b"])}}
@@ -110,7 +87,7 @@ def test_holm_over_every_claim_decides_what_the_strictest_level_left_undetermine
 def test_holm_stops_at_the_first_claim_it_cannot_decide_and_the_later_ones_stay_open():
     rs = claims_runs({("frozen", ("a",)): TIGHT, ("frozen", ("b",)): LOOSE,
                       ("frozen", ("c",)): LOOSE})  # fmt: skip
-    scale = _scale(rs, 3, config(), comparisons=3) | {"retried": set()}
+    scale = _scale(rs, 3, judging_config(), comparisons=3) | {"retried": set()}
     records = {"frozen": {"sites": {n: searched([n], [n])[n] for n in "abc"}}}
     scan.holm_verdicts(records, rs, scale)
     sites = records["frozen"]["sites"]
@@ -122,7 +99,7 @@ def test_holm_stops_at_the_first_claim_it_cannot_decide_and_the_later_ones_stay_
 def test_the_sites_of_a_group_share_its_claim_and_a_group_better_than_full_is_negligible():
     better = (-0.02, -0.021, -0.019)
     rs = claims_runs({("frozen", ("a", "b")): better})
-    scale = _scale(rs, 3, config(), comparisons=2) | {"retried": set()}
+    scale = _scale(rs, 3, judging_config(), comparisons=2) | {"retried": set()}
     records = {"frozen": {"sites": searched(["a", "b"], ["a", "b"], "better")}}
     scan.holm_verdicts(records, rs, scale)
     a, b = records["frozen"]["sites"]["a"], records["frozen"]["sites"]["b"]

@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import tiny_gpt2
-from test_search import MARGIN, Oracle
+from conftest import MARGIN, Oracle, tiny_gpt2
 
 from deadzone.errors import DeadzoneError
 from deadzone.experiments import scan, scan_summary, search

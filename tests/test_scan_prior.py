@@ -9,9 +9,7 @@ import sys
 import time
 
 import pytest
-from test_crystallize import setup  # noqa: F401 (a fixture)
-from test_scan_cli import SRC, TESTS, by_key
-from test_scan_driver import TIGHT, claims_runs, config, record, searched
+from conftest import SRC, TESTS, TIGHT, by_key, claims_runs, judging_config, record, searched
 from transformers import AutoModelForCausalLM
 
 from deadzone import fileio
@@ -31,7 +29,7 @@ LABELLED = {"verdict": "undetermined", "cost": None, "interval": None, "seeds_ne
 
 def test_a_site_labelled_likely_costly_is_no_claim_of_holm_and_is_counted_as_a_prior():
     rs = claims_runs({("frozen", ("a",)): TIGHT, ("frozen", ("b",)): TIGHT})
-    scale = _scale(rs, 3, config(), comparisons=3) | {"retried": set()}
+    scale = _scale(rs, 3, judging_config(), comparisons=3) | {"retried": set()}
     sites = {**searched(["a"], ["a"]), **searched(["b"], ["b"]), "c": dict(LABELLED)}
     records = {"frozen": {"sites": sites}}
     scan.holm_verdicts(records, rs, scale)
@@ -56,15 +54,15 @@ def test_priors_are_in_the_margins_units():
 def test_the_seed_plan_reads_the_baselines_spread_at_the_scans_strictest_level():
     rs = {f"full/seed{s}": record(f"full/seed{s}", 2.0 + d, 3.0 + d)
           for s, d in enumerate((0.0, 0.0005, -0.0005))}  # fmt: skip
-    scale = _scale(rs, 3, config(), comparisons=8)
+    scale = _scale(rs, 3, judging_config(), comparisons=8)
     plan, best = _seed_plans(rs, 3, scale)
     assert plan.level == pytest.approx(0.05 / 8) and plan.sd == pytest.approx(0.0005 * 2**0.5)
     assert plan.decision == "ok" and best.level == 0.05 and best.sd == pytest.approx(plan.sd / 10)
     wide = {k: {**r, "final_eval_loss": 2.0 + 20 * (r["final_eval_loss"] - 2.0)}
             for k, r in rs.items()}  # fmt: skip
-    worst, best = _seed_plans(wide, 3, _scale(wide, 3, config(), comparisons=8))
+    worst, best = _seed_plans(wide, 3, _scale(wide, 3, judging_config(), comparisons=8))
     assert worst.decision == "refuse" and best.decision == "ok"  # pairing may still decide
-    worst, best = _seed_plans(wide, 2, _scale(wide, 2, config(margin=0.001), comparisons=8))
+    worst, best = _seed_plans(wide, 2, _scale(wide, 2, judging_config(margin=0.001), comparisons=8))
     assert best.decision == "refuse"
 
 
@@ -90,7 +88,7 @@ FILES = ("results.json", "report.md", "plan.json", "axolotl.yaml", "frozen_param
 
 @pytest.mark.slow
 def test_seeds_that_cannot_decide_anything_are_refused_before_any_scan_run(
-    setup,  # noqa: F811
+    setup,
     tmp_path,
     capsys,
 ):
@@ -109,7 +107,7 @@ def test_seeds_that_cannot_decide_anything_are_refused_before_any_scan_run(
 
 @pytest.mark.slow
 def test_prior_mode_writes_every_file_labels_priors_and_its_plan_applies(
-    setup,  # noqa: F811
+    setup,
     tmp_path,
     capsys,
 ):
@@ -158,7 +156,7 @@ scan(config, out, show_progress=False, on_record=lambda r: time.sleep(0.5))
 """
 
 
-def prior_config(setup) -> ScanConfig:  # noqa: F811
+def prior_config(setup) -> ScanConfig:
     model, data = setup
     sft = SFTConfig(steps=6, lr=3e-3, batch_size=4, eval_every=3)
     return ScanConfig(
@@ -167,7 +165,7 @@ def prior_config(setup) -> ScanConfig:  # noqa: F811
 
 
 @pytest.mark.slow
-def test_a_killed_prior_scan_resumes_losing_and_repeating_nothing(setup, tmp_path):  # noqa: F811
+def test_a_killed_prior_scan_resumes_losing_and_repeating_nothing(setup, tmp_path):
     model, data = setup
     out = tmp_path / "killed"
     env = {"PYTHONPATH": f"{SRC}:{TESTS}", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}

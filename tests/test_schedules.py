@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import EVAL, SEQ, TRAIN, VOCAB
-from transformers import GPT2Config, GPT2LMHeadModel
+from conftest import EVAL, TRAIN, gpt2
 
 from deadzone import plans
 from deadzone.errors import DeadzoneError
@@ -30,12 +29,6 @@ from deadzone.training.train import Hook, SFTConfig, SFTLoop, lr_factor
 
 STEPS, BY = 8, 6
 CONFIG = SFTConfig(steps=STEPS, lr=3e-3, eval_every=STEPS, warmup_steps=1, seed=0)
-
-
-def gpt2(n_layer: int = 4) -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=n_layer, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=SEQ)
-    return GPT2LMHeadModel(config)
 
 
 def context(model, unit="matrix", **kwargs) -> ScheduleContext:

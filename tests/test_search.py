@@ -6,59 +6,14 @@ from __future__ import annotations
 import json
 import math
 import random
-import zlib
 
 import pytest
+from conftest import MARGIN, Oracle
 from hypothesis import given
 from hypothesis import strategies as st
-from scipy import stats
 
 from deadzone.errors import DeadzoneError
 from deadzone.experiments import search as S
-
-MARGIN = 0.02  # share of the fine-tuning gain
-
-
-class Oracle:
-    """Per-seed paired costs ``cost(sites) + noise``; the noise of a (set, seed) pair is drawn
-    from a hash of both, so the same question always gets the same answer."""
-
-    def __init__(self, costs: dict[str, float], noise: float, interactions=(), seed: int = 0):
-        self.costs, self.noise, self.seed = costs, noise, seed
-        self.interactions = interactions  # ((site, site, extra cost), ...)
-        self.asked: list[tuple[frozenset[str], int]] = []
-
-    def true_cost(self, sites: frozenset[str]) -> float:
-        extra = sum(c for a, b, c in self.interactions if a in sites and b in sites)
-        return sum(self.costs[s] for s in sites) + extra
-
-    def per_seed(self, sites: frozenset[str], seed: int) -> float:
-        key = f"{self.seed}|{','.join(sorted(sites))}|{seed}".encode()
-        return self.true_cost(sites) + random.Random(zlib.crc32(key)).gauss(0.0, self.noise)
-
-    def __call__(self, sites: frozenset[str], seeds: int) -> S.Judgement:
-        self.asked.append((sites, seeds))
-        return t_judgement([self.per_seed(sites, k) for k in range(seeds)])
-
-
-def t_judgement(diffs: list[float], level: float = 0.95) -> S.Judgement:
-    n = len(diffs)
-    mean = sum(diffs) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    t = stats.t.ppf(0.5 + level / 2, n - 1)
-    lo, hi = mean - t * sd / math.sqrt(n), mean + t * sd / math.sqrt(n)
-    if hi < 0:
-        verdict = "better"
-    elif hi < MARGIN:
-        verdict = "negligible"
-    elif lo > MARGIN:
-        verdict = "costly"
-    else:
-        verdict = "undetermined"
-    needed = None
-    if verdict == "undetermined" and mean != MARGIN:
-        needed = math.ceil((stats.t.ppf(0.5 + level / 2, 20) * sd / abs(mean - MARGIN)) ** 2)
-    return S.Judgement(verdict, mean, (lo, hi), needed)
 
 
 def model_sites(layers: int = 8, roles=("attn_qkv", "attn_out", "mlp_in", "mlp_out")):

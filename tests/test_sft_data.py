@@ -10,6 +10,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from conftest import CHAT_TEMPLATE, SENTENCES
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -24,16 +25,6 @@ from deadzone.data.sft import (
 from deadzone.errors import DeadzoneError
 
 SPECIALS = ["<eos>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-SENTENCES = [
-    "What is two plus two? Four.",
-    "The quick brown fox jumps over the lazy dog.",
-    "Write the docstring for this function: def add(a, b): Return the sum of a and b.",
-    "Hello world, hello tokenizer, hello deadzone.",
-]
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import EVAL, SEQ, TRAIN, VOCAB, gpt2, no_dropout_gpt2
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -25,37 +26,11 @@ from deadzone.training.train import (
     train,
 )
 
-VOCAB, SEQ = 96, 16
-
-
-def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=SEQ)
-    return GPT2LMHeadModel(config)
-
-
-def make_batch(gen: torch.Generator, batch_size: int = 4) -> dict[str, torch.Tensor]:
-    """Random tokens; a random prompt (no loss) and right padding per row."""
-    input_ids = torch.randint(0, VOCAB, (batch_size, SEQ), generator=gen)
-    lengths = torch.randint(SEQ // 2, SEQ + 1, (batch_size,), generator=gen)
-    prompts = torch.randint(1, SEQ // 4, (batch_size,), generator=gen)
-    pos = torch.arange(SEQ)
-    attention_mask = (pos < lengths[:, None]).long()
-    labels = input_ids.masked_fill((attention_mask == 0) | (pos < prompts[:, None]), -100)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
-def batches(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [make_batch(gen) for _ in range(n)]
-
-
-TRAIN, EVAL = batches(6, seed=1), batches(2, seed=2)
 CONFIG = SFTConfig(steps=8, lr=3e-3, eval_every=4, warmup_steps=2, seed=0)
 
 
 def run(strategy_plan: dict[str, str] | None = None, config: SFTConfig = CONFIG, rank: int = 1):
-    model = tiny_gpt2()
+    model = gpt2(2)
     named = {s.name: s for s in sites.find_sites(model)}
     plan = {named[k]: v for k, v in (strategy_plan or {}).items()}
     strategies.apply_strategies(model, plan, rank=rank, seed=config.seed)
@@ -170,7 +145,7 @@ def test_training_loss_allocates_one_vocabulary_sized_buffer_besides_the_logits(
 
 def test_final_train_loss_is_the_mean_over_the_last_tenth_of_steps():
     cfg = SFTConfig(steps=20, lr=3e-3, eval_every=20, warmup_steps=2, seed=0)
-    result = train(tiny_gpt2(), TRAIN, EVAL, cfg, show_progress=False)
+    result = train(gpt2(2), TRAIN, EVAL, cfg, show_progress=False)
     last_two = [p["train_loss"] for p in result.curve[-2:]]
     assert last_two[0] != last_two[1]
     assert result.final_train_loss == sum(last_two) / 2
@@ -216,17 +191,17 @@ def resident_bytes() -> int:
 @pytest.mark.skipif(sys.platform != "linux", reason="a run's own RSS peak is Linux's")
 def test_a_runs_peak_memory_on_cpu_is_its_own_not_the_processs():
     cfg = SFTConfig(**(CONFIG.to_dict() | {"steps": 2, "eval_every": 2, "cpu": True}))
-    first = train(tiny_gpt2(), TRAIN, EVAL, cfg, show_progress=False)
+    first = train(gpt2(2), TRAIN, EVAL, cfg, show_progress=False)
     before = resident_bytes()
     big = torch.ones(256 * 2**20 // 4)  # 256 MiB, touched, then given back between the runs
     del big
-    second = train(tiny_gpt2(), TRAIN, EVAL, cfg, show_progress=False)
+    second = train(gpt2(2), TRAIN, EVAL, cfg, show_progress=False)
     assert 0 < second.peak_memory_bytes < before + 128 * 2**20  # the 256 MiB are not in it
     assert first.peak_memory_scope == second.peak_memory_scope == "run"
 
 
 def test_nan_loss_fails_the_run_with_a_reason():
-    model = tiny_gpt2()
+    model = gpt2(2)
     model.lm_head.register_forward_hook(lambda m, i, out: out * float("nan") if m.training else out)
     result = train(model, TRAIN, EVAL, CONFIG, show_progress=False)
     assert result.status == "failed"
@@ -270,7 +245,7 @@ def test_data_errors():
         next(batch_stream([]))
     stream = batch_stream(lambda epoch: [{"epoch": epoch}])
     assert [next(stream)["epoch"] for _ in range(3)] == [0, 1, 2]
-    model = tiny_gpt2()
+    model = gpt2(2)
     for p in model.parameters():
         p.requires_grad_(False)
     with pytest.raises(DeadzoneError, match="every parameter is frozen"):
@@ -280,7 +255,7 @@ def test_data_errors():
 DDP_SCRIPT = """
 import json, sys, torch
 sys.path.insert(0, {tests!r})
-from test_train import EVAL, TRAIN, no_dropout_gpt2
+from conftest import EVAL, TRAIN, no_dropout_gpt2
 from deadzone.training.train import SFTConfig, train
 
 torch.set_num_threads(1)
@@ -289,14 +264,6 @@ result = train(no_dropout_gpt2(), TRAIN, EVAL, cfg, show_progress=False)
 if torch.distributed.get_rank() == 0:
     json.dump(result.to_dict(), open(sys.argv[1], "w"))
 """
-
-
-def no_dropout_gpt2() -> GPT2LMHeadModel:
-    model = tiny_gpt2()
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    return model
 
 
 @pytest.mark.slow
