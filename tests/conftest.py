@@ -78,6 +78,12 @@ TIERS = {
         "test_bad_input.py::test_a_resumed_experiment_says_what_it_reused",  # 29 s
         "test_cli_config.py::test_only_the_main_process_takes_the_out_lock",  # 26 s
         "test_freeze_cmd.py::test_saved_model_loads_and_is_the_trained_one",  # 24 s
+        "test_crystallize.py::test_resume_skips_finished_runs_and_reproduces_a_missing_one",
+        "test_crystallize.py::test_another_margin_rejudges_the_same_runs_without_training_again",
+        "test_crystallize.py::test_a_strategy_identical_to_full_costs_exactly_zero_and_is_negligible",  # noqa: E501 17 s
+        "test_bad_input.py::test_a_nan_target_fails_the_crystal_runs_with_a_reason_and_the_others_go_on",  # noqa: E501 18 s
+        "test_wiring.py::test_exact_match_endpoint_judges_the_rates",  # 15 s
+        "test_analyze_stage.py::test_analyze_out_and_report_put_the_study_beside_the_model",  # 14 s
     ),
     "slow": (
         "test_scores.py::test_spearman_permutation_p_agrees_with_scipy_and_is_calibrated",  # 53 s
