@@ -62,12 +62,12 @@ def margin_text(summary: dict) -> str:
 
 
 def _times(step_time: dict | None) -> str:
-    """``0.86× [0.80, 0.93] (3 seeds)``: a measured ratio to full with its log-scale interval."""
+    """``0.862× [0.804, 0.931] (3 seeds)``: a measured ratio to full with its log-scale interval."""
     if not step_time:
         return "—"
     low_high = step_time.get("interval")
-    shown = f"{step_time['ratio']:.2f}×"
-    shown += f" [{low_high[0]:.2f}, {low_high[1]:.2f}]" if low_high else " (no interval)"
+    shown = f"{step_time['ratio']:#.3g}×"  # three digits: a wide interval keeps its bounds
+    shown += f" [{low_high[0]:#.3g}, {low_high[1]:#.3g}]" if low_high else " (no interval)"
     return f"{shown} ({step_time['n']} {'seed' if step_time['n'] == 1 else 'seeds'})"
 
 
