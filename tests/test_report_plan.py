@@ -9,6 +9,7 @@ import pytest
 
 from deadzone import fileio
 from deadzone.cli import main
+from deadzone.report import plan as report
 from deadzone.schema import SCHEMA_VERSION
 
 MARGIN = {"unit": "share_of_gain", "margin_used": 0.02, "gains": {"0": 0.3, "1": 0.31, "2": 0.29}}
@@ -128,6 +129,9 @@ def test_an_empty_plan_says_what_to_try(tmp_path):
     assert "`deadzone scan org/tiny-gpt2 --data sft.jsonl --out DIR2`" in steps
     assert "plan.json" not in steps and "## Savings" not in md and "## Long horizon" not in md
     assert "| 8 matrices" not in md and "| 1 matrix | 3 | undetermined | +2.74%" in md
+    printed = report.summary_text(empty())
+    assert "the certified plan is the empty one" in printed and "Savings" not in printed
+    assert "Savings model: step FLOPs 0.679× full's" in report.summary_text(certified())
 
 
 def test_a_plan_failing_at_the_long_horizon_says_so_first(tmp_path):

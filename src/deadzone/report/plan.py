@@ -299,10 +299,10 @@ def summary_text(results: dict) -> str:
     s = results["summary"]
     lines = [f"Costs {_in_words(_unit(s))}; margin {margin_text(s)}."]
     lines += [to_text(depths_table(s)), plan_text(s)]
-    lines.append(
+    lines += [] if s["plan"]["empty"] else [
         f"Savings model: step FLOPs {s['savings']['flops_ratio']:.3f}× full's (frozen share "
         f"{s['savings']['frozen_share']:.3f}); measured time per token {_times(s['step_time'])}."
-    )
+    ]  # fmt: skip
     lines += [said] if (said := long_text(s)) else []
     lines.append(f"Runs: {s['runs']} at the search's steps, {s['runs_long']} longer.")
     return "\n".join(lines) + "\n"
