@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM
 from deadzone import fileio, plans
 from deadzone.cli import main
 
-FILES = ("results.json", "report.md", "plan.json", "axolotl.yaml", "frozen_parameters.txt",
-         "lora_config.json")  # fmt: skip
+FILES = ("results.json", "report.md", "report.html", "plan.json", "axolotl.yaml",
+         "frozen_parameters.txt", "lora_config.json")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,9 @@ def test_plan_writes_every_file_and_resumes(finished, setup, capsys):
     for name in FILES:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert results["experiment"] == "plan"
+    md = (out / "report.md").read_text()
+    assert md.startswith(f"# Plan of `{setup[0]}`\n\n## What to do next\n\n- ")
+    assert "What to do next" in (out / "report.html").read_text()
     for run in results["runs"]:
         assert run["status"] == "ok", run["error"]
     summary = results["summary"]
@@ -59,6 +62,8 @@ def test_plan_writes_every_file_and_resumes(finished, setup, capsys):
     before = len(results["runs"])
     capsys.readouterr()
     main(argv(setup, out))
+    printed = capsys.readouterr().out
+    assert "Prefix depth" in printed and str(out / "report.html") in printed.splitlines()[-1]
     assert len(fileio.read_json(out / "results.json")["runs"]) == before  # replayed, none run
     model = AutoModelForCausalLM.from_pretrained(setup[0])
     plans.apply_plan(model, plan)

@@ -25,7 +25,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int | None:
     from accelerate import PartialState
 
-    from deadzone.experiments.plan import find_plan, report_text
+    from deadzone.experiments.plan import find_plan
+    from deadzone.report.plan import summary_text
 
     config = opt.read_config(PlanConfig, args)
     main_process = PartialState(cpu=config.sft.cpu).is_main_process
@@ -34,10 +35,9 @@ def run(args: argparse.Namespace) -> int | None:
     if not main_process:
         return None
     say_resumed(config.out, before, results)
-    summary = results["summary"]
-    print(report_text(summary), end="")
-    names = ("results.json", "report.md", "plan.json", "axolotl.yaml", "frozen_parameters.txt",
-             "lora_config.json")  # fmt: skip
+    print(summary_text(results), end="")
+    names = ("results.json", "report.md", "report.html", "plan.json", "axolotl.yaml",
+             "frozen_parameters.txt", "lora_config.json")  # fmt: skip
     print(f"wrote {', '.join(str(Path(config.out) / n) for n in names)}")
-    long = summary["long_horizon"]
+    long = results["summary"]["long_horizon"]
     return 1 if long is not None and not long["holds"] else None

@@ -13,7 +13,8 @@
 4. The set accepted last is the certified plan: ``plan.json`` (with its savings model, its
    joint interval and the horizon it was judged at) and the files other trainers read
    (:func:`deadzone.plans.write_plan`), which ``freeze --schedule plan:FILE``,
-   :func:`deadzone.plans.apply_plan` and the ``FreezeCallback`` apply from step 1.
+   :func:`deadzone.plans.apply_plan` and the ``FreezeCallback`` apply from step 1. ``report.md``
+   and ``report.html`` are then made from ``results.json`` (:mod:`deadzone.report.plan`).
 5. The long horizon: ``full`` and the plan again at ``--horizon`` times the steps, on the seeds
    the plan was judged on; its cost there is recorded beside the cost it was found with, and a
    plan that is no longer negligible there says so (in ``results.json`` and the plan file).
@@ -47,7 +48,7 @@ from deadzone.experiments.search import ACCEPTED, Asker, Judgement, deepest, seq
 from deadzone.experiments.skeleton import Design, Prepared, Session, run_experiment
 from deadzone.training.tracking import Tracking
 
-__all__ = ["PlanConfig", "find_plan", "report_text"]
+__all__ = ["PlanConfig", "find_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -363,59 +364,13 @@ def _summary(config, search: Search, best, found: dict, long: dict | None, steps
 
 
 def _write(config: PlanConfig, search: Search, best, summary: dict) -> None:
-    """The certified plan and its exports, and report.md, into the output directory."""
+    """The certified plan and its exports into the output directory, then report.md and
+    report.html, made from the results file just saved (:mod:`deadzone.report.plan`)."""
+    from deadzone.report.build import write_reports
+
     out = search.session.results.out
     certified = {k: summary[k] for k in ("plan", "step_time", "long_horizon")}
     plan = candidate_plan(search.model, best, config, savings=summary["savings"])
     plan["certified"] = certified
     plans.write_plan(out, search.model, plan)
-    from deadzone import fileio
-
-    fileio.write_text(out / "report.md", report_text(summary))
-
-
-def _interval(x: dict | None) -> str:
-    if not x or x.get("interval") is None:
-        return "no interval"
-    low, high = x["interval"]
-    return f"[{low:+.4f}, {high:+.4f}]"
-
-
-def report_text(summary: dict) -> str:
-    """A short report.md of a plan search, from its summary alone."""
-    plan, saving, long = summary["plan"], summary["savings"], summary["long_horizon"]
-    unit = summary["scale"]["unit"]
-    lines = ["# deadzone plan", ""]
-    lines.append(f"Costs are in {unit}; margin {summary['scale']['margin_used']}.")
-    lines += [
-        "",
-        "| prefix depth | seeds | verdict | cost | 95% interval |",
-        "|---|---|---|---|---|",
-    ]
-    for d in summary["prefix_depths"]:
-        cost = "n/a" if d["cost"] is None else f"{d['cost']:+.4f}"
-        lines.append(f"| {d['depth']} | {d['seeds']} | {d['verdict']} | {cost} | {_interval(d)} |")
-    lines.append("")
-    if plan["empty"]:
-        lines.append("No frozen set was shown negligible: the certified plan is the empty one.")
-    else:
-        lines.append(
-            f"Certified plan: prefix depth {plan['prefix_depth']} and {len(plan['sites'])} sites "
-            f"above it, {plan['verdict']} on {plan['seeds']} seeds at {plan['steps']} steps, cost "
-            f"{plan['cost']:+.4f} {_interval(plan)}."
-        )
-    lines.append(
-        f"Savings model: FLOPs ratio {saving['flops_ratio']:.3f} (frozen share "
-        f"{saving['frozen_share']:.3f}, prefix ceiling {saving['ceilings']['prefix']:.3f})."
-    )
-    if summary["step_time"]:
-        st = summary["step_time"]
-        lines.append(f"Measured time per token: {st['ratio']:.3f}x full's {_interval(st)}.")
-    if long:
-        word = "still negligible" if long["holds"] else f"no longer negligible ({long['verdict']})"
-        lines.append(
-            f"At {long['steps']} steps ({long['horizon']}x): cost {long['cost']:+.4f} "
-            f"{_interval(long)} on {long['seeds']} seeds: {word}."
-        )
-    lines.append(f"Runs: {summary['runs']} at the search's steps, {summary['runs_long']} longer.")
-    return "\n".join(lines) + "\n"
+    write_reports(out)

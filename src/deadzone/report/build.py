@@ -26,7 +26,7 @@ from deadzone import fileio
 from deadzone import study as seed_study
 from deadzone.errors import DeadzoneError
 from deadzone.experiments.results import check_schema, read_results
-from deadzone.report import analyze, crystallize, demo, freeze, scan
+from deadzone.report import analyze, crystallize, demo, freeze, plan, scan
 from deadzone.report.html import Items, Page, Paragraph, Report, Section, write
 
 RESULTS = "results.json"
@@ -59,6 +59,7 @@ REPORTERS: dict[str, Reporter] = {
     "analyze": analyze.html_report,
     "scan": scan.html_report,
     "freeze": freeze.html_report,
+    "plan": plan.html_report,
     "demo": demo_report,
 }
 
