@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from deadzone.data.sft import Example, eval_batches, load_sft_data, pad_id_for, train_batches
 from deadzone.models.presets import get_preset
@@ -68,3 +69,30 @@ def test_the_builtin_data_is_scored_example_by_example():
         assert sample.target == tokenizer.decode(ex.input_ids[start:end], skip_special_tokens=True)
         assert sample.target.strip() and sample.prompt.strip()
         assert sample.match == (normalise(sample.completion) == normalise(sample.target))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_batched_completions_are_those_of_one_prompt_at_a_time(family):
+    """Left-padded batches of prompts of different lengths give each prompt its own greedy
+    tokens: the padding is masked and the positions start at each prompt's first token."""
+    from conftest import tiny_gpt2, tiny_llama
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    model = tiny_gpt2() if family == "gpt2" else tiny_llama()
+    with torch.no_grad():  # sharper logits than at init: greedy choices far from ties
+        for p in model.parameters():
+            p.mul_(4.0)
+    vocab = {f"t{i}": i for i in range(model.config.vocab_size)}
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t1")), eos_token="t0"
+    )
+    g = torch.Generator().manual_seed(0)
+    examples = []
+    for n in (3, 9, 5, 17, 12, 4, 8):
+        ids = torch.randint(2, model.config.vocab_size, (n + 6,), generator=g).tolist()
+        examples.append(Example(ids, [-100] * n + ids[n:]))
+    one = exact_match(model, tokenizer, examples, samples=len(examples), batch_size=1)
+    batched = exact_match(model, tokenizer, examples, samples=len(examples), batch_size=4)
+    assert [s.completion for s in batched.samples] == [s.completion for s in one.samples]
+    assert any(s.completion for s in one.samples)
