@@ -298,3 +298,14 @@ def test_a_prior_scan_shows_priors_labels_its_seed_plan_and_how_it_spent_the_run
     assert table.rows[-1][1] == "undetermined"  # a label is never a verdict
     assert table.rows[-1][-1] == "not run: likely costly (a prior, not a verdict)"
     assert "Prior (" not in to_markdown(report.sites_table(scan_doc()["summary"], "random"))
+
+
+def test_what_to_do_next_names_the_sites_left_unjudged_by_choice():
+    doc = scan_doc()
+    sites = doc["summary"]["strategies"]["frozen"]["sites"]
+    sites[0] |= {"verdict": "undetermined", "label": "not judged", "cost": None}
+    sites[1] |= {"verdict": "undetermined", "label": "likely costly", "cost": None}
+    steps = " ".join(report.next_steps(doc))
+    assert "1 matrix was not judged (`--rest label`): rerun with `--rest judge`" in steps
+    assert "1 matrix is likely costly by its prior, not run: `--confirm` judges it" in steps
+    assert "undetermined: rerun with more seeds" not in steps

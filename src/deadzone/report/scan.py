@@ -28,6 +28,7 @@ import math
 from pathlib import Path
 
 from deadzone.errors import DeadzoneError
+from deadzone.experiments.search import LIKELY_COSTLY, NOT_JUDGED
 from deadzone.models.sites import ROLE_ORDER
 from deadzone.report import html, pyplot, read_results, save_png, write_files
 from deadzone.report.table import Table, to_markdown
@@ -469,12 +470,24 @@ def next_steps(results: dict) -> list[str]:
         )
     else:
         said.append("Nothing to freeze yet: no set of matrices was shown jointly negligible.")
-    open_sites = {
-        site["site"]
-        for st in s["strategies"].values()
-        for site in st["sites"]
-        if site["verdict"] == "undetermined"
-    }
+    sites = [site for st in s["strategies"].values() for site in st["sites"]]
+    unjudged = {site["site"] for site in sites if site.get("label") == NOT_JUDGED}
+    if unjudged:
+        n = len(unjudged)
+        said.append(
+            f"{n} {'matrix was' if n == 1 else 'matrices were'} not judged (`--rest label`): "
+            "rerun with `--rest judge` into the same directory to map each of them; finished "
+            "runs are reused."
+        )
+    costly = {site["site"] for site in sites if site.get("label") == LIKELY_COSTLY}
+    if costly:
+        n = len(costly)
+        said.append(
+            f"{n} {'matrix is' if n == 1 else 'matrices are'} likely costly by "
+            f"{'its' if n == 1 else 'their'} prior, not run: `--confirm` judges "
+            f"{'it' if n == 1 else 'them'}."
+        )
+    open_sites = {s["site"] for s in sites if s["verdict"] == "undetermined" and not s.get("label")}
     if open_sites:
         n = len(open_sites)
         said.append(
