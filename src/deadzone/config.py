@@ -270,10 +270,11 @@ class ExperimentConfig:
         "Either way both are reported",
         choices=ENDPOINTS,
     )
-    exact_match_examples: int = option(
-        DEFAULT_EXACT_MATCH_EXAMPLES,
+    exact_match_examples: int | None = option(
+        None,
         "each finished run of prompt/completion or chat data scores exact match on the first "
-        "N eval examples (generation is slow); 0: not scored",
+        f"N eval examples; 0: not scored (default: {DEFAULT_EXACT_MATCH_EXAMPLES} with "
+        "--endpoint exact_match, else 0: greedy generation can take as long as the run)",
         metavar="N",
     )
     dtype: str = option(
@@ -310,6 +311,9 @@ class ExperimentConfig:
         if not is_number(self.margin_rate) or not 0 < self.margin_rate < 1:
             raise DeadzoneError(f"margin-rate must be in (0, 1), got {self.margin_rate!r}")
         _check_choice("endpoint", self.endpoint, ENDPOINTS)
+        if self.exact_match_examples is None:
+            on = self.endpoint == "exact_match"
+            self.exact_match_examples = DEFAULT_EXACT_MATCH_EXAMPLES if on else 0
         check_int("exact_match_examples", self.exact_match_examples, 0)
         if self.endpoint == "exact_match" and self.exact_match_examples == 0:
             raise DeadzoneError("--endpoint exact_match needs --exact-match-examples >= 1")
