@@ -564,8 +564,8 @@ def _at_most(config: ScanConfig, sites: list[Site]) -> int:
     n = len(sites)
     if config.mode == "exhaustive":
         judged = n
-    elif config.mode == "prior":  # the bisection over the lowest priors, then the singles
-        judged = n + n.bit_length()
+    elif config.mode == "prior":  # the search over the lowest priors, then the rest
+        judged = 2 * n.bit_length() + (n if config.rest == "judge" else 0)
     else:
         judged = sum(2 * len(g) - 1 for g in search_mod.groups_by(sites, config.groups))
     return config.seeds * (1 + len(config.strategies) * (judged + n))
