@@ -350,3 +350,5 @@ def test_without_judging_the_rest_only_sets_of_the_lowest_priors_are_run() -> No
     unjudged = dict.fromkeys(("m0", "m1"), S.NOT_JUDGED)
     assert labels == dict.fromkeys(low) | unjudged | dict.fromkeys(("c0", "c1"), S.LIKELY_COSTLY)
     assert all(record["sites"][n]["verdict"] == "undetermined" for n in ("m0", "m1", "c0"))
+    counts = S.verdict_counts(record)
+    assert counts[S.NOT_JUDGED] == 2 and counts[S.PRIOR_COUNT] == 2 and counts["undetermined"] == 0

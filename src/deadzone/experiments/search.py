@@ -531,12 +531,12 @@ PRIOR_COUNT = LIKELY_COSTLY + " (prior)"  # how the sites labelled by a prior ar
 
 
 def verdict_counts(record: dict) -> dict[str, int]:
-    """How many sites of a search record got each verdict; the sites a prior labelled likely
-    costly (never judged) are counted under :data:`PRIOR_COUNT`, not as a verdict."""
+    """How many sites of a search record got each verdict; the sites labelled and never judged
+    are counted under their label (:data:`PRIOR_COUNT` for likely costly, ``not judged``), not
+    as a verdict."""
     counts = dict.fromkeys(VERDICTS, 0)
     for s in record["sites"].values():
-        if s.get("label") == LIKELY_COSTLY:
-            counts[PRIOR_COUNT] = counts.get(PRIOR_COUNT, 0) + 1
-        else:
-            counts[s["verdict"]] += 1
+        label = {LIKELY_COSTLY: PRIOR_COUNT, NOT_JUDGED: NOT_JUDGED}.get(s.get("label"))
+        key = label or s["verdict"]
+        counts[key] = counts.get(key, 0) + 1
     return counts
