@@ -396,7 +396,10 @@ def rho_note(summary: dict) -> str:
             parts.append(f"{strategy} over the {alone} of {len(st['sites'])} sites judged alone")
     if not parts:
         return ""
-    return f"ρ for {'; '.join(parts)} (an adaptive scan judges some sites only in groups)."
+    return (
+        f"ρ for {'; '.join(parts)} (a scan that is not exhaustive judges some sites only in "
+        "groups, or not at all)."
+    )
 
 
 def markdown(results: dict) -> str:
