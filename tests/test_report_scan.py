@@ -115,7 +115,8 @@ def test_report_reads_the_seeds_of_the_verdicts_not_every_seed_run_into_the_dire
 def test_rho_says_it_covers_only_the_sites_judged_alone():
     s = summary()  # layer 0 judged in a group, layers 1-3 alone
     note = "ρ for frozen over the 12 of 16 sites judged alone; random over the 12 of 16 sites "
-    note += "judged alone (a scan that is not exhaustive judges some sites only in groups, or not at all)."
+    note += "judged alone (a scan that is not exhaustive judges some sites only in groups, or not "
+    note += "at all)."
     assert report.rho_note(s) == note
     assert note in report.markdown(document(s, seeds=[0, 1]))
     for st in s["strategies"].values():
