@@ -13,7 +13,9 @@ import os
 import random
 import select
 import shutil
+import signal
 import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -38,6 +40,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from deadzone import fileio
 from deadzone.experiments import scan, search
 from deadzone.experiments.crystallize import CrystallizeConfig
 from deadzone.experiments.scan import ScanConfig
@@ -106,11 +109,18 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
-    """Tiny models train fastest on one thread, and other work on the machine cannot stall it."""
-    before = torch.get_num_threads()
+    """Tiny models train fastest on one thread, and other work on the machine cannot stall it.
+    ``OMP_NUM_THREADS=1`` too, so that every run deadzone starts here takes one thread whatever
+    the machine's load: in-process references then give the records of one-thread drivers."""
+    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
     yield
     torch.set_num_threads(before)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
 
 
 def tiny_gpt2(n_layer: int = 2) -> GPT2LMHeadModel:
@@ -646,3 +656,18 @@ def t_judgement(diffs: list[float], level: float = 0.95) -> search.Judgement:
     if verdict == "undetermined" and mean != MARGIN:
         needed = math.ceil((stats.t.ppf(0.5 + level / 2, 20) * sd / abs(mean - MARGIN)) ** 2)
     return search.Judgement(verdict, mean, (lo, hi), needed)
+
+
+def kill_after_runs(code: str, model: str, data: str, out, runs: int = 4) -> None:
+    """Run ``python -c code MODEL DATA OUT`` (a driver writing ``out/results.json``) and kill it
+    (SIGKILL) once ``runs`` runs are recorded; fails if it finished first."""
+    env = {"PYTHONPATH": f"{SRC}:{TESTS}", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    driver = subprocess.Popen([sys.executable, "-c", code, model, data, str(out)], env=env)
+    seen, deadline = 0, time.monotonic() + 120
+    while seen < runs and time.monotonic() < deadline and driver.poll() is None:
+        if (out / "results.json").is_file():
+            seen = len(fileio.read_json(out / "results.json")["runs"])
+        time.sleep(0.01)
+    driver.kill()
+    driver.wait()
+    assert driver.returncode == -signal.SIGKILL, "the driver finished before it was killed"

@@ -6,7 +6,6 @@ import re
 
 import pytest
 import torch
-from conftest import rows, save_micro_experiment
 from transformers import AutoModelForCausalLM
 
 from deadzone import fileio, plans
@@ -19,13 +18,6 @@ from deadzone.training.schedules import ScheduleSpec
 from deadzone.training.train import SFTConfig, computed
 
 SCHEDULES = "geometry:pr,random,lisa"
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A micro GPT-2 (2 blocks) with its tokenizer, and a prompt/completion file."""
-    model, data = save_micro_experiment(tmp_path_factory.mktemp("freeze"), rows(48))
-    return str(model), str(data)
 
 
 def argv(setup, out, *extra) -> list[str]:

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import rows, save_micro_experiment
 from transformers import AutoModelForCausalLM
 
 from deadzone import fileio, plans
@@ -15,12 +14,6 @@ from deadzone.cli import main
 
 FILES = ("results.json", "report.md", "report.html", "plan.json", "axolotl.yaml",
          "frozen_parameters.txt", "lora_config.json")  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    model, data = save_micro_experiment(tmp_path_factory.mktemp("plan"), rows(48))
-    return str(model), str(data)
 
 
 def argv(setup, out, *extra) -> list[str]:

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from html import escape
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SRC, TESTS, by_key
+from conftest import SRC, by_key, kill_after_runs
 from transformers import AutoModelForCausalLM
 
 from deadzone import fileio
@@ -224,16 +222,7 @@ def scan_config(setup) -> ScanConfig:
 def test_a_killed_scan_resumes_losing_and_repeating_nothing(setup, tmp_path):
     model, data = setup
     out = tmp_path / "killed"
-    env = {"PYTHONPATH": f"{SRC}:{TESTS}", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    driver = subprocess.Popen([sys.executable, "-c", KILLED, model, data, str(out)], env=env)
-    seen, deadline = 0, time.monotonic() + 120
-    while seen < 4 and time.monotonic() < deadline and driver.poll() is None:
-        if (out / "results.json").is_file():
-            seen = len(fileio.read_json(out / "results.json")["runs"])
-        time.sleep(0.01)
-    driver.kill()
-    driver.wait()
-    assert driver.returncode == -signal.SIGKILL, "the driver finished before it was killed"
+    kill_after_runs(KILLED, model, data, out)
     kept = by_key(fileio.read_json(out / "results.json"))
     assert len(kept) >= 4
 

@@ -3,13 +3,8 @@ sites labelled (never judged, never a verdict); end to end on a micro GPT-2 (slo
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
-from conftest import SRC, TESTS, TIGHT, by_key, claims_runs, judging_config, record, searched
+from conftest import TIGHT, by_key, claims_runs, judging_config, kill_after_runs, record, searched
 from transformers import AutoModelForCausalLM
 
 from deadzone import fileio
@@ -168,16 +163,7 @@ def prior_config(setup) -> ScanConfig:
 def test_a_killed_prior_scan_resumes_losing_and_repeating_nothing(setup, tmp_path):
     model, data = setup
     out = tmp_path / "killed"
-    env = {"PYTHONPATH": f"{SRC}:{TESTS}", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    driver = subprocess.Popen([sys.executable, "-c", KILLED, model, data, str(out)], env=env)
-    seen, deadline = 0, time.monotonic() + 120
-    while seen < 4 and time.monotonic() < deadline and driver.poll() is None:
-        if (out / "results.json").is_file():
-            seen = len(fileio.read_json(out / "results.json")["runs"])
-        time.sleep(0.01)
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
-    assert driver.returncode == -signal.SIGKILL, "the driver finished before it was killed"
+    kill_after_runs(KILLED, model, data, out)
     kept = by_key(fileio.read_json(out / "results.json"))
     assert len(kept) >= 4
     ran: list[dict] = []
