@@ -24,6 +24,7 @@ Targets (issue): <= 10% of the exhaustive scan's SFT steps; a jointly negligible
 set at least as large in parameters; no costly site called negligible.
 
     python bench/scan.py --workers 2 --out PRIOR --against EXHAUSTIVE --json figures.json
+    python bench/scan.py --workers 2 --rest label --out PRIOR2 --against EXHAUSTIVE
     python bench/scan.py --workers 2 --out PRIOR          # the prior scan's figures only
 """
 
@@ -140,6 +141,8 @@ def main() -> None:
     p.add_argument("--strategies", default="frozen,random", help="strategies (frozen,random)")
     p.add_argument("--seeds", type=int, default=3, help="seeds (3)")
     p.add_argument("--steps", type=int, default=50, help="SFT steps per run (50)")
+    p.add_argument("--rest", default="judge", choices=("judge", "label"),
+                   help="the prior scan's sites above its negligible set: judge or label (judge)")
     p.add_argument("--workers", type=int, default=None, help="pool workers (default: none)")
     p.add_argument("--out", default=None, help="the prior scan's directory (default: temp)")
     p.add_argument("--against", default=None, help="the exhaustive scan's directory")
@@ -151,7 +154,8 @@ def main() -> None:
                 strategies=strategies, sft=SFTConfig(steps=args.steps))  # fmt: skip
     executor = make_executor("local", args.workers)
     started = time.monotonic()
-    prior = scan(ScanConfig(**base, mode="prior"), out, executor=executor, show_progress=False)
+    config = ScanConfig(**base, mode="prior", rest=args.rest)
+    prior = scan(config, out, executor=executor, show_progress=False)
     figures: dict = {"args": vars(args)}
     figures["prior"] = own_figures(prior, args.steps, time.monotonic() - started)
     if args.against:

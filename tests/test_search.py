@@ -3,6 +3,7 @@ and known seed noise, judged with plain Student-t intervals against a margin."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -352,3 +353,34 @@ def test_without_judging_the_rest_only_sets_of_the_lowest_priors_are_run() -> No
     assert all(record["sites"][n]["verdict"] == "undetermined" for n in ("m0", "m1", "c0"))
     counts = S.verdict_counts(record)
     assert counts[S.NOT_JUDGED] == 2 and counts[S.PRIOR_COUNT] == 2 and counts["undetermined"] == 0
+
+
+@given(st.integers(0, 64), st.integers(0, 64), st.integers(0, 70), st.lists(st.integers(-5, 80)))
+def test_deepest_with_any_proposals_after_refusals_finds_the_same_count(
+    high, answer, first, proposals
+) -> None:
+    answer = min(answer, high)
+    queue = list(proposals)
+    found, judged = S.deepest(
+        lambda n: n <= answer, high, first=first, after_refusal=lambda n: queue.pop() if queue else 0
+    )
+    assert found == answer and len(set(judged)) == len(judged) and all(judged)
+
+
+def test_a_right_proposal_after_a_refusal_ends_the_search() -> None:
+    found, judged = S.deepest(lambda n: n <= 3, 40, first=16, after_refusal=lambda n: 3)
+    assert (found, judged) == (3, [16, 3, 4])
+    found, judged = S.deepest(lambda n: n <= 0, 40, first=16, after_refusal=lambda n: 0)
+    assert (found, judged) == (0, [16, 1])
+
+
+def test_a_refused_costly_set_recalibrates_the_next_guess() -> None:
+    # priors rank right but are 50x too small: the first guess (every site) is refused, and its
+    # measured cost puts the next guess on the right count at once
+    costs = {f"s{i:02d}": 0.0015 * (i + 1) for i in range(20)}
+    prior = {n: c / 50 for n, c in costs.items()}
+    record = S.prior_search(Oracle(costs, noise=0.0001), list(costs), prior, margin=MARGIN,
+                            max_seeds=3, judge_rest=False, joint=False)  # fmt: skip
+    sizes = [len(s["sites"]) for s in record["steps"] if s["action"] in ("accepted", "refused")]
+    fit = sum(1 for t in itertools.accumulate(costs.values()) if t <= MARGIN)
+    assert sizes[0] == 20 and sizes[1:] == [fit, fit + 1]

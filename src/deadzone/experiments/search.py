@@ -33,7 +33,8 @@ Each step is recorded.
 The search by prior (:func:`prior_search`): where each site has an estimated cost (a prior,
 e.g. its attribution share from the baseline runs), the sites ranked by prior are judged
 together, the lowest first, the longest run of them that is negligible as one set found by
-bisection over its length; the smallest set found not negligible calibrates the priors (its
+bisection over its length (after a refusal, the next length is the priors' guess recalibrated on
+the set refused, where that guess falls inside the lengths still open); the smallest set found not negligible calibrates the priors (its
 cost over its summed prior); the sites whose calibrated prior is far above the margin are
 labelled ``likely costly`` without a run (a prior, never a verdict) unless the caller asks to
 confirm them, and the others are judged one at a time on sequential seeds. Where priors rank
@@ -334,32 +335,37 @@ LIKELY_COSTLY = "likely costly"  # the label of a prior, never a verdict
 NOT_JUDGED = "not judged"  # the label of a site left unjudged by choice (``judge_rest=False``)
 
 
-def deepest(accepted: Callable[[int], bool], high: int, first: int = 0) -> tuple[int, list[int]]:
+def deepest(
+    accepted: Callable[[int], bool],
+    high: int,
+    first: int = 0,
+    after_refusal: Callable[[int], int] | None = None,
+) -> tuple[int, list[int]]:
     """The largest ``n`` in ``0 .. high`` for which ``accepted(n)`` holds, taking ``accepted``
     monotone (true up to some ``n``, false above) and true at 0; returns it and the values
     judged, in order. From a guess ``first`` (0: none), up by steps that double while accepted,
-    then by bisection (about log2(high) judgements without a guess, fewer near a good one)."""
+    then by bisection (about log2(high) judgements without a guess, fewer near a good one).
+
+    ``after_refusal(n)``, if given, proposes a new guess once ``n`` was refused (e.g. the first
+    one recalibrated by what ``n`` cost): kept inside the values still open, it is judged next,
+    and followed as a guess is; a refused proposal is followed by bisection, never by another
+    proposal, so proposals that mislead cost a few judgements, never a wrong answer."""
     low, judged = 0, []
-    if 0 < first <= high:
-        judged.append(first)
-        if accepted(first):
-            low, step = first, 1
-            while low < high:
-                probe = min(high, low + step)
-                judged.append(probe)
-                if not accepted(probe):
-                    high = probe - 1
-                    break
-                low, step = probe, 2 * step
-        else:
-            high = first - 1
+    guess = first if 0 < first <= high else None  # the value judged next, then stepped up from
+    step, proposed = 0, False  # step: while positive, an accepted value is followed by +step
     while low < high:
-        mid = (low + high + 1) // 2
+        is_guess, is_proposal = guess is not None, proposed
+        if is_guess:
+            mid, guess, proposed = guess, None, False
+        else:
+            mid = min(high, low + step) if step else (low + high + 1) // 2
         judged.append(mid)
         if accepted(mid):
-            low = mid
+            low, step = mid, 1 if is_guess else 2 * step
         else:
-            high = mid - 1
+            high, step = mid - 1, 0
+            if after_refusal is not None and not is_proposal and low < high:
+                guess, proposed = min(high, max(low + 1, after_refusal(mid))), True
     return low, judged
 
 
@@ -432,9 +438,10 @@ def prior_search(
 
     1. by rank: of the sites ranked by ascending prior, the largest ``k`` whose ``k`` lowest are
        negligible together (:func:`deepest`, from the guess "as many as the priors, summed, fit
-       under the margin", then by doubling steps or bisection: a few sets judged, each on
-       sequential seeds, costs taken monotone in the set, as group testing takes them); each
-       of those sites is negligible, decided by that set;
+       under the margin", then by doubling steps or bisection, and after a set is refused by
+       that guess again with the priors calibrated on it, its cost over its summed prior: a few
+       sets judged, each on sequential seeds, costs taken monotone in the set, as group testing
+       takes them); each of those sites is negligible, decided by that set;
     2. calibration: the smallest of those sets found not negligible gives the factor that puts
        the priors on a cost's scale (:func:`calibration`);
     3. the rest, by calibrated prior: above ``above`` times the margin, unless ``confirm``, a
@@ -473,9 +480,14 @@ def prior_search(
         steps.append(_step("rank", ranked[:k], seeds, j, "accepted" if accepted else "refused"))
         return accepted
 
-    guess = len(list(itertools.takewhile(lambda total: total <= margin, itertools.accumulate(
-        max(prior[n], 0.0) for n in ranked))))  # fmt: skip
-    k, _ = deepest(together, len(ranked), first=guess)
+    def fit(factor: float) -> int:  # how many of the lowest priors, calibrated, fit the margin
+        return len(list(itertools.takewhile(lambda total: total <= margin, itertools.accumulate(
+            factor * max(prior[n], 0.0) for n in ranked))))  # fmt: skip
+
+    def recalibrated(n: int) -> int:  # the guess again, with the priors calibrated on n
+        return fit(calibration(prior, judged[n][0], ranked[:n]))
+
+    k, _ = deepest(together, len(ranked), first=fit(1.0), after_refusal=recalibrated)
     for n in ranked[:k]:
         j, seeds = judged[k]
         verdict = j.verdict if k == 1 else "negligible"
