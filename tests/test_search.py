@@ -361,9 +361,11 @@ def test_deepest_with_any_proposals_after_refusals_finds_the_same_count(
 ) -> None:
     answer = min(answer, high)
     queue = list(proposals)
-    found, judged = S.deepest(
-        lambda n: n <= answer, high, first=first, after_refusal=lambda n: queue.pop() if queue else 0
-    )
+
+    def propose(refused: int) -> int:
+        return queue.pop() if queue else 0
+
+    found, judged = S.deepest(lambda n: n <= answer, high, first=first, after_refusal=propose)
     assert found == answer and len(set(judged)) == len(judged) and all(judged)
 
 
