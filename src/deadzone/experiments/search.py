@@ -35,9 +35,9 @@ e.g. its attribution share from the baseline runs), the sites ranked by prior ar
 together, the lowest first, the longest run of them that is negligible as one set found by
 bisection over its length (after a refusal, the next length is the priors' guess recalibrated on
 the set refused, kept inside the lengths still open); the smallest set found not negligible
-calibrates the priors (its cost over its summed prior); the sites whose calibrated prior is far above the margin are
-labelled ``likely costly`` without a run (a prior, never a verdict) unless the caller asks to
-confirm them, and the others are judged one at a time on sequential seeds. Where priors rank
+calibrates the priors (its cost over its summed prior); the sites whose calibrated prior is
+far above the margin are labelled ``likely costly`` without a run (a prior, never a verdict)
+unless the caller asks to confirm them, and the others are judged in packs on sequential seeds. Where priors rank
 well it spends about log2(n) judgements on the set that matters most to a plan; where they
 mislead it spends more, never a wrong verdict (every set is judged, not assumed).
 
