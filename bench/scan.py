@@ -141,8 +141,12 @@ def main() -> None:
     p.add_argument("--strategies", default="frozen,random", help="strategies (frozen,random)")
     p.add_argument("--seeds", type=int, default=3, help="seeds (3)")
     p.add_argument("--steps", type=int, default=50, help="SFT steps per run (50)")
-    p.add_argument("--rest", default="judge", choices=("judge", "label"),
-                   help="the prior scan's sites above its negligible set: judge or label (judge)")
+    p.add_argument(
+        "--rest",
+        default="judge",
+        choices=("judge", "label"),
+        help="the prior scan's sites above its negligible set: judge or label (judge)",
+    )
     p.add_argument("--workers", type=int, default=None, help="pool workers (default: none)")
     p.add_argument("--out", default=None, help="the prior scan's directory (default: temp)")
     p.add_argument("--against", default=None, help="the exhaustive scan's directory")

@@ -37,9 +37,10 @@ bisection over its length (after a refusal, the next length is the priors' guess
 the set refused, kept inside the lengths still open); the smallest set found not negligible
 calibrates the priors (its cost over its summed prior); the sites whose calibrated prior is
 far above the margin are labelled ``likely costly`` without a run (a prior, never a verdict)
-unless the caller asks to confirm them, and the others are judged in packs on sequential seeds. Where priors rank
-well it spends about log2(n) judgements on the set that matters most to a plan; where they
-mislead it spends more, never a wrong verdict (every set is judged, not assumed).
+unless the caller asks to confirm them, and the others are judged in packs on sequential
+seeds. Where priors rank well it spends about log2(n) judgements on the set that matters most
+to a plan; where they mislead it spends more, never a wrong verdict (every set is judged, not
+assumed).
 
 The record (:func:`search` returns it; every value JSON-ready)::
 
