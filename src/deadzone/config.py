@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import MISSING, asdict, dataclass, field
+from typing import ClassVar
 
 from deadzone.errors import DeadzoneError
 
@@ -231,6 +232,7 @@ class ExperimentConfig:
     ``out`` is where the library writes when no directory is passed to the experiment."""
 
     MIN_SEEDS = 1
+    SEEDS_WHY: ClassVar[tuple[str, str] | None] = None  # (the recipe, what fewer seeds lack)
 
     model: str = option(help="model directory, hub id or builtin:tiny", positional=True)
     data: str = option(
@@ -325,9 +327,17 @@ class ExperimentConfig:
         _check_choice("dtype", self.dtype, DTYPES)
 
     def check_seeds(self) -> None:
-        """``seeds`` is an integer, at least ``MIN_SEEDS``; a recipe may say why in its own
-        words."""
-        check_int("seeds", self.seeds, self.MIN_SEEDS)
+        """``seeds`` is an integer, at least ``MIN_SEEDS``; a recipe whose ``SEEDS_WHY`` names
+        itself and what fewer seeds could not give says why in those words."""
+        seeds = self.seeds
+        if self.SEEDS_WHY is None:
+            check_int("seeds", seeds, self.MIN_SEEDS)
+        elif not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < self.MIN_SEEDS:
+            what, why = self.SEEDS_WHY
+            raise DeadzoneError(
+                f"{what} needs --seeds >= {self.MIN_SEEDS} (got {seeds!r}): with fewer there is "
+                f"no interval, and {why}"
+            )
 
     def sft_identity(self) -> dict:
         """The SFT config as a results identity holds it: less the seed, which each run takes,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from deadzone.cli import options as opt
-from deadzone.cli.outcome import check_baseline, recorded_keys, say_resumed, write_reports
+from deadzone.cli.outcome import check_baseline, say_resumed, started, write_reports
 from deadzone.experiments.configs import FreezeConfig
 
 
@@ -16,8 +16,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         "freeze",
         "Fine-tune while a schedule progressively freezes weight matrices, beside full SFT on "
         "the same batches; judge each schedule's cost against a margin and measure its savings.",
+        FreezeConfig,
+        run,
     )
-    opt.add_config(p, FreezeConfig)
     p.add_argument(
         "--save",
         metavar="DIR",
@@ -25,19 +26,14 @@ def add(sub: argparse._SubParsersAction) -> None:
         "Hugging Face format, to a new or empty directory outside --out, or over a model an "
         "earlier --save wrote (default: not written)",
     )
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int | None:
-    from accelerate import PartialState
-
     from deadzone.experiments.freeze import BASELINE, freeze
     from deadzone.report.freeze import conclusion, table_model
     from deadzone.report.table import to_text
 
-    config = opt.read_config(FreezeConfig, args)
-    main_process = PartialState(cpu=config.sft.cpu).is_main_process
-    before = recorded_keys(config.out)
+    config, main_process, before = started(FreezeConfig, args)
     results = freeze(config, save=args.save)
     if main_process:
         say_resumed(config.out, before, results)

@@ -45,12 +45,24 @@ class Parser(argparse.ArgumentParser):
         return [name for action in subs for name in action.choices]
 
 
-def command_parser(sub: argparse._SubParsersAction, name: str, help: str) -> Parser:
+def command_parser(
+    sub: argparse._SubParsersAction,
+    name: str,
+    help: str,
+    config: type | None = None,
+    handler: typing.Callable[[argparse.Namespace], object] | None = None,
+) -> Parser:
     """The parser of the command ``name``; ``help`` is its line in ``deadzone --help`` and the
-    description of its own ``--help``."""
+    description of its own ``--help``; with ``config``, a flag per field of that dataclass
+    (:func:`add_config`); with ``handler``, the function the command runs."""
     # the line in the command list goes through %-formatting; the description does not
     line = help.replace("%", "%%")
-    return sub.add_parser(name, help=line, description=help, formatter_class=HelpFormatter)
+    p = sub.add_parser(name, help=line, description=help, formatter_class=HelpFormatter)
+    if config is not None:
+        add_config(p, config)
+    if handler is not None:
+        p.set_defaults(handler=handler)
+    return p
 
 
 def comma_list(text: str) -> tuple[str, ...]:

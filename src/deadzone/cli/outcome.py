@@ -1,9 +1,24 @@
-"""What the experiment commands share after their runs: how much of a resumed directory was
-reused, and the error when every baseline run failed."""
+"""What the experiment commands share around their runs: the config read from the flags, how
+much of a resumed directory was reused, and the error when every baseline run failed."""
 
 from __future__ import annotations
 
+import argparse
+
 from deadzone.errors import DeadzoneError
+
+
+def started(cls: type, args: argparse.Namespace) -> tuple:
+    """``(config, main_process, before)``: the experiment config of class ``cls`` read from
+    ``args``, whether this is the main process of the launch (the one that prints and writes),
+    and the keys of the runs already recorded in its ``--out``."""
+    from accelerate import PartialState
+
+    from deadzone.cli.options import read_config
+
+    config = read_config(cls, args)
+    main_process = PartialState(cpu=config.sft.cpu).is_main_process
+    return config, main_process, recorded_keys(config.out)
 
 
 def recorded_keys(out: str) -> set[str]:

@@ -7,30 +7,26 @@ import argparse
 from pathlib import Path
 
 from deadzone.cli import options as opt
-from deadzone.cli.outcome import recorded_keys, say_resumed
+from deadzone.cli.outcome import say_resumed, started
 from deadzone.experiments.configs import PlanConfig
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    p = opt.command_parser(
+    opt.command_parser(
         sub,
         "plan",
         "Search the deepest frozen prefix whose cost is negligible, grow it with sites above "
         "it, certify the plan found and check it again at a longer horizon.",
+        PlanConfig,
+        run,
     )
-    opt.add_config(p, PlanConfig)
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int | None:
-    from accelerate import PartialState
-
     from deadzone.experiments.plan import find_plan
     from deadzone.report.plan import summary_text
 
-    config = opt.read_config(PlanConfig, args)
-    main_process = PartialState(cpu=config.sft.cpu).is_main_process
-    before = recorded_keys(config.out)
+    config, main_process, before = started(PlanConfig, args)
     results = find_plan(config)
     if not main_process:
         return None

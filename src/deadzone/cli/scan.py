@@ -12,16 +12,16 @@ from deadzone.experiments.configs import ScanConfig
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    p = opt.command_parser(
+    opt.command_parser(
         sub,
         "scan",
         "Map which weight matrices of the whole model are negligible to freeze or re-draw at "
         "random during SFT (runs spent by the baselines' attribution, seeds planned from their "
         "spread), check the set jointly, count the parameters, and test whether cheap scores "
         "predict the costs.",
+        ScanConfig,
+        run,
     )
-    opt.add_config(p, ScanConfig)
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -109,6 +109,7 @@ class ScanConfig(ExperimentConfig):
     judgement uses, and every exhaustive one."""
 
     MIN_SEEDS = 2
+    SEEDS_WHY = ("a scan", "no verdict could be anything but undetermined")
 
     sites: str | None = option(
         None,
@@ -169,14 +170,6 @@ class ScanConfig(ExperimentConfig):
         if self.rest == "label" and self.confirm:
             raise DeadzoneError(
                 "--confirm judges the likely costly sites; --rest label judges none"
-            )
-
-    def check_seeds(self) -> None:
-        seeds = self.seeds
-        if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < self.MIN_SEEDS:
-            raise DeadzoneError(
-                f"a scan needs --seeds >= 2 (got {seeds!r}): with fewer there is no "
-                "interval, and no verdict could be anything but undetermined"
             )
 
 
@@ -298,6 +291,7 @@ class PlanConfig(ExperimentConfig):
     copy, so that the frozen embedding does not freeze it."""
 
     MIN_SEEDS = 2
+    SEEDS_WHY = ("a plan search", "no plan could be certified")
 
     seeds: int = option(
         3, "the most seeds a judgement looks at (sequentially: 2 first, more while undetermined)"
@@ -320,11 +314,3 @@ class PlanConfig(ExperimentConfig):
                 raise DeadzoneError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.horizon == 1:
             raise DeadzoneError("horizon 1 repeats the search's own runs: give 0 or >= 2")
-
-    def check_seeds(self) -> None:
-        seeds = self.seeds
-        if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < self.MIN_SEEDS:
-            raise DeadzoneError(
-                f"a plan search needs --seeds >= 2 (got {seeds!r}): with fewer there is no "
-                "interval, and no plan could be certified"
-            )

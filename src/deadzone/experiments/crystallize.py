@@ -82,6 +82,7 @@ def crystallize(
     """Run (or resume, or extend) the experiment into ``out`` (default ``config.out``); return
     the ``results.json`` document. ``executor`` runs the runs and ``tracking`` is where each
     reports its curves (defaults: what ``config.execution`` and ``config.tracking`` say)."""
+    # every experiment's entry has this shape: its own design and check, one skeleton
     return run_experiment(
         config,
         out,
@@ -98,6 +99,7 @@ def plan(
     config: CrystallizeConfig, threads: int = 1, tracking: Tracking = NO_TRACKING
 ) -> tuple[Prepared, Design]:
     """The experiment's inputs and runs, loaded and planned; nothing run."""
+    # the shape of every experiment's plan(): its design and check, nothing run
     return plan_experiment(
         config, partial(design, config), partial(targets, config), threads, tracking
     )

@@ -211,6 +211,19 @@ def _analyze(ctx: Context) -> Done:
     return Done("reused" if before else "ran", "analyze")
 
 
+def _counting(ctx: Context, expected: float) -> tuple[list[str], Callable[[dict], None]]:
+    """The keys of the runs trained now, and the ``on_record`` that records them and advances
+    the display by one per run, up to ``expected`` (the stage's units)."""
+    ran: list[str] = []
+
+    def finished(record: dict) -> None:
+        ran.append(record["key"])
+        if len(ran) <= expected:
+            ctx.advance(1.0)
+
+    return ran, finished
+
+
 def _crystallize(ctx: Context) -> Done:
     from deadzone.experiments.crystallize import CrystallizeConfig, crystallize
 
@@ -224,31 +237,13 @@ def _crystallize(ctx: Context) -> Done:
         max_length=b.max_length,
         sft=b.sft(),
     )
-    ran = []
-
-    def finished(record: dict) -> None:
-        ran.append(record["key"])
-        ctx.advance(1.0)
-
-    results = crystallize(
+    ran, finished = _counting(ctx, _crystallize_units(b))
+    crystallize(
         config, ctx.out / "crystallize", executor=ctx.executor, show_progress=False,
         on_record=finished, tracking=ctx.tracking,
     )  # fmt: skip
-    ctx.advance(len(results["runs"]) - len(ran))  # the reused runs
+    ctx.advance(max(0, _crystallize_units(b) - len(ran)))  # the reused runs
     return Done("ran" if ran else "reused", "crystallize", runs=len(ran))
-
-
-def _counting(ctx: Context, expected: float) -> tuple[list[str], Callable[[dict], None]]:
-    """The keys of the runs trained now, and the ``on_record`` that records them and advances
-    the display by one per run, up to ``expected`` (the stage's units)."""
-    ran: list[str] = []
-
-    def finished(record: dict) -> None:
-        ran.append(record["key"])
-        if len(ran) <= expected:
-            ctx.advance(1.0)
-
-    return ran, finished
 
 
 def _scan(ctx: Context) -> Done:

@@ -98,6 +98,7 @@ def freeze(
             raise DeadzoneError("--save writes a frozen schedule's model: list one beside full")
         check_save_dir(save, out if out is not None else config.out)
     loaded = {name: _load_plan(name) for name in config.schedules}  # before the model loads
+    # every experiment's entry has this shape: its own design and check, one skeleton
     return run_experiment(
         config,
         out,
@@ -115,6 +116,7 @@ def plan(
 ) -> tuple[Prepared, Design]:
     """The experiment's inputs and runs, loaded and planned; nothing run."""
     loaded = {name: _load_plan(name) for name in config.schedules}
+    # the shape of every experiment's plan(): its design and check, nothing run
     return plan_experiment(
         config, partial(design, config), partial(schedules, config, loaded), threads, tracking
     )

@@ -110,6 +110,7 @@ def find_plan(
 ) -> dict:
     """Run (or resume) the search into ``out`` (default ``config.out``); return the
     ``results.json`` document, whose ``summary`` is the search and its certified plan."""
+    # every experiment's entry has this shape: its own design and check, one skeleton
     return run_experiment(
         config,
         out,

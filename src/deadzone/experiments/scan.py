@@ -327,6 +327,7 @@ def scan(
     ``axolotl.yaml`` and ``frozen_parameters.txt`` of the ``frozen`` joint set when ``frozen``
     was scanned.
     """
+    # every experiment's entry has this shape: its own design and check, one skeleton
     return run_experiment(
         config,
         out,
@@ -343,6 +344,7 @@ def plan(
     config: ScanConfig, threads: int = 1, tracking: Tracking = NO_TRACKING
 ) -> tuple[Prepared, Design]:
     """The scan's inputs and design, loaded and planned; nothing run."""
+    # the shape of every experiment's plan(): its design and check, nothing run
     return plan_experiment(
         config, partial(design, config), partial(chosen_sites, config), threads, tracking
     )

@@ -325,6 +325,8 @@ def plot_timeline(results: dict, path: str | Path) -> None:
     save_png(fig, path)
 
 
+# Every report module has write_report and html_report of this shape: report/build.py's
+# registry calls them by experiment.
 def write_report(out: str | Path) -> tuple[Path, ...]:
     """Write ``report.md``, ``pareto.png`` and ``timeline.png`` in ``out`` from
     ``out/results.json``."""
