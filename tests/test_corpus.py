@@ -37,6 +37,21 @@ def test_built_twice_gives_the_same_corpus_and_hash():
     assert second == first  # same documents and pairs, in the same order
 
 
+def test_the_cached_pairs_give_the_parsed_corpus_and_a_bad_cache_is_parsed_again(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    build_corpus.cache_clear()
+    parsed = build_corpus()  # nothing cached: parsed, then written
+    (path,) = (tmp_path / "deadzone" / "corpus").glob("pairs-*.json")
+    build_corpus.cache_clear()
+    assert build_corpus() == parsed  # read back from the cache
+    path.write_text('{"hash": "x", "pairs": [["only", "two"]]}')
+    build_corpus.cache_clear()
+    assert build_corpus() == parsed  # unreadable rows: parsed again
+    build_corpus.cache_clear()
+
+
 def test_hash_is_a_full_sha256_and_follows_the_content():
     assert re.fullmatch(r"[0-9a-f]{64}", corpus_hash())
     built = build_corpus()

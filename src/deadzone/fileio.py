@@ -78,3 +78,10 @@ def write_json(path: str | Path, obj: object) -> None:
 
 def read_json(path: str | Path) -> object:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def cache_root() -> Path:
+    """``$XDG_CACHE_HOME/deadzone``, else ``~/.cache/deadzone``: the builtin models and the
+    corpus's parsed pairs."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "deadzone"

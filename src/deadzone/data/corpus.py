@@ -23,6 +23,7 @@ serialisation of every document, pair and split assignment. It is built once per
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import hashlib
 import json
@@ -33,7 +34,9 @@ import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
+from deadzone import fileio
 from deadzone.errors import DeadzoneError
+from deadzone.fileio import cache_root
 
 SPLITS = ("train", "eval")
 # Share of top-level packages held out (they hold about 5 % of the text; see docs/corpus.md).
@@ -153,13 +156,36 @@ def corpus_info() -> dict:
 
 @functools.cache
 def build_corpus() -> Corpus:
-    """Read the standard library of the running interpreter into a :class:`Corpus`."""
+    """Read the standard library of the running interpreter into a :class:`Corpus`.
+
+    Parsing every module for its docstring pairs takes most of the time (seconds); the pairs
+    and the corpus hash are kept in the user cache under a key that hashes this module's own
+    source and every document read, so an edit to either parses again."""
     sources = stdlib_sources(Path(sysconfig.get_paths()["stdlib"]))
     docs = [Document(m, split_of(m), text) for m, text in sources]
     docs += [Document(m, split_of(m), text) for m, text in documentation_topics()]
     docs.sort(key=lambda d: d.module)
+    path = cache_root() / "corpus" / f"pairs-{_inputs_hash(docs)}.json"
+    try:
+        cached = fileio.read_json(path)
+        return Corpus(tuple(docs), tuple(Pair(*row) for row in cached["pairs"]), cached["hash"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not cached yet, or unreadable: parse
     pairs = _dedupe([pair for m, text in sources for pair in docstring_pairs_of(m, text)])
-    return Corpus(tuple(docs), tuple(pairs), _content_hash(docs, pairs))
+    corpus = Corpus(tuple(docs), tuple(pairs), _content_hash(docs, pairs))
+    rows = [[p.module, p.split, p.prompt, p.completion] for p in pairs]
+    with contextlib.suppress(OSError, DeadzoneError):  # a read-only cache: parse next time
+        fileio.write_json(path, {"hash": corpus.hash, "pairs": rows})
+    return corpus
+
+
+def _inputs_hash(docs: list[Document]) -> str:
+    """sha256 of what the pairs are made from: this module's source and every document."""
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    for d in docs:
+        h.update(f"\0{d.module}\0{d.split}\0".encode())
+        h.update(d.text.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- splitting

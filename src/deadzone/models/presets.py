@@ -7,11 +7,11 @@ corpus hash and the preset, and reused.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from deadzone.errors import DeadzoneError
+from deadzone.fileio import cache_root
 
 
 @dataclass(frozen=True)
@@ -73,12 +73,6 @@ def get_preset(name: str) -> Preset:
         raise DeadzoneError(
             f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}"
         ) from None
-
-
-def cache_root() -> Path:
-    """``$XDG_CACHE_HOME/deadzone``, else ``~/.cache/deadzone``."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "deadzone"
 
 
 def builtin_dir(name: str, corpus_hash: str) -> Path:
