@@ -14,9 +14,11 @@ adding a seed costs one run of the set.
 
 The driver (:func:`scan`) runs the baselines of every seed first; their gains fix the unit of
 every cost (the share of the fine-tuning gain, or nats against ``margin_nats`` when the gain's
-interval does not lie above zero). Then it asks each strategy's search
-(:mod:`deadzone.experiments.search`, ordered by the step-0 gradient norm; or every site alone
-in ``exhaustive`` mode) its questions against the recorded runs: a question whose runs are
+interval does not lie above zero); in ``prior`` mode they also record each site's attribution,
+the priors. Then it asks each strategy's search (:mod:`deadzone.experiments.search`: by prior,
+:func:`~deadzone.experiments.search.prior_search`; group testing ordered by the step-0
+gradient norm in ``adaptive`` mode; every site alone in ``exhaustive`` mode) its questions
+against the recorded runs: a question whose runs are
 missing stops that search for the round, and the missing runs of every strategy's next
 question go to the executor at once. Every decision is a function of the recorded runs, so a
 killed scan rerun replays the same questions, gets the same answers and runs only what is
@@ -24,12 +26,12 @@ missing; a rerun with more seeds or strategies extends it.
 
 Statistics. A cost is negligible when its interval lies below the margin (an equivalence claim,
 never "not significantly worse"). The family is every per-site claim of the scan: ``m`` =
-sites x strategies. While it searches, an adaptive scan decides one question at a time and
-cannot know Holm's levels yet, so it steers (accept a group, split it, add a seed) by intervals
-read at ``0.05 / m``, the strictest level Holm uses. When every search is answered, the final
-verdicts are Holm's step-down (:func:`holm_verdicts`, :func:`deadzone.experiments.stats.judge`)
-over the ``m`` claims, each read from the judgement that decided its site (its own, or its
-group's), in both modes: an adaptive scan that ends judging every site alone on every seed
+sites x strategies. While it searches, a search decides one question at a time and cannot know
+Holm's levels yet, so it steers (accept a set, split it, add a seed) by intervals read at
+``0.05 / m``, the strictest level Holm uses. When every search is answered, the final verdicts
+are Holm's step-down (:func:`holm_verdicts`, :func:`deadzone.experiments.stats.judge`) over the
+claims judged (a site a prior labelled was never run and makes none), each read from the
+judgement that decided its site (its own, or its group's or set's), in every mode: an adaptive scan that ends judging every site alone on every seed
 gives exactly the exhaustive verdicts, and Holm only adds decisions to those the search took.
 The search's repeated looks at a site (group, half, alone; more seeds) are not adjusted for
 (``docs/statistics.md``). The joint check then reads at ``0.05 / m``, except a joint set that
