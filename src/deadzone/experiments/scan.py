@@ -25,19 +25,20 @@ killed scan rerun replays the same questions, gets the same answers and runs onl
 missing; a rerun with more seeds or strategies extends it.
 
 Statistics. A cost is negligible when its interval lies below the margin (an equivalence claim,
-never "not significantly worse"). The family is every per-site claim of the scan: ``m`` =
-sites x strategies. While it searches, a search decides one question at a time and cannot know
-Holm's levels yet, so it steers (accept a set, split it, add a seed) by intervals read at
-``0.05 / m``, the strictest level Holm uses. When every search is answered, the final verdicts
-are Holm's step-down (:func:`holm_verdicts`, :func:`deadzone.experiments.stats.judge`) over the
-claims judged (a site a prior labelled was never run and makes none), each read from the
-judgement that decided its site (its own, or its group's or set's), in every mode: an adaptive scan that ends judging every site alone on every seed
-gives exactly the exhaustive verdicts, and Holm only adds decisions to those the search took.
-The search's repeated looks at a site (group, half, alone; more seeds) are not adjusted for
-(``docs/statistics.md``). The joint check then reads at ``0.05 / m``, except a joint set that
-is exactly the set some site was decided with on every seed (a whole group, say): that claim
-stands as Holm read it. A failed run (a non-finite loss) makes its judgement ``costly``. Fewer
-than 2 seeds are refused: no interval, so no verdict but undetermined.
+never "not significantly worse"). The family is every per-site claim of the scan: ``m`` = sites
+x strategies. While it searches, a search decides one question at a time and cannot know Holm's
+levels yet, so it steers (accept a set, split it, add a seed) by intervals read at ``0.05 / m``,
+the strictest level Holm uses. When every search is answered, the final verdicts are Holm's
+step-down (:func:`holm_verdicts`, :func:`deadzone.experiments.stats.judge`) over the claims
+judged (a site a prior labelled was never run and makes none), each read from the judgement that
+decided its site (its own, or its group's or set's), in every mode: an adaptive scan that ends
+judging every site alone on every seed gives exactly the exhaustive verdicts, and Holm only adds
+decisions to those the search took. The search's repeated looks at a site (group, half, alone;
+more seeds) are not adjusted for (``docs/statistics.md``). The joint check then reads at ``0.05
+/ m``, except a joint set that is exactly the set some site was decided with on every seed (a
+whole group, say): that claim stands as Holm read it. A failed run (a non-finite loss) makes its
+judgement ``costly``. Fewer than 2 seeds are refused: no interval, so no verdict but
+undetermined.
 
 Outputs besides ``results.json``: the freeze plan of the ``frozen`` strategy's jointly
 negligible set (``plan.json``, ``axolotl.yaml``, ``frozen_parameters.txt``: the parameters
