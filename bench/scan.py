@@ -11,8 +11,9 @@ figures are printed. Reported:
   sites)`` runs);
 - the jointly negligible ``frozen`` set of each (matrices, parameters, interval);
 - agreement of the per-site verdicts on the pairs the exhaustive scan decided (``better``
-  counts as negligible); a site the prior labelled ``likely costly`` is no verdict and is
-  counted apart (how many of them the exhaustive scan found costly, negligible, undetermined);
+  counts as negligible); a site the prior labelled (``likely costly``, ``not judged``) is no
+  verdict and is counted apart (how many of them the exhaustive scan found costly, negligible,
+  undetermined);
   and how many sites the exhaustive scan found costly the prior scan called negligible;
 - Spearman's rho (with its permutation p) of each score of the prior scan (the baselines'
   attribution, fisher, grad_weight besides the geometry and grad_norm) against the exhaustive
@@ -43,23 +44,24 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per run, in every pr
 from deadzone import fileio  # noqa: E402
 from deadzone.experiments.execute import make_executor  # noqa: E402
 from deadzone.experiments.scan import ScanConfig, scan  # noqa: E402
-from deadzone.experiments.search import LIKELY_COSTLY  # noqa: E402
+from deadzone.experiments.search import LIKELY_COSTLY, NOT_JUDGED  # noqa: E402
 from deadzone.geometry.scores import spearman_permutation  # noqa: E402
 from deadzone.training.train import SFTConfig  # noqa: E402
 
 DECIDED = ("negligible", "costly")
 PRIOR = "likely costly (prior)"
-ORDER = ("negligible", "costly", "undetermined", PRIOR)
+LABELS = {LIKELY_COSTLY: PRIOR, NOT_JUDGED: NOT_JUDGED}  # a label is no verdict
+ORDER = ("negligible", "costly", "undetermined", PRIOR, NOT_JUDGED)
 
 
 def verdicts(doc: dict) -> dict[tuple[str, str], str]:
-    """``{(strategy, site): verdict}``, ``better`` read as negligible, a prior's label as
-    :data:`PRIOR`."""
+    """``{(strategy, site): verdict}``, ``better`` read as negligible, a site labelled and never
+    run by its label (:data:`LABELS`)."""
     out = {}
     for strategy, st in doc["summary"]["strategies"].items():
         for s in st["sites"]:
             word = "negligible" if s["verdict"] == "better" else s["verdict"]
-            out[(strategy, s["site"])] = PRIOR if s.get("label") == LIKELY_COSTLY else word
+            out[(strategy, s["site"])] = LABELS.get(s.get("label"), word)
     return out
 
 
@@ -96,8 +98,9 @@ def rho_against(prior: dict, exhaustive: dict) -> dict:
 
 def compare(prior: dict, exhaustive: dict, steps: int, seeds: int) -> dict:
     p, e = verdicts(prior), verdicts(exhaustive)
+    pairs = Counter((e[k], p[k]) for k in e)
     decided = [k for k, v in e.items() if v in DECIDED]
-    judged = [k for k in decided if p[k] != PRIOR]
+    judged = [k for k in decided if p[k] not in LABELS.values()]
     strategies = len(exhaustive["summary"]["strategies"])
     single_steps = seeds * (1 + strategies * len(exhaustive["sites"])) * steps
     return {
@@ -108,14 +111,14 @@ def compare(prior: dict, exhaustive: dict, steps: int, seeds: int) -> dict:
         "judged_of_decided": len(judged),
         "agreement": sum(p[k] == e[k] for k in judged) / len(judged) if judged else None,
         "costly_called_negligible": sum(e[k] == "costly" and p[k] == "negligible" for k in e),
-        "labelled": dict(Counter(e[k] for k in e if p[k] == PRIOR)),
-        "confusion": {f"{x}->{y}": n for (x, y), n in sorted(Counter((e[k], p[k]) for k in e))},
+        "labelled": {label: dict(Counter(e[k] for k in e if p[k] == label)) for label in ORDER[3:]},
+        "confusion": {f"{x}->{y}": n for (x, y), n in sorted(pairs.items())},
         "rho": rho_against(prior, exhaustive),
     }
 
 
 def confusion_table(confusion: dict) -> str:
-    rows = ["| exhaustive \\ prior | " + " | ".join(ORDER) + " |", "|---|---|---|---|---|"]
+    rows = ["| exhaustive \\ prior | " + " | ".join(ORDER) + " |", "|---" * (len(ORDER) + 1) + "|"]
     for x in ORDER[:3]:
         cells = [str(confusion.get(f"{x}->{y}", 0)) for y in ORDER]
         rows.append(f"| {x} | " + " | ".join(cells) + " |")
