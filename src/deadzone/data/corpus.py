@@ -31,7 +31,7 @@ import os
 import platform
 import sysconfig
 import tokenize
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from deadzone import fileio
@@ -173,7 +173,7 @@ def build_corpus() -> Corpus:
         pass  # not cached yet, or unreadable: parse
     pairs = _dedupe([pair for m, text in sources for pair in docstring_pairs_of(m, text)])
     corpus = Corpus(tuple(docs), tuple(pairs), _content_hash(docs, pairs))
-    rows = [[p.module, p.split, p.prompt, p.completion] for p in pairs]
+    rows = [astuple(p) for p in pairs]  # read back by Pair(*row)
     with contextlib.suppress(OSError, DeadzoneError):  # a read-only cache: parse next time
         fileio.write_json(path, {"hash": corpus.hash, "pairs": rows})
     return corpus
