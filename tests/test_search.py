@@ -386,3 +386,24 @@ def test_a_refused_costly_set_recalibrates_the_next_guess() -> None:
     sizes = [len(s["sites"]) for s in record["steps"] if s["action"] in ("accepted", "refused")]
     fit = sum(1 for t in itertools.accumulate(costs.values()) if t <= MARGIN)
     assert sizes[0] == 20 and sizes[1:] == [fit, fit + 1]
+
+
+def test_sizes_rank_by_prior_per_parameter_and_free_more_parameters() -> None:
+    """Given each site's parameters, the ranking is the knapsack's greedy order: four large
+    matrices whose priors are a little higher than four small ones' but far lower per
+    parameter come first, and the set found negligible holds more parameters."""
+    small = {f"s{i}": 0.004 for i in range(4)}  # 1,000 parameters each
+    large = {f"l{i}": 0.006 for i in range(4)}  # 4,000 parameters each
+    costs = small | large
+    size = dict.fromkeys(small, 1000) | dict.fromkeys(large, 4000)
+    kwargs = {"margin": MARGIN, "max_seeds": 3, "judge_rest": False, "joint": False}
+    by_share = S.prior_search(Oracle(costs, 0.0002), list(costs), costs, **kwargs)
+    by_param = S.prior_search(Oracle(costs, 0.0002), list(costs), costs, size=size, **kwargs)
+    assert by_share["priors"]["candidates"] == ["s0", "s1", "s2", "s3"]  # 0.016: 4,000 params
+    assert by_param["priors"]["ranked"][:4] == ["l0", "l1", "l2", "l3"]
+    assert by_param["priors"]["candidates"] == ["l0", "l1", "l2"]  # 0.018: 12,000 params
+    for record in (by_share, by_param):
+        chosen = record["priors"]["candidates"]
+        assert all(record["sites"][n]["verdict"] == "negligible" for n in chosen)
+    with pytest.raises(DeadzoneError, match="size"):
+        S.prior_search(Oracle(costs, 0.0002), list(costs), costs, size={"s0": 0}, **kwargs)

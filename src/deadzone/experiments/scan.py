@@ -280,6 +280,7 @@ def _search(runs, state, config: ScanConfig, strategy, sites: list[Site], priori
             judge_rest=config.rest == "judge",
             joint=False,
             decided=decided,
+            size={s.name: s.params for s in sites},
         )
     return search_mod.search(
         ask,
@@ -482,7 +483,8 @@ def _read_priors(config: ScanConfig, ctx: dict, state: dict, runs: dict, say) ->
         known = sum(v is not None for v in prior.values())
         say(
             f"scan: {strategy} by prior ({PRIOR_SCORE[strategy]}): {known} sites ranked; the "
-            "lowest judged together first (bisection over how many), the rest by calibrated prior"
+            "lowest per parameter judged together first (bisection over how many), the rest by "
+            "calibrated prior"
             + (", the likely costly judged too (--confirm)" if config.confirm else "")
         )
 
@@ -490,9 +492,9 @@ def _read_priors(config: ScanConfig, ctx: dict, state: dict, runs: dict, say) ->
 def _split_line(strategy: str, part: dict) -> str:
     """What the priors did for ``strategy`` (a :class:`~deadzone.experiments.search.PriorSplit`
     as a dict), in a line."""
-    found = f"the {len(part['candidates'])} lowest priors negligible together"
+    found = f"the {len(part['candidates'])} lowest priors per parameter negligible together"
     calibrated = (
-        f"priors x{part['factor']:.3g} from the {len(part['calibrated_on'])} lowest"
+        f"priors x{part['factor']:.3g} from the {len(part['calibrated_on'])} first"
         if part["calibrated_on"]
         else "priors not calibrated (no set refused)"
     )
@@ -569,7 +571,7 @@ def _at_most(config: ScanConfig, sites: list[Site]) -> int:
     n = len(sites)
     if config.mode == "exhaustive":
         judged = n
-    elif config.mode == "prior":  # the search over the lowest priors, then the rest
+    elif config.mode == "prior":  # the search over the lowest priors per parameter, then the rest
         judged = 2 * n.bit_length() + (n if config.rest == "judge" else 0)
     else:
         judged = sum(2 * len(g) - 1 for g in search_mod.groups_by(sites, config.groups))

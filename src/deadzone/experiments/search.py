@@ -31,7 +31,8 @@ step), and the rest judged again.
 Each step is recorded.
 
 The search by prior (:func:`prior_search`): where each site has an estimated cost (a prior,
-e.g. its attribution share from the baseline runs), the sites ranked by prior are judged
+e.g. its attribution share from the baseline runs), the sites ranked by prior (per parameter,
+when their sizes are given: the order that fits the most parameters under the margin) are judged
 together, the lowest first, the longest run of them that is negligible as one set found by
 bisection over its length (after a refusal, the next length is the priors' guess recalibrated on
 the set refused, kept inside the lengths still open); the smallest set found not negligible
@@ -372,8 +373,9 @@ def deepest(
 
 @dataclass(frozen=True)
 class PriorSplit:
-    """What the priors did: ``ranked`` (the sites with a prior, ascending), ``candidates`` (the
-    longest run of the lowest found negligible together), the calibration ``factor`` (a
+    """What the priors did: ``ranked`` (the sites with a prior, in the order of rank: ascending
+    prior, or prior per parameter), ``candidates`` (the longest run of the first found
+    negligible together), the calibration ``factor`` (a
     measured cost over the summed prior of the set it was measured on, ``calibrated_on``), and
     the rest split by calibrated prior: ``likely_costly`` (above ``above``, in the costs'
     units) and ``middle`` (judged; every site without a prior is there), judged in ``groups``
@@ -433,11 +435,15 @@ def prior_search(
     judge_rest: bool = True,
     joint: bool = True,
     decided: dict[str, dict] | None = None,
+    size: dict[str, int] | None = None,
 ) -> dict:
     """Spend judgements by prior (``prior``: an estimated cost per site, e.g. its attribution
     share; ranked here, calibrated by the judgements, never taken for a verdict):
 
-    1. by rank: of the sites ranked by ascending prior, the largest ``k`` whose ``k`` lowest are
+    1. by rank: the sites are ranked by ascending prior, or, given each site's ``size`` (its
+       parameters), by ascending prior per parameter (the greedy order for the most parameters
+       under the margin, a knapsack's: a large matrix of a small prior comes before a small one
+       of a slightly smaller prior); of them, the largest ``k`` whose ``k`` first are
        negligible together (:func:`deepest`, from the guess "as many as the priors, summed, fit
        under the margin", then by doubling steps or bisection, and after a set is refused by
        that guess again with the priors calibrated on it, its cost over its summed prior: a few
@@ -470,7 +476,12 @@ def prior_search(
         )
     ask = judge if isinstance(judge, Asker) else Asker(judge)
     sites: dict[str, dict] = {} if decided is None else decided
-    ranked = sorted((n for n in names if prior.get(n) is not None), key=lambda n: (prior[n], n))
+    per = dict.fromkeys(names, 1) if size is None else size
+    if not all(per.get(n, 0) > 0 for n in names):
+        raise DeadzoneError("every site of a search by size needs a positive size")
+    ranked = sorted(
+        (n for n in names if prior.get(n) is not None), key=lambda n: (prior[n] / per[n], n)
+    )
     steps: list[dict] = []
     judged: dict[int, tuple[Judgement, int]] = {}
 
@@ -500,7 +511,8 @@ def prior_search(
     rest = ranked[k:]
     calibrated = {n: prior[n] * factor for n in rest}
     high = [n for n in rest if calibrated[n] > above * margin]
-    middle = [n for n in rest if n not in high] + [n for n in names if prior.get(n) is None]
+    middle = sorted((n for n in rest if n not in high), key=lambda n: (prior[n], n))
+    middle += [n for n in names if prior.get(n) is None]
     judged_rest = (middle + (high if confirm else [])) if judge_rest else []
     part = PriorSplit(
         ranked=ranked, candidates=ranked[:k], factor=factor, calibrated_on=on, middle=middle,
