@@ -291,7 +291,7 @@ def test_a_prior_scan_shows_priors_labels_its_seed_plan_and_how_it_spent_the_run
             "power_wanted": 0.8, "needed": 9, "decision": "warn"}  # fmt: skip
     s |= {"mode": "prior", "seed_plan": {"worst": plan, "best": plan | {"power": 0.97}}}
     text = report.markdown(doc)
-    assert "the 3 lowest of 16 sites ranked by prior were negligible together" in text
+    assert "the 3 lowest of 16 sites ranked by prior per parameter were negligible together" in text
     assert "times 0.21" in text and "1 labelled likely costly (a prior, not run)" in text
     assert "chance 40%" in text and "with the spread pairing removes, 97%" in text
     table = report.sites_table(s, "frozen")

@@ -123,9 +123,10 @@ FULL = Budget(
         "evaluates at steps 0 and 50 only, cuts examples to the model's 128-token context, "
         "and runs two runs at once. The scan covers all 32 block matrices by prior in the "
         "frozen strategy only (random is tested on L4 c_proj by the crystallize stage): it "
-        "finds the longest run of the lowest priors that is negligible together and labels "
-        "the other matrices by their calibrated prior without running them (deadzone scan "
-        "--rest judge maps each of them). The scan runs 3 seeds and the freeze stages 2 seeds, "
+        "finds the longest run of the lowest priors per parameter that is negligible "
+        "together and labels the other matrices by their calibrated prior without running "
+        "them (deadzone scan --rest judge maps each of them). The scan runs 3 seeds and the "
+        "freeze stages 2 seeds, "
         "of 20 steps each (evaluated at steps 0 and 20), so their intervals are wide and "
         "many of their verdicts undetermined."
     ),

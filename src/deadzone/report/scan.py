@@ -249,14 +249,17 @@ def prior_text(summary: dict, strategy: str) -> str | None:
     part = summary["strategies"][strategy]["search"].get("priors")
     if not part or not part.get("ranked"):
         return None
-    low = len(part["candidates"])
+    low, ranked = (
+        len(part["candidates"]),
+        f"{len(part['ranked'])} sites ranked by prior per parameter",
+    )
     found = (
-        f"the {low} lowest of {len(part['ranked'])} sites ranked by prior were negligible together"
+        f"the {low} lowest of {ranked} were negligible together"
         if low
-        else f"not even the lowest of {len(part['ranked'])} sites ranked by prior was negligible"
+        else f"not even the lowest of {ranked} was negligible"
     )
     calibrated = (
-        f"the smallest set refused (the {len(part['calibrated_on'])} lowest) put the priors on "
+        f"the smallest set refused (the {len(part['calibrated_on'])} first) put the priors on "
         f"the costs' scale, times {part['factor']:.3g}"
         if part["calibrated_on"]
         else "no set was refused, so the priors were not calibrated"
