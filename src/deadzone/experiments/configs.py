@@ -104,7 +104,8 @@ class ScanConfig(ExperimentConfig):
     of ``strategies``; ``mode`` prior (runs spent by the baselines' attribution), adaptive
     (group testing) or exhaustive; ``groups``: how the adaptive search groups sites first;
     ``confirm``: judge the sites the prior calls likely costly too; ``rest``: whether the prior
-    mode judges the sites above the lowest-priors set found negligible together (``judge``) or
+    mode judges the sites outside the set of the lowest priors per parameter found negligible
+    together (``judge``) or
     labels them by calibrated prior without a run (``label``). At least 2 seeds: the fewest a
     judgement uses, and every exhaustive one."""
 
@@ -123,9 +124,9 @@ class ScanConfig(ExperimentConfig):
     )
     mode: str = option(
         "prior",
-        "prior: the baselines record each site's attribution; the longest run of the lowest "
-        "that is negligible together is found first, the smallest set refused calibrates the "
-        "priors, the rest is group-tested in packs by calibrated prior on sequential seeds and "
+        "prior: the baselines record each site's attribution; ranked by prior per parameter, "
+        "the longest run of the lowest that is negligible together is found first, the "
+        "smallest set refused calibrates the priors, the rest is group-tested in packs by calibrated prior on sequential seeds and "
         "those far above the margin are labelled likely costly (a prior, not a verdict); "
         "adaptive: group testing, seeds added only where undetermined; exhaustive: every site "
         "alone on every seed",
@@ -138,7 +139,8 @@ class ScanConfig(ExperimentConfig):
     )
     rest: str = option(
         "judge",
-        "prior mode: the sites above the lowest-priors set found negligible together are "
+        "prior mode: the sites outside the set of the lowest priors per parameter found "
+        "negligible together are "
         "judge: each judged, in packs by calibrated prior (the whole map); label: not run, "
         "each labelled by its calibrated prior (a prior, not a verdict: the set and a few "
         "runs only)",
