@@ -125,11 +125,11 @@ class ScanConfig(ExperimentConfig):
     mode: str = option(
         "prior",
         "prior: the baselines record each site's attribution; ranked by prior per parameter, "
-        "the longest run of the lowest that is negligible together is found first, the "
-        "smallest set refused calibrates the priors, the rest is group-tested in packs by "
-        "calibrated prior on sequential seeds and those far above the margin are labelled likely costly (a prior, not a verdict); "
-        "adaptive: group testing, seeds added only where undetermined; exhaustive: every site "
-        "alone on every seed",
+        "the longest run of the lowest that is negligible together is found first, the smallest"
+        " set refused calibrates the priors, the rest is group-tested in packs by calibrated "
+        "prior on sequential seeds and those far above the margin are labelled likely costly (a"
+        " prior, not a verdict); adaptive: group testing, seeds added only where undetermined; "
+        "exhaustive: every site alone on every seed",
         listed=MODES,
     )
     confirm: bool = option(
