@@ -32,8 +32,8 @@ Each step is recorded.
 
 The search by prior (:func:`prior_search`): where each site has an estimated cost (a prior,
 e.g. its attribution share from the baseline runs), the sites ranked by prior (per parameter,
-when their sizes are given: the order that fits the most parameters under the margin) are judged
-together, the lowest first, the longest run of them that is negligible as one set found by
+when their sizes are given: the order that fits the most parameters under the margin) are
+judged together, the lowest first, the longest run of them that is negligible as one set found by
 bisection over its length (after a refusal, the next length is the priors' guess recalibrated on
 the set refused, kept inside the lengths still open); the smallest set found not negligible
 calibrates the priors (its cost over its summed prior); the sites whose calibrated prior is
@@ -375,8 +375,8 @@ def deepest(
 class PriorSplit:
     """What the priors did: ``ranked`` (the sites with a prior, in the order of rank: ascending
     prior, or prior per parameter), ``candidates`` (the longest run of the first found
-    negligible together), the calibration ``factor`` (a
-    measured cost over the summed prior of the set it was measured on, ``calibrated_on``), and
+    negligible together), the calibration ``factor`` (a measured cost over the summed prior of
+    the set it was measured on, ``calibrated_on``), and
     the rest split by calibrated prior: ``likely_costly`` (above ``above``, in the costs'
     units) and ``middle`` (judged; every site without a prior is there), judged in ``groups``
     (:func:`pack`)."""
