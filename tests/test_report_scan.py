@@ -283,9 +283,10 @@ def test_a_prior_scan_shows_priors_labels_its_seed_plan_and_how_it_spent_the_run
                   "label": "likely costly"}  # fmt: skip
     names = [site["site"] for site in sites]
     s["strategies"]["frozen"]["search"]["priors"] = {
-        "ranked": names, "candidates": names[:3], "factor": 0.21, "calibrated_on": names[:5],
-        "middle": names[3:-1], "groups": [names[3:6], *([n] for n in names[6:-1])],
-        "likely_costly": names[-1:], "above": 0.08,
+        "ranked": names, "per_parameter": True, "candidates": names[:3], "factor": 0.21,
+        "calibrated_on": names[:5], "middle": names[3:-1],
+        "groups": [names[3:6], *([n] for n in names[6:-1])], "likely_costly": names[-1:],
+        "above": 0.08,
     }  # fmt: skip
     plan = {"seeds": 3, "sd": 0.03, "margin": 0.02, "level": 0.05, "power": 0.4,
             "power_wanted": 0.8, "needed": 9, "decision": "warn"}  # fmt: skip

@@ -105,9 +105,8 @@ class ScanConfig(ExperimentConfig):
     (group testing) or exhaustive; ``groups``: how the adaptive search groups sites first;
     ``confirm``: judge the sites the prior calls likely costly too; ``rest``: whether the prior
     mode judges the sites outside the set of the lowest priors per parameter found negligible
-    together (``judge``) or
-    labels them by calibrated prior without a run (``label``). At least 2 seeds: the fewest a
-    judgement uses, and every exhaustive one."""
+    together (``judge``) or labels them by calibrated prior without a run (``label``). At least
+    2 seeds: the fewest a judgement uses, and every exhaustive one."""
 
     MIN_SEEDS = 2
     SEEDS_WHY = ("a scan", "no verdict could be anything but undetermined")
@@ -140,10 +139,9 @@ class ScanConfig(ExperimentConfig):
     rest: str = option(
         "judge",
         "prior mode: the sites outside the set of the lowest priors per parameter found "
-        "negligible together are "
-        "judge: each judged, in packs by calibrated prior (the whole map); label: not run, "
-        "each labelled by its calibrated prior (a prior, not a verdict: the set and a few "
-        "runs only)",
+        "negligible together are judge: each judged, in packs by calibrated prior (the whole "
+        "map); label: not run, each labelled by its calibrated prior (a prior, not a verdict: "
+        "the set and a few runs only)",
         listed=RESTS,
     )
     groups: str = option(

@@ -126,9 +126,8 @@ FULL = Budget(
         "finds the longest run of the lowest priors per parameter that is negligible "
         "together and labels the other matrices by their calibrated prior without running "
         "them (deadzone scan --rest judge maps each of them). The scan runs 3 seeds and the "
-        "freeze stages 2 seeds, "
-        "of 20 steps each (evaluated at steps 0 and 20), so their intervals are wide and "
-        "many of their verdicts undetermined."
+        "freeze stages 2 seeds, of 20 steps each (evaluated at steps 0 and 20), so their "
+        "intervals are wide and many of their verdicts undetermined."
     ),
 )
 QUICK = Budget(

@@ -492,7 +492,8 @@ def _read_priors(config: ScanConfig, ctx: dict, state: dict, runs: dict, say) ->
 def _split_line(strategy: str, part: dict) -> str:
     """What the priors did for ``strategy`` (a :class:`~deadzone.experiments.search.PriorSplit`
     as a dict), in a line."""
-    found = f"the {len(part['candidates'])} lowest priors per parameter negligible together"
+    per = " per parameter" if part.get("per_parameter") else ""  # absent: an older record
+    found = f"the {len(part['candidates'])} lowest priors{per} negligible together"
     calibrated = (
         f"priors x{part['factor']:.3g} from the {len(part['calibrated_on'])} first"
         if part["calibrated_on"]
@@ -571,7 +572,7 @@ def _at_most(config: ScanConfig, sites: list[Site]) -> int:
     n = len(sites)
     if config.mode == "exhaustive":
         judged = n
-    elif config.mode == "prior":  # the search over the lowest priors per parameter, then the rest
+    elif config.mode == "prior":  # the search over the first priors, then the rest
         judged = 2 * n.bit_length() + (n if config.rest == "judge" else 0)
     else:
         judged = sum(2 * len(g) - 1 for g in search_mod.groups_by(sites, config.groups))

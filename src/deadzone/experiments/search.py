@@ -33,8 +33,8 @@ Each step is recorded.
 The search by prior (:func:`prior_search`): where each site has an estimated cost (a prior,
 e.g. its attribution share from the baseline runs), the sites ranked by prior (per parameter,
 when their sizes are given: the order that fits the most parameters under the margin) are
-judged together, the lowest first, the longest run of them that is negligible as one set found by
-bisection over its length (after a refusal, the next length is the priors' guess recalibrated on
+judged together, the lowest first, the longest run of them that is negligible as one set found
+by bisection over its length (after a refusal, the next length is the priors' guess recalibrated on
 the set refused, kept inside the lengths still open); the smallest set found not negligible
 calibrates the priors (its cost over its summed prior); the sites whose calibrated prior is
 far above the margin are labelled ``likely costly`` without a run (a prior, never a verdict)
@@ -373,15 +373,15 @@ def deepest(
 
 @dataclass(frozen=True)
 class PriorSplit:
-    """What the priors did: ``ranked`` (the sites with a prior, in the order of rank: ascending
-    prior, or prior per parameter), ``candidates`` (the longest run of the first found
+    """What the priors did: ``ranked`` (the sites with a prior, by ascending prior, or prior
+    per parameter if ``per_parameter``), ``candidates`` (the longest run of the first found
     negligible together), the calibration ``factor`` (a measured cost over the summed prior of
-    the set it was measured on, ``calibrated_on``), and
-    the rest split by calibrated prior: ``likely_costly`` (above ``above``, in the costs'
-    units) and ``middle`` (judged; every site without a prior is there), judged in ``groups``
-    (:func:`pack`)."""
+    the set it was measured on, ``calibrated_on``), and the rest split by calibrated prior:
+    ``likely_costly`` (above ``above``, in the costs' units) and ``middle`` (judged; every site
+    without a prior is there), judged in ``groups`` (:func:`pack`)."""
 
     ranked: list[str]
+    per_parameter: bool
     candidates: list[str]
     factor: float
     calibrated_on: list[str]
@@ -515,9 +515,9 @@ def prior_search(
     middle += [n for n in names if prior.get(n) is None]
     judged_rest = (middle + (high if confirm else [])) if judge_rest else []
     part = PriorSplit(
-        ranked=ranked, candidates=ranked[:k], factor=factor, calibrated_on=on, middle=middle,
-        groups=pack(judged_rest, calibrated, PACK * margin), likely_costly=high,
-        above=above * margin,
+        ranked=ranked, per_parameter=size is not None, candidates=ranked[:k], factor=factor,
+        calibrated_on=on, middle=middle, groups=pack(judged_rest, calibrated, PACK * margin),
+        likely_costly=high, above=above * margin,
     )  # fmt: skip
     order = {n: p for n, p in prior.items() if p is not None}
     seeds = {"max_seeds": max_seeds, "start_seeds": start_seeds, "joint": False}

@@ -249,10 +249,9 @@ def prior_text(summary: dict, strategy: str) -> str | None:
     part = summary["strategies"][strategy]["search"].get("priors")
     if not part or not part.get("ranked"):
         return None
-    low, ranked = (
-        len(part["candidates"]),
-        f"{len(part['ranked'])} sites ranked by prior per parameter",
-    )
+    low = len(part["candidates"])
+    per = " per parameter" if part.get("per_parameter") else ""  # absent: an older record
+    ranked = f"{len(part['ranked'])} sites ranked by prior{per}"
     found = (
         f"the {low} lowest of {ranked} were negligible together"
         if low
